@@ -1,0 +1,1 @@
+"""Data: image loading (JPEG/PNG/DICOM), training datasets, synthetic demo data."""

@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot engine, metrics with confidence intervals, figures."""

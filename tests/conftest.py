@@ -1,0 +1,7 @@
+"""Shared fixtures. The repository root is put on sys.path so tests import `ace_lora` and the scripts."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
