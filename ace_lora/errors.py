@@ -1,0 +1,10 @@
+"""User-facing errors.
+
+Anything caused by the user's input (a missing file or column, an unreadable image, a checkpoint of
+the wrong shape, an unreachable hub) raises `UserInputError` with a one-line message. Entry points
+catch it through `run_utils.main_guard` and print `error: <message>` instead of a traceback.
+"""
+
+
+class UserInputError(Exception):
+    """An error the user can fix; its message is one line that says what is wrong and where."""
