@@ -1,0 +1,325 @@
+"""Turn the raw downloads of the evaluation data sets into the CSV files the evaluation reads.
+
+One `prepare_*` function per data set (the scripts in `dataset_prep/` only parse arguments and call
+them). Every output goes through `write_split_csvs`, which prints what it wrote. Split fractions and
+seeds follow the released ACE-LoRA preparation code so that the test sets are the paper's:
+RSNA 15% test and 70/15/15 detection (random_state=0, patients sorted by patientId, not stratified),
+SIIM 30% test sample (random_state=42, unique images in file order), NIH first 20% of test_list.txt.
+"""
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+from ace_lora.data.rle import merge_rles
+from ace_lora.errors import UserInputError
+
+NIH_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+NIH_NO_FINDING = "No Finding"
+# Class folder -> readable class name; the order is the class order of the evaluation.
+LC25000_CLASSES = {
+    "lung_aca": "lung adenocarcinoma",
+    "lung_scc": "lung squamous cell carcinoma",
+    "lung_n": "benign lung",
+    "colon_aca": "colon adenocarcinoma",
+    "colon_n": "benign colon",
+}
+MHIST_CLASSES = {"HP": "hyperplastic polyp", "SSA": "sessile serrated adenoma"}
+
+RSNA_IMAGE_DIR = "stage_2_train_images"
+RSNA_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
+SIIM_IMAGE_SUFFIXES = (".png", ".dcm")  # in order of preference when both exist for one ImageId
+MAX_EXAMPLES = 5
+
+
+def read_table(path: str, required: Sequence[str], dtype=None) -> pd.DataFrame:
+    """Read a CSV whose column names are stripped of spaces; raise if the file or a column is missing."""
+    if not os.path.isfile(path):
+        raise UserInputError(f"{path}: file not found")
+    try:
+        table = pd.read_csv(path, dtype=dtype)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UserInputError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]})") from None
+    table.columns = [str(name).strip() for name in table.columns]
+    missing = [name for name in required if name not in table.columns]
+    if missing:
+        raise UserInputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} "
+                             f"(found: {', '.join(table.columns)})")
+    return table
+
+
+def report_excluded(items: Sequence[str], reason: str) -> None:
+    """Print how many items were left out and why, with a few examples."""
+    if len(items):
+        examples = ", ".join(map(str, items[:MAX_EXAMPLES])) + (", ..." if len(items) > MAX_EXAMPLES else "")
+        print(f"excluded {len(items)} {reason}: {examples}")
+
+
+def write_split_csvs(splits: Mapping[str, pd.DataFrame], output_dir: str, count_by: str | None = None,
+                     label_columns: Sequence[str] = ()) -> list[str]:
+    """Write each frame to `output_dir/<file name>` and print its row count and class counts.
+
+    `count_by` names a class column to count values of; `label_columns` are 0/1 multi-label columns
+    whose positives are counted.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    paths = []
+    for file_name, frame in splits.items():
+        path = os.path.join(output_dir, file_name)
+        frame.to_csv(path, index=False)
+        counts = []
+        if count_by is not None:
+            counts += [f"{count_by}={value}: {n}" for value, n in frame[count_by].value_counts().sort_index().items()]
+        counts += [f"{label}: {int(frame[label].sum())}" for label in label_columns]
+        print(f"wrote {path}: {len(frame)} rows" + (f" ({', '.join(counts)})" if counts else ""))
+        paths.append(path)
+    return paths
+
+
+def split_off(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rest, held out) with sklearn's train_test_split, not stratified; too few rows is a user error."""
+    try:
+        return tuple(train_test_split(frame, test_size=test_size, random_state=seed))
+    except ValueError as error:
+        raise UserInputError(f"cannot split {len(frame)} rows: {error}") from None
+
+
+def split_train_val_test(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """70/15/15 split: 30% held out with `seed`, then halved into val and test with the same seed."""
+    train, held_out = split_off(frame, 0.3, seed)
+    return (train, *split_off(held_out, 0.5, seed))
+
+
+# RSNA Pneumonia -------------------------------------------------------------------------------------
+
+def aggregate_rsna_boxes(labels: pd.DataFrame, source: str) -> pd.DataFrame:
+    """One row per patient, sorted by patientId: Target (1 if it has a box) and `boxes`, a JSON list of
+    [x1, y1, x2, y2] in pixels of the 1024x1024 image ('[]' for negatives)."""
+    box = labels[["x", "y", "width", "height"]].apply(pd.to_numeric, errors="coerce")
+    target = pd.to_numeric(labels["Target"], errors="coerce")
+    has_box = box.notna().all(axis=1)
+    bad = ~target.isin([0, 1]) | (target.eq(1) & ~has_box) | (target.eq(0) & box.notna().any(axis=1))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UserInputError(f"{source}: row {row + 2} (patientId {labels['patientId'].iloc[row]}): Target must be "
+                             f"1 with a full box (x, y, width, height) or 0 with an empty box")
+    boxes = {}
+    for patient, x, y, w, h in zip(labels["patientId"][has_box], *box[has_box].to_numpy(float).T):
+        boxes.setdefault(patient, []).append([float(x), float(y), float(x + w), float(y + h)])
+    patients = pd.DataFrame({"patientId": sorted(labels["patientId"].unique())})
+    patients["Target"] = [int(patient in boxes) for patient in patients["patientId"]]
+    patients["boxes"] = [json.dumps(boxes.get(patient, [])) for patient in patients["patientId"]]
+    return patients
+
+
+def prepare_rsna(labels_csv: str, output_dir: str, data_root: str | None = None,
+                 image_dir: str = RSNA_IMAGE_DIR, absolute_paths: bool = False,
+                 check_images: bool = False) -> list[str]:
+    """Zero-shot split over all patients (rsna_train.csv 85% / rsna_test.csv 15%) and detection split
+    over positive patients (rsna_detection_{train,val,test}.csv, 70/15/15), both with random_state=0.
+
+    Paths are `<image_dir>/<patientId>.dcm`, relative to `data_root` (default: the folder of the labels
+    CSV) unless `absolute_paths`. The classification split is not stratified, as in the released code,
+    so that the test set is the paper's; with 26,684 patients its positive rate stays close to 22.5%.
+    """
+    labels = read_table(labels_csv, RSNA_COLUMNS, dtype={"patientId": str})
+    patients = aggregate_rsna_boxes(labels, labels_csv)
+    data_root = os.path.dirname(os.path.abspath(labels_csv)) if data_root is None else data_root
+    relative = [os.path.join(image_dir, f"{patient}.dcm") for patient in patients["patientId"]]
+    on_disk = [os.path.join(data_root, path) for path in relative]
+    patients["Path"] = [os.path.abspath(path) for path in on_disk] if absolute_paths else relative
+    if check_images:
+        exists = np.array([os.path.isfile(path) for path in on_disk], dtype=bool)
+        report_excluded([path for path, found in zip(on_disk, exists) if not found], "patients without an image file")
+        patients = patients[exists]
+    patients = patients[["patientId", "Path", "Target", "boxes"]]
+    train, test = split_off(patients, 0.15, seed=0)
+    detection = split_train_val_test(patients.loc[patients["Target"] == 1, ["patientId", "Path", "boxes"]], seed=0)
+    return (write_split_csvs({"rsna_train.csv": train, "rsna_test.csv": test}, output_dir, count_by="Target")
+            + write_split_csvs(dict(zip(("rsna_detection_train.csv", "rsna_detection_val.csv",
+                                         "rsna_detection_test.csv"), detection)), output_dir))
+
+
+# SIIM-ACR Pneumothorax ------------------------------------------------------------------------------
+
+def read_siim_rles(rle_csv: str) -> pd.DataFrame:
+    """`ImageId, EncodedPixels` as stripped strings (stage 1 names the column ' EncodedPixels')."""
+    rles = read_table(rle_csv, ("ImageId", "EncodedPixels"), dtype=str)
+    return pd.DataFrame({"ImageId": rles["ImageId"].str.strip(),
+                         "EncodedPixels": rles["EncodedPixels"].fillna("").str.strip()})
+
+
+def siim_image_labels(rles: pd.DataFrame) -> pd.DataFrame:
+    """`ImageId, Label` per unique image in file order; Label 1 if any of its rows has a mask."""
+    has_mask = ~rles["EncodedPixels"].isin(["", "-1"])
+    labels = has_mask.groupby(rles["ImageId"], sort=False).any().astype(int)
+    return pd.DataFrame({"ImageId": labels.index, "Label": labels.to_numpy()})
+
+
+def prepare_siim_labels(rle_csv: str, output_dir: str) -> list[str]:
+    """Zero-shot labels: siim_test.csv is a 30% sample of unique images (random_state=42, sample order),
+    siim_train.csv the other 70% in file order."""
+    labels = siim_image_labels(read_siim_rles(rle_csv))
+    test = labels.sample(n=int(len(labels) * 0.3), random_state=42)
+    train = labels.drop(index=test.index)
+    return write_split_csvs({"siim_test.csv": test, "siim_train.csv": train}, output_dir, count_by="Label")
+
+
+def resolve_rle_format(rle_csv: str, rle_format: str) -> bool:
+    """True for relative RLE. 'auto' picks by file name: train-rle* is stage 1 (relative), stage_2* is
+    stage 2 (absolute); any other name must be told explicitly."""
+    if rle_format not in ("auto", "relative", "absolute"):
+        raise UserInputError(f"RLE format must be auto, relative or absolute, not {rle_format!r}")
+    if rle_format == "auto":
+        name = os.path.basename(rle_csv).lower()
+        if name.startswith("train-rle"):
+            rle_format = "relative"
+        elif name.startswith("stage_2"):
+            rle_format = "absolute"
+        else:
+            raise UserInputError(f"{rle_csv}: cannot tell the RLE format from the file name; "
+                                 f"choose relative (stage 1) or absolute (stage 2) explicitly")
+        print(f"RLE format: {rle_format} (chosen from the file name {name})")
+    return rle_format == "relative"
+
+
+def index_siim_images(image_dir: str) -> dict[str, str]:
+    """ImageId -> path of `<ImageId>.png` or `.dcm` anywhere under `image_dir` (one walk; PNG wins)."""
+    if not os.path.isdir(image_dir):
+        raise UserInputError(f"{image_dir}: image folder not found")
+    found = {}
+    for folder, subfolders, files in os.walk(image_dir):
+        subfolders.sort()
+        for file_name in sorted(files):
+            stem, suffix = os.path.splitext(file_name)
+            if suffix.lower() not in SIIM_IMAGE_SUFFIXES:
+                continue
+            path = os.path.join(folder, file_name)
+            if stem in found:
+                if os.path.splitext(found[stem])[1].lower() == suffix.lower():
+                    raise UserInputError(f"{image_dir}: image {stem} is there twice: {found[stem]} and {path}")
+                if suffix.lower() != SIIM_IMAGE_SUFFIXES[0]:
+                    continue
+            found[stem] = path
+    return found
+
+
+def prepare_siim_masks(rle_csv: str, image_dir: str, output_dir: str, mask_dir: str | None = None,
+                       rle_format: str = "auto", height: int = 1024, width: int = 1024,
+                       limit: int | None = None) -> list[str]:
+    """One 0/255 mask PNG per image, the union of all its rows (empty for negatives), and segmentation
+    splits siim_segmentation_{train,val,test}.csv (70/15/15, random_state=0) over the images found.
+
+    Images listed in the CSV without a file under `image_dir` are reported and left out. Paths are
+    `image_dir`/`mask_dir` joined as given. `limit` keeps the first N images (quick runs).
+    """
+    if min(height, width) < 1 or (limit is not None and limit < 1):
+        raise UserInputError(f"height, width and limit must be at least 1 (got {height}, {width}, {limit})")
+    relative = resolve_rle_format(rle_csv, rle_format)
+    rles = read_siim_rles(rle_csv)
+    per_image = rles.groupby("ImageId", sort=False)["EncodedPixels"].agg(list)
+    if limit is not None:
+        per_image = per_image.iloc[:limit]
+    images = index_siim_images(image_dir)
+    report_excluded([image for image in per_image.index if image not in images],
+                    f"images with a mask row but no .png/.dcm file under {image_dir}")
+    per_image = per_image[per_image.index.isin(list(images))]
+    mask_dir = os.path.join(output_dir, "masks") if mask_dir is None else mask_dir
+    os.makedirs(mask_dir, exist_ok=True)
+    rows = []
+    for image_id, image_rles in per_image.items():
+        try:
+            mask = merge_rles(image_rles, height, width, relative=relative)
+        except UserInputError as error:
+            raise UserInputError(f"{rle_csv}: ImageId {image_id}: {error}") from None
+        mask_path = os.path.join(mask_dir, f"{image_id}.png")
+        Image.fromarray(mask * 255).save(mask_path)
+        rows.append((image_id, images[image_id], mask_path, int(mask.any())))
+    table = pd.DataFrame(rows, columns=["ImageId", "image_path", "mask_path", "has_pneumothorax"])
+    print(f"wrote {len(table)} masks ({int(table['has_pneumothorax'].sum())} with pneumothorax) to {mask_dir}")
+    splits = split_train_val_test(table, seed=0)
+    return write_split_csvs(dict(zip(("siim_segmentation_train.csv", "siim_segmentation_val.csv",
+                                      "siim_segmentation_test.csv"), splits)), output_dir, count_by="has_pneumothorax")
+
+
+# NIH ChestX-ray14 -----------------------------------------------------------------------------------
+
+def nih_one_hot(finding_labels: pd.Series, source: str) -> pd.DataFrame:
+    """0/1 columns for NIH_LABELS from '|'-separated Finding Labels; 'No Finding' is all zeros."""
+    findings = finding_labels.fillna("").str.split("|").apply(lambda names: {name.strip() for name in names})
+    unknown = sorted(set().union(*findings) - set(NIH_LABELS) - {NIH_NO_FINDING}) if len(findings) else []
+    if unknown:
+        raise UserInputError(f"{source}: unknown label(s) in 'Finding Labels': {', '.join(map(repr, unknown))}")
+    return pd.DataFrame({label: findings.apply(lambda names: int(label in names)).to_numpy() for label in NIH_LABELS})
+
+
+def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: float = 0.2) -> list[str]:
+    """chestxray14_test.csv: the first `fraction` of test_list.txt in its file order, one-hot labelled."""
+    if not 0 < fraction <= 1:
+        raise UserInputError(f"fraction must be in (0, 1], not {fraction}")
+    entries = read_table(data_entry_csv, ("Image Index", "Finding Labels"), dtype=str)
+    if not os.path.isfile(test_list):
+        raise UserInputError(f"{test_list}: file not found")
+    with open(test_list) as handle:
+        names = [line.strip() for line in handle if line.strip()]
+    selected = names[:int(len(names) * fraction)]
+    print(f"selected the first {len(selected)} of {len(names)} images in {test_list}")
+    entries = entries.drop_duplicates("Image Index").set_index("Image Index")
+    report_excluded([name for name in selected if name not in entries.index],
+                    f"test-list images missing from {data_entry_csv}")
+    selected = [name for name in selected if name in entries.index]
+    labels = nih_one_hot(entries.loc[selected, "Finding Labels"], data_entry_csv)
+    table = pd.concat([pd.DataFrame({"Image Index": selected, "Path": [f"images/{name}" for name in selected]}),
+                       labels], axis=1)
+    print(f"{NIH_NO_FINDING}: {int((labels.sum(axis=1) == 0).sum())} images")
+    return write_split_csvs({"chestxray14_test.csv": table}, output_dir, label_columns=NIH_LABELS)
+
+
+# Histopathology -------------------------------------------------------------------------------------
+
+def prepare_lc25000(data_root: str, output_dir: str) -> list[str]:
+    """lc25000.csv: `Path, label` (label = class folder) for every .jpeg, sorted by Path, relative to
+    `data_root`, the folder that holds lung_colon_image_set/."""
+    rows, other_files = [], []
+    for folder in LC25000_CLASSES:
+        class_dir = os.path.join("lung_colon_image_set", f"{folder.split('_')[0]}_image_sets", folder)
+        if not os.path.isdir(os.path.join(data_root, class_dir)):
+            raise UserInputError(f"{os.path.join(data_root, class_dir)}: LC25000 class folder not found")
+        for file_name in os.listdir(os.path.join(data_root, class_dir)):
+            path = os.path.join(class_dir, file_name)
+            is_image = file_name.lower().endswith((".jpeg", ".jpg"))
+            (rows if is_image else other_files).append((path, folder))
+    report_excluded(sorted(path for path, _ in other_files), "files that are not .jpeg images")
+    table = pd.DataFrame(sorted(rows), columns=["Path", "label"])
+    return write_split_csvs({"lc25000.csv": table}, output_dir, count_by="label")
+
+
+def _column_named(table: pd.DataFrame, name: str, source: str) -> str:
+    """The column called `name`, or `name (...)` with a description of its values."""
+    for column in table.columns:
+        if column == name or column.startswith(f"{name} ("):
+            return column
+    raise UserInputError(f"{source}: missing column {name!r} (found: {', '.join(table.columns)})")
+
+
+def prepare_mhist(annotations_csv: str, output_dir: str) -> list[str]:
+    """mhist_test.csv and mhist_train.csv (`Path, label, partition`) by the official partition."""
+    annotations = read_table(annotations_csv, ("Image Name",), dtype=str)
+    label = annotations[_column_named(annotations, "Majority Vote Label", annotations_csv)].str.strip()
+    partition = annotations[_column_named(annotations, "Partition", annotations_csv)].str.strip().str.lower()
+    for values, allowed, what in ((label, MHIST_CLASSES, "label"), (partition, ("train", "test"), "partition")):
+        unknown = sorted(set(values.dropna()) - set(allowed)) + (["(empty)"] if values.isna().any() else [])
+        if unknown:
+            raise UserInputError(f"{annotations_csv}: unknown {what} value(s) {', '.join(unknown)} "
+                                 f"(expected {' or '.join(allowed)})")
+    table = pd.DataFrame({"Path": "images/" + annotations["Image Name"].str.strip(), "label": label,
+                          "partition": partition})
+    return write_split_csvs({f"mhist_{part}.csv": table[table["partition"] == part] for part in ("test", "train")},
+                            output_dir, count_by="label")
