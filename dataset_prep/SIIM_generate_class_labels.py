@@ -1,0 +1,35 @@
+"""SIIM-ACR Pneumothorax: zero-shot classification labels, one per unique ImageId.
+
+Label is 1 if any row of the image has a mask, 0 if its EncodedPixels is -1. Writes siim_test.csv (a 30%
+sample of the unique images, random_state=42) and siim_train.csv (the other 70%), columns ImageId, Label.
+Reads stage_2_train.csv or stage 1 train-rle.csv.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ace_lora.data.prepare import prepare_siim_labels  # noqa: E402
+from ace_lora.errors import UserInputError  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rle-csv", required=True, help="path to stage_2_train.csv or train-rle.csv")
+    parser.add_argument("--output-dir", required=True, help="folder to write siim_test.csv and siim_train.csv to")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        prepare_siim_labels(args.rle_csv, args.output_dir)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""NIH ChestX-ray14: one-hot test CSV for the first part of the official test list.
+
+Writes chestxray14_test.csv with columns Image Index, Path (images/<Image Index>) and one 0/1 column per
+label (Atelectasis ... Hernia; 'No Finding' is all zeros), for the first --fraction of test_list.txt in
+its file order.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ace_lora.data.prepare import prepare_nih  # noqa: E402
+from ace_lora.errors import UserInputError  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-entry-csv", required=True, help="path to Data_Entry_2017_v2020.csv")
+    parser.add_argument("--test-list", required=True, help="path to test_list.txt (one image file name a line)")
+    parser.add_argument("--output-dir", required=True, help="folder to write chestxray14_test.csv to")
+    parser.add_argument("--fraction", type=float, default=0.2,
+                        help="leading fraction of the test list to keep, as in the paper (default: 0.2; 1.0 for all)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        prepare_nih(args.data_entry_csv, args.test_list, args.output_dir, fraction=args.fraction)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

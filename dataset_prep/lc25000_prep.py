@@ -1,0 +1,34 @@
+"""LC25000: one CSV (lc25000.csv, columns Path, label) of every image, label = class folder name.
+
+Reads lung_colon_image_set/lung_image_sets/{lung_aca,lung_n,lung_scc} and
+lung_colon_image_set/colon_image_sets/{colon_aca,colon_n}; Paths are relative to --data-root.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ace_lora.data.prepare import prepare_lc25000  # noqa: E402
+from ace_lora.errors import UserInputError  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True, help="folder that holds lung_colon_image_set/")
+    parser.add_argument("--output-dir", required=True, help="folder to write lc25000.csv to")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        prepare_lc25000(args.data_root, args.output_dir)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""RSNA Pneumonia: zero-shot classification split and detection split from stage_2_train_labels.csv.
+
+Writes rsna_train.csv / rsna_test.csv (85/15 over all patients: patientId, Path, Target, boxes) and
+rsna_detection_{train,val,test}.csv (70/15/15 over positive patients: patientId, Path, boxes), where
+boxes is a JSON list of [x1, y1, x2, y2] pixel boxes.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ace_lora.data.prepare import RSNA_IMAGE_DIR, prepare_rsna  # noqa: E402
+from ace_lora.errors import UserInputError  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels-csv", required=True, help="path to stage_2_train_labels.csv")
+    parser.add_argument("--output-dir", required=True, help="folder to write the split CSVs to")
+    parser.add_argument("--data-root", default=None,
+                        help="folder that holds --image-dir; Paths are relative to it (default: the labels CSV's folder)")
+    parser.add_argument("--image-dir", default=RSNA_IMAGE_DIR,
+                        help=f"image folder under --data-root, written into Path (default: {RSNA_IMAGE_DIR})")
+    parser.add_argument("--absolute-paths", action="store_true",
+                        help="write absolute image paths instead of paths relative to --data-root")
+    parser.add_argument("--check-images", action="store_true",
+                        help="check that every image file exists; patients without one are reported and left out")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        prepare_rsna(args.labels_csv, args.output_dir, data_root=args.data_root, image_dir=args.image_dir,
+                     absolute_paths=args.absolute_paths, check_images=args.check_images)
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
