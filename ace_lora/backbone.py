@@ -1,0 +1,79 @@
+"""Loading the frozen BiomedCLIP backbone (open_clip) from the hub or from a local folder.
+
+A local folder (`local-dir:PATH`) must load with no network at all. open_clip's text tower reads the
+BERT config from `text_cfg.hf_model_name`, which in BiomedCLIP's config is a hub id; when PATH itself
+holds the BERT `config.json` (see README: "A local BiomedCLIP folder"), that name is pointed at PATH
+through open_clip's public `text_cfg` override instead.
+"""
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import open_clip
+import torch
+from torch import nn
+
+from .errors import UserInputError
+
+BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+LOCAL_PREFIX = "local-dir:"
+
+
+@dataclass
+class Backbone:
+    clip: nn.Module  # open_clip CustomTextCLIP: .visual (TimmModel), .text (HFTextEncoder), .logit_scale
+    preprocess: Callable  # PIL image -> (3, H, W) tensor, the model's own evaluation transform
+    tokenizer: Callable  # list[str] -> (B, context_length) LongTensor
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {name} requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _local_text_override(folder: str) -> dict:
+    """`text_cfg` override that points the BERT config and tokenizer at the local folder."""
+    config_path = os.path.join(folder, "open_clip_config.json")
+    if not os.path.isfile(config_path):
+        raise UserInputError(f"{folder} has no open_clip_config.json; it is not an open_clip model folder")
+    with open(config_path, encoding="utf-8") as f:
+        text_cfg = dict(json.load(f)["model_cfg"]["text_cfg"])
+    hf_name = text_cfg.get("hf_model_name")
+    if hf_name is None or os.path.isdir(hf_name):
+        return {}
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise UserInputError(
+            f"{folder}: the text tower's BERT config '{hf_name}' is a hub id and the folder has no config.json; "
+            "download it into the folder once (README: 'A local BiomedCLIP folder')")
+    text_cfg["hf_model_name"] = os.path.abspath(folder)
+    text_cfg["hf_tokenizer_name"] = os.path.abspath(folder)
+    return {"text_cfg": text_cfg}
+
+
+def load_backbone(model_name: str = BIOMEDCLIP_HUB, device: str = "cpu") -> Backbone:
+    """Create the open_clip model, its evaluation preprocessing and tokenizer; all weights frozen."""
+    overrides = {}
+    if model_name.startswith(LOCAL_PREFIX):
+        folder = model_name[len(LOCAL_PREFIX):]
+        if not os.path.isdir(folder):
+            raise UserInputError(f"model folder not found: {folder}")
+        overrides = _local_text_override(folder)
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(model_name, device=device, **overrides)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except (OSError, RuntimeError, ValueError) as err:
+        if model_name.startswith("hf-hub:"):
+            raise UserInputError(
+                f"could not load {model_name} from the Hugging Face hub ({type(err).__name__}); without network, "
+                "download it once and pass --model local-dir:PATH (README: 'A local BiomedCLIP folder')") from err
+        raise UserInputError(f"could not load model {model_name}: {str(err).splitlines()[0]}") from err
+    clip.requires_grad_(False)
+    clip.eval()
+    logging.getLogger(__name__).info("loaded backbone %s", model_name)
+    return Backbone(clip=clip, preprocess=preprocess, tokenizer=tokenizer)

@@ -1,0 +1,193 @@
+"""Checkpoints: the released ACE-LoRA weight format, and our resume checkpoints.
+
+Released format (`torch.save` dict, loads with weights_only=True):
+  weights['layer_<i>'][<p>_proj] = {'w_lora_A': (r, in), 'w_lora_B': (out, r)}: text layers first
+      (BERT encoder.layer[i]), then image layers (ViT blocks[i - n_text_layers]); p in q, k, v, o.
+  weights['img_edge_adapter' | 'img_node_adapter' | 'text_edge_adapter' | 'text_node_adapter']:
+      adapter state_dicts (down.weight/bias, up.weight/bias).
+  weights['logit_scale']: the learned scale, linear (already exponentiated).
+  metadata: {'r', 'topk', 'params', 'position', 'loss_type', ...}.
+Every write is atomic: a temporary file in the same folder, then os.replace.
+"""
+import os
+import tempfile
+from typing import Any, Dict, Iterator, Tuple
+
+import torch
+
+from .errors import UserInputError
+from .lora import LoRAFactors
+from .model import AceLoRAConfig, AceLoRAModel
+
+LOSS_TYPE_NAMES = ("clip_loss_ace_hgnn", "clip_loss_ace_hgat")
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserInputError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise UserInputError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
+
+
+def _lora_entries(model: AceLoRAModel) -> Iterator[Tuple[str, str, LoRAFactors]]:
+    """(layer key, projection key, factors) in the released numbering."""
+    n_text = len(model.clip.text.transformer.encoder.layer)
+    for offset, layers in ((0, model.text_lora), (n_text, model.vision_lora)):
+        for i, parts in sorted(layers.items()):
+            for p, factors in parts.items():
+                yield f"layer_{offset + i}", f"{p}_proj", factors
+
+
+def _adapters(model: AceLoRAModel) -> Dict[str, torch.nn.Module]:
+    out = {}
+    for prefix, hgnn in (("img", model.image_hgnn), ("text", model.text_hgnn)):
+        if hgnn is not None:
+            out[f"{prefix}_edge_adapter"] = hgnn.edge_adapter
+            out[f"{prefix}_node_adapter"] = hgnn.node_adapter
+    return out
+
+
+def released_state(model: AceLoRAModel, loss_type: str = "clip_loss_ace_hgnn") -> dict:
+    """The model's trainables in the released format (fp32, CPU)."""
+    weights: Dict[str, Any] = {}
+    for layer, proj, factors in _lora_entries(model):
+        weights.setdefault(layer, {})[proj] = {
+            "w_lora_A": factors.lora_A.detach().float().cpu().clone(),
+            "w_lora_B": factors.lora_B.detach().float().cpu().clone(),
+        }
+    for name, adapter in _adapters(model).items():
+        weights[name] = {k: v.detach().float().cpu().clone() for k, v in adapter.state_dict().items()}
+    weights["logit_scale"] = model.logit_scale.detach().float().cpu().clone()
+    cfg = model.config
+    metadata = {"r": cfg.r, "topk": cfg.topk, "k_nearest": cfg.topk, "params": list(cfg.params),
+                "position": cfg.position, "loss_type": loss_type, "alpha": cfg.alpha,
+                "dropout_rate": cfg.dropout, "hidden_features": cfg.hidden_features,
+                "apply_gnn_encoders": cfg.apply_gnn_encoders}
+    return {"weights": weights, "metadata": metadata}
+
+
+def save_released_checkpoint(model: AceLoRAModel, path: str, loss_type: str = "clip_loss_ace_hgnn") -> None:
+    atomic_save(released_state(model, loss_type), path)
+
+
+def read_released_checkpoint(path: str) -> dict:
+    state = load_checkpoint_file(path)
+    if not isinstance(state, dict) or "weights" not in state:
+        raise UserInputError(f"{path} is not an ACE-LoRA weight file (no 'weights' entry)")
+    return state
+
+
+def config_from_metadata(metadata: dict, **overrides) -> AceLoRAConfig:
+    """The AceLoRAConfig a released checkpoint was trained with (alpha 1 and dropout 0.1 if absent)."""
+    cfg = AceLoRAConfig(
+        r=int(metadata.get("r", 4)), alpha=float(metadata.get("alpha", 1.0)),
+        dropout=float(metadata.get("dropout_rate", 0.1)),
+        params=list(metadata.get("params", ["q", "k", "v"])), position=metadata.get("position", "all"),
+        topk=int(metadata.get("topk", metadata.get("k_nearest", 5))),
+        hidden_features=int(metadata.get("hidden_features", 128)),
+        apply_gnn_encoders=metadata.get("apply_gnn_encoders", "both"))
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def _copy_checked(dst: torch.Tensor, src: Any, where: str, path: str) -> None:
+    if not isinstance(src, torch.Tensor):
+        raise UserInputError(f"{path}: {where} is missing or not a tensor")
+    if tuple(src.shape) != tuple(dst.shape):
+        raise UserInputError(f"{path}: {where} has shape {tuple(src.shape)}, the model expects {tuple(dst.shape)}"
+                             " (check --lora-r, --position, --params and the backbone)")
+    with torch.no_grad():
+        dst.copy_(src.to(dst.dtype))
+
+
+def load_released_weights(model: AceLoRAModel, state: dict, path: str = "checkpoint") -> None:
+    """Copy a released-format dict into the model; any missing key or wrong shape is an error naming it."""
+    weights = state["weights"]
+    expected_layers = set()
+    for layer, proj, factors in _lora_entries(model):
+        expected_layers.add(layer)
+        entry = weights.get(layer, {}).get(proj)
+        if entry is None:
+            raise UserInputError(f"{path}: missing LoRA weights weights['{layer}']['{proj}']")
+        _copy_checked(factors.lora_A, entry.get("w_lora_A"), f"weights['{layer}']['{proj}']['w_lora_A']", path)
+        _copy_checked(factors.lora_B, entry.get("w_lora_B"), f"weights['{layer}']['{proj}']['w_lora_B']", path)
+    extra = sorted(k for k in weights if k.startswith("layer_") and k not in expected_layers)
+    if extra:
+        raise UserInputError(f"{path}: has LoRA weights for {', '.join(extra)} which the model does not have "
+                             "(check --position and the backbone depth)")
+    for name, adapter in _adapters(model).items():
+        if name not in weights:
+            raise UserInputError(f"{path}: missing adapter weights['{name}']")
+        for key, tensor in adapter.state_dict().items():
+            _copy_checked(tensor, weights[name].get(key), f"weights['{name}']['{key}']", path)
+    if "logit_scale" not in weights:
+        raise UserInputError(f"{path}: missing weights['logit_scale']")
+    _copy_checked(model.logit_scale.data, torch.as_tensor(weights["logit_scale"]).reshape(()),
+                  "weights['logit_scale']", path)
+
+
+def load_released_checkpoint(model: AceLoRAModel, path: str) -> dict:
+    """Load a released-format file into an existing model; returns its metadata."""
+    state = read_released_checkpoint(path)
+    load_released_weights(model, state, path)
+    return state.get("metadata", {})
+
+
+# ---- resume checkpoints ----------------------------------------------------------------------
+def rng_state() -> dict:
+    import random
+
+    import numpy as np
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]  # weights_only-safe
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state_dict(model: AceLoRAModel) -> Dict[str, torch.Tensor]:
+    """Only the trained tensors (LoRA, adapters, scale), keyed by module path."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: p.detach().clone() for p in model.trainable_parameters()}
+
+
+def load_trainable_state_dict(model: AceLoRAModel, state: Dict[str, torch.Tensor], path: str) -> None:
+    params = dict(model.named_parameters())
+    for name, tensor in state.items():
+        if name not in params:
+            raise UserInputError(f"{path}: parameter {name} does not exist in this model")
+        _copy_checked(params[name].data, tensor, name, path)
+
+
+def load_resume_checkpoint(path: str) -> dict:
+    state = load_checkpoint_file(path) if path else None
+    if not isinstance(state, dict) or "trainable" not in state:
+        raise UserInputError(f"{path} is not a resume checkpoint (no 'trainable' entry)")
+    return state

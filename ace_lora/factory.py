@@ -1,0 +1,43 @@
+"""Building ACE-LoRA models: for training, and for evaluation from a checkpoint or the bare backbone."""
+from typing import Optional
+
+from .backbone import BIOMEDCLIP_HUB, load_backbone
+from .checkpoint import (config_from_metadata, load_checkpoint_file, load_released_weights,
+                         load_trainable_state_dict)
+from .errors import UserInputError
+from .model import AceLoRAConfig, AceLoRAModel
+
+# The zero-shot baseline: BiomedCLIP itself (no LoRA, no hypergraph; token 0 is open_clip's embedding).
+BARE_BACKBONE = AceLoRAConfig(params=[], apply_gnn_encoders="none")
+
+
+def build_model(model_name: str = BIOMEDCLIP_HUB, config: Optional[AceLoRAConfig] = None,
+                device: str = "cpu") -> AceLoRAModel:
+    model = AceLoRAModel(load_backbone(model_name), config or AceLoRAConfig())
+    return model.to(device)
+
+
+def load_model_for_eval(model_name: str = BIOMEDCLIP_HUB, checkpoint: Optional[str] = None,
+                        device: str = "cpu", merge: bool = True) -> AceLoRAModel:
+    """A model in eval mode with LoRA merged (no low-rank overhead at inference).
+
+    `checkpoint` may be the released weight format (`weights` + `metadata`), our training
+    checkpoint (`trainable` + `config`), or None for the bare BiomedCLIP baseline.
+    """
+    if checkpoint is None:
+        model = build_model(model_name, AceLoRAConfig(**BARE_BACKBONE.to_dict()))
+    else:
+        state = load_checkpoint_file(checkpoint)
+        if isinstance(state, dict) and "weights" in state:
+            model = build_model(model_name, config_from_metadata(state.get("metadata", {})))
+            load_released_weights(model, state, checkpoint)
+        elif isinstance(state, dict) and "trainable" in state:
+            model = build_model(model_name, AceLoRAConfig(**state["model_config"]))
+            load_trainable_state_dict(model, state["trainable"], checkpoint)
+        else:
+            raise UserInputError(f"{checkpoint} is neither an ACE-LoRA weight file nor a training checkpoint")
+    model.eval().requires_grad_(False)
+    if merge:
+        model.merge_lora(True)
+    return model.to(device)
+

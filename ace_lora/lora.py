@@ -1,0 +1,178 @@
+"""Low-rank adapters (LoRA) on the attention projections of both BiomedCLIP towers.
+
+Update of a frozen weight W (out, in): W + s * B @ A with A (r, in), B (out, r), s = alpha / sqrt(r)
+(the released ACE-LoRA scaling, not the alpha / r of the original LoRA paper). A is kaiming-uniform
+(a = sqrt(5)), B is zero, so a fresh adapter leaves the model unchanged. Training computes the
+update low-rank, `dropout(x) @ A^T @ B^T`: B @ A is only formed when merging for inference/export.
+"""
+import math
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserInputError
+
+LORA_POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top", "top3")
+LORA_PARAMS = ("q", "k", "v", "o")
+
+
+def select_layers(position: str, depth: int) -> List[int]:
+    """Layer indices that get LoRA, relative to depth (for 12 layers: bottom 0-3, mid 4-7, up 8-11)."""
+    third, half = depth // 3, depth // 2
+    ranges = {
+        "all": range(depth),
+        "bottom": range(0, third),
+        "mid": range(third, 2 * third),
+        "up": range(2 * third, depth),
+        "half-bottom": range(0, half),
+        "half-up": range(half, depth),
+        "top": range(depth - 1, depth),
+        "top3": range(max(depth - 3, 0), depth),
+    }
+    if position not in ranges:
+        raise UserInputError(f"unknown LoRA position '{position}'; choose from {', '.join(LORA_POSITIONS)}")
+    return list(ranges[position])
+
+
+class LoRAFactors(nn.Module):
+    """One (A, B) pair: delta(x) = scaling * x @ A^T @ B^T."""
+
+    def __init__(self, in_features: int, out_features: int, r: int, scaling: float):
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.empty(r, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling  # (out, in); merge/export only
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus one low-rank update (BERT query/key/value/output, ViT attn.proj)."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.lora = LoRAFactors(base.in_features, base.out_features, r, alpha / math.sqrt(r))
+        self.dropout = nn.Dropout(dropout)
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        return y + self.lora(self.dropout(x))
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight += self.lora.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.lora.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+class FusedQKVLoRA(nn.Module):
+    """timm's fused qkv Linear (in -> 3 * dim) with separate (A, B) pairs for the chosen of q, k, v.
+
+    The dropout mask on the input is shared by q, k and v (one pass over x; each projection still
+    sees inputs dropped with probability p). The three A matrices run as one stacked matmul.
+    """
+
+    def __init__(self, base: nn.Linear, parts: Sequence[str], r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.dim = base.out_features // 3
+        self.parts = [p for p in ("q", "k", "v") if p in parts]
+        scaling = alpha / math.sqrt(r)
+        self.lora = nn.ModuleDict({p: LoRAFactors(base.in_features, self.dim, r, scaling) for p in self.parts})
+        self.dropout = nn.Dropout(dropout)
+        self.r = r
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)  # (B, N, 3 * dim)
+        if self.merged or not self.parts:
+            return y
+        x = self.dropout(x)
+        a_stacked = torch.cat([self.lora[p].lora_A for p in self.parts])  # (len(parts) * r, in)
+        z = F.linear(x, a_stacked).split(self.r, dim=-1)  # each (B, N, r)
+        deltas = {p: F.linear(zp, self.lora[p].lora_B) * self.lora[p].scaling for p, zp in zip(self.parts, z)}
+        full = [deltas[p] if p in deltas else y.new_zeros(*y.shape[:-1], self.dim) for p in ("q", "k", "v")]
+        return y + torch.cat(full, dim=-1)
+
+    def _slices(self) -> Iterable[Tuple[slice, LoRAFactors]]:
+        for p in self.parts:
+            i = "qkv".index(p)
+            yield slice(i * self.dim, (i + 1) * self.dim), self.lora[p]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            for rows, factors in self._slices():
+                self.base.weight[rows] += factors.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            for rows, factors in self._slices():
+                self.base.weight[rows] -= factors.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+LoRAModule = (LoRALinear, FusedQKVLoRA)
+
+
+def inject_text_lora(bert_layers: nn.ModuleList, params: Sequence[str], position: str, r: int, alpha: float,
+                     dropout: float) -> Dict[int, Dict[str, LoRAFactors]]:
+    """Wrap query/key/value (and attention.output.dense for 'o') of the chosen BERT layers.
+
+    Returns {layer index: {'q': factors, ...}} for checkpoint I/O.
+    """
+    names = {"q": "query", "k": "key", "v": "value"}
+    found: Dict[int, Dict[str, LoRAFactors]] = {}
+    for i in select_layers(position, len(bert_layers)):
+        attn = bert_layers[i].attention
+        found[i] = {}
+        for p in params:
+            parent, attr = (attn.output, "dense") if p == "o" else (attn.self, names[p])
+            wrapped = LoRALinear(getattr(parent, attr), r, alpha, dropout)
+            setattr(parent, attr, wrapped)
+            found[i][p] = wrapped.lora
+    return found
+
+
+def inject_vision_lora(vit_blocks: nn.Sequential, params: Sequence[str], position: str, r: int, alpha: float,
+                       dropout: float) -> Dict[int, Dict[str, LoRAFactors]]:
+    """Wrap the fused qkv (q, k, v) and attn.proj ('o') of the chosen ViT blocks."""
+    found: Dict[int, Dict[str, LoRAFactors]] = {}
+    for i in select_layers(position, len(vit_blocks)):
+        attn = vit_blocks[i].attn
+        found[i] = {}
+        qkv_parts = [p for p in params if p in ("q", "k", "v")]
+        if qkv_parts:
+            fused = FusedQKVLoRA(attn.qkv, qkv_parts, r, alpha, dropout)
+            attn.qkv = fused
+            found[i].update({p: fused.lora[p] for p in fused.parts})
+        if "o" in params:
+            attn.proj = LoRALinear(attn.proj, r, alpha, dropout)
+            found[i]["o"] = attn.proj.lora
+    return found
+
+
+def set_merged(module: nn.Module, merged: bool) -> None:
+    """Merge (True) or unmerge (False) every LoRA update inside `module` into its frozen weight."""
+    for m in module.modules():
+        if isinstance(m, LoRAModule):
+            m.merge() if merged else m.unmerge()

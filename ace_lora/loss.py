@@ -1,0 +1,50 @@
+"""Contrastive losses: the CLIP InfoNCE loss and its label-guided variant.
+
+Label-guided InfoNCE: for row i, every j != i whose CheXpert label vector equals row i's is not a
+negative (two studies with the same findings are not a mismatch), so its logit is set to -inf in both
+directions before the cross-entropies; the diagonal positive always stays.
+"""
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+LOSS_CHOICES = ("label_guided", "clip")
+
+
+def false_negative_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: True where j != i and labels[j] == labels[i] (all 14 entries)."""
+    same = (labels[:, None, :] == labels[None, :, :]).all(dim=-1)
+    return same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+
+
+def label_guided_info_nce(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+                          labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of image->text and text->image cross-entropy over s * image @ text^T.
+
+    image, text: (B, D) normalised embeddings; labels: (B, 14) or None for the plain CLIP loss.
+    """
+    logits = logit_scale * image.float() @ text.float().T  # (B, B)
+    if labels is not None:
+        logits = logits.masked_fill(false_negative_mask(labels), float("-inf"))  # the mask is symmetric
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def gather_batch(image: torch.Tensor, text: torch.Tensor, labels: Optional[torch.Tensor]):
+    """All-gather embeddings (differentiable) and labels across ranks, in rank order.
+
+    Each rank then computes the loss over the global batch. The all-gather backward sums the
+    gradients of all ranks' (identical) losses, i.e. world_size * dL/dx, and DDP's gradient average
+    divides by world_size again: the result is the gradient of one global-batch loss.
+    """
+    from torch.distributed.nn.functional import all_gather
+
+    image = torch.cat(all_gather(image), dim=0)
+    text = torch.cat(all_gather(text), dim=0)
+    if labels is not None:
+        gathered = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, labels)
+        labels = torch.cat(gathered, dim=0)
+    return image, text, labels
