@@ -1,0 +1,49 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ace_lora.backbone import load_backbone, resolve_device
+from ace_lora.errors import UserInputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_local_folder_with_hub_text_config_is_pointed_at_the_folder(tiny_model_name, tmp_path):
+    """A BiomedCLIP-style config naming a hub BERT id loads offline when the folder has config.json."""
+    folder = tiny_model_name.split(":", 1)[1]
+    cfg_path = os.path.join(folder, "open_clip_config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["model_cfg"]["text_cfg"]["hf_model_name"] = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+    cfg["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+    copy = tmp_path / "hubstyle"
+    copy.mkdir()
+    for name in os.listdir(folder):
+        if name != "open_clip_config.json":
+            os.symlink(os.path.join(folder, name), copy / name)
+    (copy / "open_clip_config.json").write_text(json.dumps(cfg))
+    backbone = load_backbone(f"local-dir:{copy}")
+    assert backbone.tokenizer(["edema"]).shape == (1, 32)
+    os.remove(copy / "config.json")
+    with pytest.raises(UserInputError, match="has no config.json"):
+        load_backbone(f"local-dir:{copy}")
+
+
+def test_missing_folder_and_device_errors(tmp_path):
+    with pytest.raises(UserInputError, match="model folder not found"):
+        load_backbone(f"local-dir:{tmp_path / 'absent'}")
+    with pytest.raises(UserInputError, match="not an open_clip model folder"):
+        load_backbone(f"local-dir:{tmp_path}")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_unreachable_hub_gives_one_clear_message():
+    code = ("from ace_lora.backbone import load_backbone\n"
+            "from ace_lora.errors import UserInputError\n"
+            "try:\n    load_backbone()\nexcept UserInputError as e:\n    print('MSG', e)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "MSG could not load hf-hub:microsoft/BiomedCLIP" in out.stdout
+    assert "--model local-dir:PATH" in out.stdout

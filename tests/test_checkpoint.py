@@ -1,0 +1,109 @@
+"""Released-format checkpoints: exact round trip on the full-size architecture, clear errors."""
+import os
+
+import pytest
+import torch
+
+from ace_lora.backbone import load_backbone
+from ace_lora.checkpoint import (atomic_save, load_released_checkpoint, read_released_checkpoint,
+                                 released_state, save_released_checkpoint)
+from ace_lora.errors import UserInputError
+from ace_lora.factory import build_model, load_model_for_eval
+from ace_lora.model import AceLoRAConfig, AceLoRAModel
+
+
+@pytest.fixture(scope="module")
+def released(shared_dir):
+    return read_released_checkpoint(os.path.join(shared_dir, "checkpoints", "ACE_LoRA.pt"))
+
+
+@pytest.fixture(scope="module")
+def full_model(fake_biomedclip_dir):
+    return AceLoRAModel(load_backbone(f"local-dir:{fake_biomedclip_dir}"), AceLoRAConfig())
+
+
+def test_default_model_has_969217_trainable_numbers(full_model):
+    assert full_model.num_trainable() == 969_217
+
+
+def test_released_checkpoint_round_trip_reproduces_every_tensor(full_model, released, shared_dir, tmp_path):
+    path = os.path.join(shared_dir, "checkpoints", "ACE_LoRA.pt")
+    metadata = load_released_checkpoint(full_model, path)
+    assert metadata["loss_type"] == "clip_loss_ace_hgat" and metadata["r"] == 4
+    ours = released_state(full_model)["weights"]
+    theirs = released["weights"]
+    assert set(ours) == set(theirs)
+    count = 0
+    for key, value in theirs.items():
+        if key == "logit_scale":
+            assert torch.equal(ours[key], value.float())
+            count += 1
+            continue
+        for sub, tensor in value.items():
+            if isinstance(tensor, dict):
+                for name, t in tensor.items():
+                    assert torch.equal(ours[key][sub][name], t), (key, sub, name)
+                    count += t.numel()
+            else:
+                assert torch.equal(ours[key][sub], tensor), (key, sub)
+                count += tensor.numel()
+    assert count == 969_217
+    assert abs(full_model.logit_scale.item() - 78.35) < 0.01  # linear, not exponentiated again
+    out = tmp_path / "again.pt"
+    save_released_checkpoint(full_model, str(out))
+    again = torch.load(out, weights_only=True)
+    assert again["metadata"]["loss_type"] == "clip_loss_ace_hgnn"
+    for key in theirs:
+        if key != "logit_scale":
+            for sub in theirs[key]:
+                a, b = again["weights"][key][sub], theirs[key][sub]
+                if isinstance(b, dict):
+                    assert all(torch.equal(a[n], b[n]) for n in b)
+
+
+def test_wrong_rank_names_the_tensor(fake_biomedclip_dir, shared_dir):
+    model = AceLoRAModel(load_backbone(f"local-dir:{fake_biomedclip_dir}"), AceLoRAConfig(r=8))
+    with pytest.raises(UserInputError, match=r"weights\['layer_0'\]\['q_proj'\]\['w_lora_A'\] has shape \(4, 768\), "
+                                             r"the model expects \(8, 768\)"):
+        load_released_checkpoint(model, os.path.join(shared_dir, "checkpoints", "ACE_LoRA.pt"))
+
+
+def test_missing_key_and_unreadable_file(tiny_model_name, tmp_path):
+    model = build_model(tiny_model_name, AceLoRAConfig())
+    state = released_state(model)
+    del state["weights"]["text_node_adapter"]
+    broken = tmp_path / "broken.pt"
+    atomic_save(state, str(broken))
+    with pytest.raises(UserInputError, match=r"missing adapter weights\['text_node_adapter'\]"):
+        load_released_checkpoint(model, str(broken))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserInputError, match="cannot read checkpoint .*garbage.pt"):
+        load_model_for_eval(tiny_model_name, str(garbage))
+    with pytest.raises(UserInputError, match="checkpoint not found: .*nope.pt"):
+        load_model_for_eval(tiny_model_name, str(tmp_path / "nope.pt"))
+
+
+def test_extra_layers_are_rejected(tiny_model_name, tmp_path):
+    model = build_model(tiny_model_name, AceLoRAConfig(position="top"))
+    full = build_model(tiny_model_name, AceLoRAConfig())
+    path = tmp_path / "all_layers.pt"
+    save_released_checkpoint(full, str(path))
+    with pytest.raises(UserInputError, match="has LoRA weights for layer_0"):
+        load_released_checkpoint(model, str(path))
+
+
+def test_eval_loader_rebuilds_config_from_metadata(tiny_model_name, tmp_path):
+    model = build_model(tiny_model_name, AceLoRAConfig(r=2, topk=3, position="half-up"))
+    for parts in model.vision_lora.values():
+        for factors in parts.values():
+            torch.nn.init.normal_(factors.lora_B, std=0.05)
+    path = tmp_path / "weights.pt"
+    save_released_checkpoint(model, str(path))
+    loaded = load_model_for_eval(tiny_model_name, str(path), merge=False)
+    assert loaded.config.r == 2 and loaded.config.topk == 3 and loaded.config.position == "half-up"
+    images = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images))
+    assert not list(tmp_path.glob(".tmp_*"))  # atomic write left no temporary file

@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ace_lora.backbone import load_backbone
+from ace_lora.errors import UserInputError
+from ace_lora.lora import FusedQKVLoRA, LoRALinear, select_layers
+from ace_lora.model import AceLoRAConfig, AceLoRAModel
+
+
+def test_select_layers_relative_to_depth():
+    assert select_layers("all", 12) == list(range(12))
+    assert select_layers("bottom", 12) == [0, 1, 2, 3]
+    assert select_layers("mid", 12) == [4, 5, 6, 7]
+    assert select_layers("up", 12) == [8, 9, 10, 11]
+    assert select_layers("half-bottom", 12) == [0, 1, 2, 3, 4, 5]
+    assert select_layers("half-up", 12) == [6, 7, 8, 9, 10, 11]
+    assert select_layers("top", 12) == [11]
+    assert select_layers("top3", 12) == [9, 10, 11]
+    assert select_layers("mid", 6) == [2, 3]
+    with pytest.raises(UserInputError, match="unknown LoRA position 'middle'"):
+        select_layers("middle", 12)
+
+
+def test_lora_linear_matches_dense_update_and_zero_b_is_identity():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 12)
+    x = torch.randn(3, 5, 16)
+    lora = LoRALinear(base, r=4, alpha=1.0, dropout=0.0)
+    torch.testing.assert_close(lora(x), base(x))  # B = 0 at initialisation
+    nn.init.normal_(lora.lora.lora_B)
+    dense = base.weight + (1.0 / math.sqrt(4)) * lora.lora.lora_B @ lora.lora.lora_A
+    torch.testing.assert_close(lora(x), x @ dense.T + base.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_qkv_lora_updates_only_chosen_parts_and_merges():
+    torch.manual_seed(0)
+    base = nn.Linear(8, 24)
+    x = torch.randn(2, 3, 8)
+    fused = FusedQKVLoRA(base, ["q", "v"], r=2, alpha=1.0, dropout=0.0)
+    for factors in fused.lora.values():
+        nn.init.normal_(factors.lora_B)
+    ref = base(x)
+    out = fused(x)
+    torch.testing.assert_close(out[..., 8:16], ref[..., 8:16])  # k untouched
+    assert not torch.allclose(out[..., :8], ref[..., :8])
+    dq = (fused.lora["q"].lora_B @ fused.lora["q"].lora_A) / math.sqrt(2)
+    torch.testing.assert_close(out[..., :8], ref[..., :8] + x @ dq.T, rtol=1e-5, atol=1e-5)
+    fused.merge()
+    torch.testing.assert_close(fused(x), out, rtol=1e-5, atol=1e-5)
+    fused.unmerge()
+    torch.testing.assert_close(base(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_applies_to_lora_input_only():
+    torch.manual_seed(0)
+    base = nn.Linear(8, 8)
+    lora = LoRALinear(base, r=2, alpha=1.0, dropout=0.9).train()
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(lora(x), base(x))  # B = 0: dropout cannot leak into the base path
+
+
+def _randomise_lora(model):
+    g = torch.Generator().manual_seed(0)
+    for layers in (model.text_lora, model.vision_lora):
+        for parts in layers.values():
+            for factors in parts.values():
+                factors.lora_B.data = 0.05 * torch.randn(factors.lora_B.shape, generator=g)
+
+
+def test_model_lora_zero_b_unchanged_merged_equals_unmerged(tiny_model_name):
+    torch.manual_seed(0)
+    bare = AceLoRAModel(load_backbone(tiny_model_name), AceLoRAConfig(params=[], apply_gnn_encoders="none")).eval()
+    model = AceLoRAModel(load_backbone(tiny_model_name), AceLoRAConfig(apply_gnn_encoders="none")).eval()
+    images = torch.randn(2, 3, 64, 64)
+    ids = model.tokenize(["findings suggesting edema.", "a chest x-ray image of pneumonia."])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), bare.encode_image(images))
+        torch.testing.assert_close(model.encode_text(ids), bare.encode_text(ids))
+        _randomise_lora(model)
+        img, txt = model.encode_image(images), model.encode_text(ids)
+        assert not torch.allclose(img, bare.encode_image(images), atol=1e-4)
+        model.merge_lora(True)
+        torch.testing.assert_close(model.encode_image(images), img, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.encode_text(ids), txt, rtol=1e-4, atol=1e-5)
+        model.merge_lora(False)
+        torch.testing.assert_close(model.encode_image(images), img, rtol=1e-4, atol=1e-5)
+
+
+def test_only_lora_adapters_and_scale_train(tiny_model_name):
+    model = AceLoRAModel(load_backbone(tiny_model_name), AceLoRAConfig())
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(("lora_" in n) or ("_hgnn." in n) or n == "logit_scale" for n in names)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert any("base.weight" in n for n in frozen) and any("embeddings" in n for n in frozen)
+    # 2 BERT layers + 6 ViT blocks, q/k/v, widths 64: (4*64 + 64*4) each; 4 adapters 64<->128; 1 scale.
+    expected = 8 * 3 * (4 * 64 + 64 * 4) + 4 * (64 * 128 + 128 + 128 * 64 + 64) + 1
+    assert model.num_trainable() == expected
+
+
+def test_lora_forward_is_low_rank():
+    """The training forward never forms B @ A: no (out, in) product appears in the autograd graph."""
+    torch.manual_seed(0)
+    lora = LoRALinear(nn.Linear(64, 64), r=4, alpha=1.0, dropout=0.0)
+    called = []
+    lora.lora.delta_weight = lambda: called.append(1)  # instance attribute on our own object
+    lora(torch.randn(2, 64)).sum().backward()
+    assert not called and lora.lora.lora_B.grad is not None

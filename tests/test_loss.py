@@ -1,0 +1,54 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ace_lora.loss import false_negative_mask, label_guided_info_nce
+
+
+def test_false_negative_mask():
+    labels = torch.tensor([[1, 0], [1, 0], [0, 1]], dtype=torch.float)
+    mask = false_negative_mask(labels)
+    assert mask.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+
+
+def test_clip_loss_matches_hand_computation():
+    img = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    txt = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), dim=-1)
+    s = 2.0
+    logits = s * img @ txt.T
+    row0 = -torch.log_softmax(logits[0], 0)[0]
+    row1 = -torch.log_softmax(logits[1], 0)[1]
+    col0 = -torch.log_softmax(logits[:, 0], 0)[0]
+    col1 = -torch.log_softmax(logits[:, 1], 0)[1]
+    expected = ((row0 + row1) / 2 + (col0 + col1) / 2) / 2
+    torch.testing.assert_close(label_guided_info_nce(img, txt, torch.tensor(s)), expected)
+
+
+def test_false_negative_leaves_the_denominator():
+    """Rows 0 and 1 share labels: each one's loss is as if the other were not in the batch."""
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(3, 4), dim=-1)
+    txt = F.normalize(torch.randn(3, 4), dim=-1)
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    s = 10.0
+    logits = s * img @ txt.T
+    # Row 0 (image -> text): denominator over texts {0, 2}; row 2 keeps all three.
+    i2t = [-(logits[0, 0] - torch.logsumexp(logits[0, [0, 2]], 0)),
+           -(logits[1, 1] - torch.logsumexp(logits[1, [1, 2]], 0)),
+           -(logits[2, 2] - torch.logsumexp(logits[2], 0))]
+    t2i = [-(logits[0, 0] - torch.logsumexp(logits[[0, 2], 0], 0)),
+           -(logits[1, 1] - torch.logsumexp(logits[[1, 2], 1], 0)),
+           -(logits[2, 2] - torch.logsumexp(logits[:, 2], 0))]
+    expected = (sum(i2t) / 3 + sum(t2i) / 3) / 2
+    got = label_guided_info_nce(img, txt, torch.tensor(s), labels)
+    torch.testing.assert_close(got, expected)
+    assert not math.isclose(got.item(), label_guided_info_nce(img, txt, torch.tensor(s)).item(), rel_tol=1e-4)
+
+
+def test_all_identical_labels_give_zero_loss_and_finite_grads():
+    img = F.normalize(torch.randn(4, 3), dim=-1).requires_grad_()
+    txt = F.normalize(torch.randn(4, 3), dim=-1)
+    loss = label_guided_info_nce(img, txt, torch.tensor(5.0), torch.ones(4, 14))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(img.grad).all()
