@@ -1,0 +1,194 @@
+"""Zero-shot task definitions: classes, prompts, and how each data set's CSV gives images and labels.
+
+One `ZeroShotTask` per data set in `TASKS`. The chest X-ray tasks use the released prompt ensemble;
+the pathology tasks use two H&E templates of our own (the release has no pathology evaluation).
+Each task reads the CSV that `dataset_prep/` writes (or, for CheXpert, the official 5x200 file):
+
+| task     | image column                  | labels                                   | scoring          |
+|----------|-------------------------------|------------------------------------------|------------------|
+| chexpert | Path                          | the one of 5 class columns set to 1      | softmax          |
+| rsna     | Path (DICOM)                  | Target 0/1                               | softmax (binary) |
+| siim     | ImageId -> <ImageId>.png/.dcm | Label 0/1                                | softmax (binary) |
+| nih      | Path                          | 14 columns 0/1 (multi-label)             | released, cosine |
+| lc25000  | Path                          | label = class folder (lung_aca, ...)     | softmax          |
+| mhist    | Path                          | label HP / SSA                           | softmax (binary) |
+"""
+import os
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+from ace_lora.data.prepare import LC25000_CLASSES, MHIST_CLASSES, NIH_LABELS, index_siim_images
+from ace_lora.errors import UserInputError
+
+CHEST_XRAY_TEMPLATES = ("a chest X-ray image of {}.", "Findings suggesting {}.")  # the released ensemble
+PATHOLOGY_TEMPLATES = ("an H&E image of {}.", "a histopathology image of {}.")
+CHEXPERT_5X200_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+
+# Scorings turn cosine similarities (B, C) into the per-class scores that are written and evaluated.
+SOFTMAX = "softmax"  # softmax(scale * cosine): single-label probabilities
+NIH_RELEASED = "released"  # per image (exp(c) - min) / (max - min) over its classes, as released for NIH
+COSINE = "cosine"  # plain cosine similarity
+
+
+@dataclass(frozen=True)
+class ZeroShotTask:
+    name: str
+    title: str
+    class_names: Tuple[str, ...]  # score order; also the prediction column names
+    prompt_names: Tuple[str, ...]  # what fills {} in each template, same order as class_names
+    templates: Tuple[str, ...]
+    id_column: str  # identifies the image in predictions.csv
+    image_column: str  # the column `image_paths` reads
+    label_columns: Tuple[str, ...]  # label columns the CSV must have
+    read_labels: Callable[[pd.DataFrame, str], np.ndarray]  # (table, csv) -> (N,) class index or (N, C) 0/1
+    image_paths: Callable[[pd.DataFrame, str], List[Optional[str]]]  # (table, root) -> paths, None if not found
+    multilabel: bool = False
+    scorings: Tuple[str, ...] = (SOFTMAX,)  # the first is the default
+
+    @property
+    def prompts(self) -> List[str]:
+        """Class-major prompts: for each class, each template (the order encode_prompt_ensemble expects)."""
+        return [template.format(name) for name in self.prompt_names for template in self.templates]
+
+    @property
+    def required_columns(self) -> Tuple[str, ...]:
+        return tuple(dict.fromkeys((self.id_column, self.image_column, *self.label_columns)))
+
+
+# --------------------------------------------------------------------------- image paths
+
+
+def resolve_path(path: str, data_root: str) -> str:
+    """A relative path joined to `data_root`; an absolute path as it is."""
+    path = os.path.expanduser(str(path))
+    return path if os.path.isabs(path) else os.path.join(data_root, path)
+
+
+def path_column_images(table: pd.DataFrame, data_root: str) -> List[Optional[str]]:
+    """`Path` column resolved against `data_root`."""
+    return [resolve_path(path, data_root) for path in table["Path"]]
+
+
+def siim_image_paths(table: pd.DataFrame, data_root: str) -> List[Optional[str]]:
+    """`<data_root>/<ImageId>.png` where it exists; otherwise the `.png`/`.dcm` found anywhere under
+    `data_root` (the folder is walked once, only if needed); None where neither exists."""
+    direct = [os.path.join(data_root, f"{image_id}.png") for image_id in table["ImageId"]]
+    if all(os.path.isfile(path) for path in direct):
+        return direct
+    index = index_siim_images(data_root)
+    return [path if os.path.isfile(path) else index.get(str(image_id))
+            for path, image_id in zip(direct, table["ImageId"])]
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _row_name(table: pd.DataFrame, row: int, id_column: str) -> str:
+    return f"row {row + 1} ({id_column} {table[id_column].iloc[row]})"
+
+
+def binary_column(column: str, id_column: str) -> Callable[[pd.DataFrame, str], np.ndarray]:
+    """Labels from a 0/1 column; any other value is an error naming the row."""
+    def read(table: pd.DataFrame, csv_path: str) -> np.ndarray:
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = np.flatnonzero(~values.isin([0, 1]).to_numpy())
+        if len(bad):
+            raise UserInputError(f"{csv_path}: {_row_name(table, bad[0], id_column)}: {column} must be 0 or 1, "
+                                 f"not {table[column].iloc[bad[0]]!r}")
+        return values.to_numpy().astype(int)
+    return read
+
+
+def one_hot_columns(columns: Tuple[str, ...], id_column: str) -> Callable[[pd.DataFrame, str], np.ndarray]:
+    """The index of the one column (of `columns`) set to 1 per row; none or several is an error."""
+    def read(table: pd.DataFrame, csv_path: str) -> np.ndarray:
+        is_set = table[list(columns)].apply(pd.to_numeric, errors="coerce").eq(1).to_numpy()  # (N, C)
+        bad = np.flatnonzero(is_set.sum(axis=1) != 1)
+        if len(bad):
+            row = bad[0]
+            set_names = [name for name, on in zip(columns, is_set[row]) if on]
+            raise UserInputError(f"{csv_path}: {_row_name(table, row, id_column)} must have exactly one of "
+                                 f"{', '.join(columns)} set to 1, has {len(set_names)}"
+                                 f"{' (' + ', '.join(set_names) + ')' if set_names else ''}"
+                                 f"; {len(bad)} such row(s) in all")
+        return is_set.argmax(axis=1)
+    return read
+
+
+def multilabel_columns(columns: Tuple[str, ...], id_column: str) -> Callable[[pd.DataFrame, str], np.ndarray]:
+    """(N, C) 0/1 targets from one 0/1 column per class."""
+    def read(table: pd.DataFrame, csv_path: str) -> np.ndarray:
+        values = table[list(columns)].apply(pd.to_numeric, errors="coerce")
+        bad = np.flatnonzero(~values.isin([0, 1]).all(axis=1).to_numpy())
+        if len(bad):
+            raise UserInputError(f"{csv_path}: {_row_name(table, bad[0], id_column)}: the label columns must be "
+                                 f"0 or 1")
+        return values.to_numpy().astype(int)
+    return read
+
+
+def categorical_column(column: str, values: Tuple[str, ...], id_column: str
+                       ) -> Callable[[pd.DataFrame, str], np.ndarray]:
+    """The position in `values` of each row's `column` value; an unknown value is an error naming the row."""
+    def read(table: pd.DataFrame, csv_path: str) -> np.ndarray:
+        labels = table[column].astype(str).str.strip()
+        bad = np.flatnonzero(~labels.isin(values).to_numpy())
+        if len(bad):
+            raise UserInputError(f"{csv_path}: {_row_name(table, bad[0], id_column)}: {column} "
+                                 f"{table[column].iloc[bad[0]]!r} is not one of {', '.join(values)}")
+        return labels.map({value: i for i, value in enumerate(values)}).to_numpy().astype(int)
+    return read
+
+
+# --------------------------------------------------------------------------- the tasks
+
+
+def _readable(name: str) -> str:
+    """NIH's label spelling in prompts: 'Pleural_Thickening' -> 'Pleural Thickening'."""
+    return name.replace("_", " ")
+
+
+TASKS = {
+    task.name: task for task in (
+        ZeroShotTask(
+            name="chexpert", title="CheXpert 5x200", class_names=CHEXPERT_5X200_CLASSES,
+            prompt_names=CHEXPERT_5X200_CLASSES, templates=CHEST_XRAY_TEMPLATES,
+            id_column="Path", image_column="Path", label_columns=CHEXPERT_5X200_CLASSES,
+            read_labels=one_hot_columns(CHEXPERT_5X200_CLASSES, "Path"), image_paths=path_column_images),
+        ZeroShotTask(
+            name="rsna", title="RSNA Pneumonia", class_names=("No Finding", "pneumonia"),
+            prompt_names=("No Finding", "pneumonia"), templates=CHEST_XRAY_TEMPLATES,
+            id_column="Path", image_column="Path", label_columns=("Target",),
+            read_labels=binary_column("Target", "Path"), image_paths=path_column_images),
+        ZeroShotTask(
+            name="siim", title="SIIM-ACR Pneumothorax", class_names=("No Finding", "pneumothorax"),
+            prompt_names=("No Finding", "pneumothorax"), templates=CHEST_XRAY_TEMPLATES,
+            id_column="ImageId", image_column="ImageId", label_columns=("Label",),
+            read_labels=binary_column("Label", "ImageId"), image_paths=siim_image_paths),
+        ZeroShotTask(
+            name="nih", title="NIH ChestX-ray14", class_names=NIH_LABELS,
+            prompt_names=tuple(_readable(name) for name in NIH_LABELS), templates=CHEST_XRAY_TEMPLATES,
+            id_column="Path", image_column="Path", label_columns=NIH_LABELS,
+            read_labels=multilabel_columns(NIH_LABELS, "Path"), image_paths=path_column_images,
+            multilabel=True, scorings=(NIH_RELEASED, COSINE)),
+        ZeroShotTask(
+            name="lc25000", title="LC25000", class_names=tuple(LC25000_CLASSES.values()),
+            prompt_names=tuple(LC25000_CLASSES.values()), templates=PATHOLOGY_TEMPLATES,
+            id_column="Path", image_column="Path", label_columns=("label",),
+            read_labels=categorical_column("label", tuple(LC25000_CLASSES), "Path"), image_paths=path_column_images),
+        ZeroShotTask(
+            name="mhist", title="MHIST", class_names=tuple(MHIST_CLASSES.values()),
+            prompt_names=tuple(MHIST_CLASSES.values()), templates=PATHOLOGY_TEMPLATES,
+            id_column="Path", image_column="Path", label_columns=("label",),
+            read_labels=categorical_column("label", tuple(MHIST_CLASSES), "Path"), image_paths=path_column_images),
+    )
+}
+
+
+def get_task(name: str) -> ZeroShotTask:
+    if name not in TASKS:
+        raise UserInputError(f"unknown zero-shot task {name!r}; choose from {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,275 @@
+"""Zero-shot classification: the one engine behind every `zero_shot_eval/` script and training validation.
+
+    result = evaluate(model, "chexpert", "chexpert_5x200.csv", data_root="/data/chexpert")
+    result.metrics["auroc"], result.predictions  # one row per CSV row, in CSV order
+
+Protocol (the released one): class embeddings are computed once, from a prompt ensemble
+(`model.encode_prompt_ensemble`, class-major prompts); images are embedded in batches by a DataLoader
+(`model.preprocess`, `model.encode_image`); the scores of the single-label tasks are
+softmax(s * cosine) with s the BASE model's exp(logit_scale) (`logit_scale='base'`, as the released
+scripts) or the learned scale (`'learned'`). NIH ChestX-ray14 is multi-label and scored per image as
+(exp(c) - min) / (max - min) over its 14 cosines c (`scoring='released'`) or by the cosines themselves.
+
+Unreadable or missing images raise a UserInputError naming the file, unless `skip_unreadable`: then
+they keep their row in `predictions` with NaN scores, are left out of the metrics, and are counted and
+listed in `metrics['n_unreadable']` / `metrics['unreadable']`.
+"""
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ace_lora.backbone import resolve_device
+from ace_lora.data.eval_dataset import ImageListDataset, collate_eval_items
+from ace_lora.data.prepare import read_table
+from ace_lora.errors import UserInputError
+from ace_lora.evaluation.figures import plot_confusion_matrix, plot_roc
+from ace_lora.evaluation.metrics import classification_metrics, multilabel_metrics
+from ace_lora.evaluation.tasks import COSINE, NIH_RELEASED, SOFTMAX, TASKS, ZeroShotTask, get_task
+from run_utils import autocast, resolve_precision
+
+LOGIT_SCALES = ("base", "learned")
+LABEL_COLUMN = "label"  # true class name in predictions.csv (multi-label: positives joined by '|')
+NO_FINDING = "No Finding"  # the multi-label truth of an image without positives
+
+
+@dataclass
+class ZeroShotResult:
+    task: str
+    class_names: List[str]
+    ids: List[str]  # the task's id column, per CSV row
+    labels: np.ndarray  # (N,) class index, or (N, C) 0/1 for multi-label tasks
+    probabilities: np.ndarray  # (N, C) scores; NaN rows for unreadable images
+    readable: np.ndarray  # (N,) bool
+    metrics: dict
+    predictions: pd.DataFrame  # id column, `label`, one score column per class name
+    settings: dict = field(default_factory=dict)  # what was resolved: scoring, temperature, prompts, ...
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def class_embeddings(model, task: ZeroShotTask, device: torch.device) -> torch.Tensor:
+    """(C, D) float32 normalised class embeddings from the task's prompt ensemble."""
+    ids = model.tokenize(task.prompts).to(device)  # (C * T, L), class-major
+    return model.encode_prompt_ensemble(ids, len(task.templates)).float()
+
+
+def temperature(model, logit_scale: str) -> float:
+    """The softmax scale: the base model's exp(logit_scale), or the learned (linear) one."""
+    if logit_scale not in LOGIT_SCALES:
+        raise UserInputError(f"logit scale must be one of {', '.join(LOGIT_SCALES)}, not {logit_scale!r}")
+    scale = model.base_logit_scale() if logit_scale == "base" else model.logit_scale
+    return float(scale)
+
+
+def score(cosine: torch.Tensor, scoring: str, scale: float) -> torch.Tensor:
+    """Per-class scores (B, C) from cosine similarities (B, C)."""
+    if scoring == SOFTMAX:
+        return (scale * cosine).softmax(dim=-1)
+    if scoring == NIH_RELEASED:
+        e = cosine.exp()
+        low, high = e.min(dim=-1, keepdim=True).values, e.max(dim=-1, keepdim=True).values
+        return (e - low) / (high - low)
+    if scoring == COSINE:
+        return cosine
+    raise ValueError(f"unknown scoring {scoring!r}")
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def _model_device(model, device) -> torch.device:
+    """`device` (moving the model there), or where the model already is when None."""
+    if device is None:
+        return next(model.parameters()).device
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    model.to(device)
+    return device
+
+
+def _missing_message(task: ZeroShotTask, image_id: str, path: Optional[str], data_root: str) -> str:
+    if path is None:  # SIIM: neither <ImageId>.png nor a .png/.dcm of that name under the root
+        return f"no {image_id}.png or {image_id}.dcm under {data_root}"
+    return f"{path}: image file not found"
+
+
+def _embed_and_score(model, paths: List[str], class_emb: torch.Tensor, scale: float, scoring: str,
+                     device: torch.device, precision: str, batch_size: int, num_workers: int,
+                     skip_unreadable: bool, progress: bool, title: str):
+    """Scores (len(paths), C) with NaN rows for unreadable images, {position: error}, images/s."""
+    loader = DataLoader(ImageListDataset(paths, model.preprocess), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        collate_fn=collate_eval_items)
+    scores = torch.full((len(paths), class_emb.shape[0]), float("nan"))
+    failures: Dict[int, str] = {}
+    start = time.perf_counter()
+    for indices, images, unreadable in tqdm(loader, desc=f"zero-shot {title}", unit="batch", disable=not progress):
+        if unreadable and not skip_unreadable:
+            raise UserInputError(f"{unreadable[0][1]} (pass --skip-unreadable to count and skip such images)")
+        failures.update(unreadable)
+        if images is None:
+            continue
+        with autocast(device, precision):
+            image_emb = model.encode_image(images.to(device, non_blocking=True))  # (B, D)
+        scores[indices] = score(image_emb.float() @ class_emb.T, scoring, scale).cpu()  # (B, C)
+    elapsed = time.perf_counter() - start
+    n_read = len(paths) - len(failures)
+    return scores.numpy(), failures, (n_read / elapsed if elapsed > 0 else math.nan)
+
+
+def _true_label_names(task: ZeroShotTask, labels: np.ndarray) -> List[str]:
+    if task.multilabel:
+        return ["|".join(name for name, on in zip(task.class_names, row) if on) or NO_FINDING for row in labels]
+    return [task.class_names[i] for i in labels]
+
+
+def evaluate(model, task: Union[str, ZeroShotTask], csv_path: str, data_root: Optional[str] = None, *,
+             batch_size: int = 64, num_workers: int = 4, device=None, precision: str = "fp32",
+             logit_scale: str = "base", scoring: Optional[str] = None, skip_unreadable: bool = False,
+             n_bootstrap: int = 1000, seed: int = 0, progress: bool = True) -> ZeroShotResult:
+    """Zero-shot evaluation of `model` (an AceLoRAModel) on the data set `task` listed in `csv_path`.
+
+    data_root: folder that relative image paths start from (default: the CSV's folder).
+    device: None = where the model is; otherwise the model is moved there. precision: fp32, bf16,
+    fp16 or auto (autocast on CUDA). scoring: None = the task's default (see `TASKS[task].scorings`).
+    The model is put in eval mode and its training mode restored afterwards.
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    scoring = scoring or task.scorings[0]
+    if scoring not in task.scorings:
+        raise UserInputError(f"{task.name}: scoring must be one of {', '.join(task.scorings)}, not {scoring!r}")
+    if batch_size < 1 or num_workers < 0:
+        raise UserInputError(f"batch size must be >= 1 and workers >= 0 (got {batch_size}, {num_workers})")
+    table = read_table(csv_path, task.required_columns, dtype={task.id_column: str, task.image_column: str})
+    if table.empty:
+        raise UserInputError(f"{csv_path}: no rows to evaluate")
+    labels = task.read_labels(table, csv_path)
+    data_root = os.path.dirname(os.path.abspath(csv_path)) if data_root is None else data_root
+    if not os.path.isdir(data_root):
+        raise UserInputError(f"data root not found: {data_root}")
+    ids = table[task.id_column].astype(str).tolist()
+
+    paths = task.image_paths(table, data_root)
+    missing = {row: _missing_message(task, ids[row], path, data_root)
+               for row, path in enumerate(paths) if path is None or not os.path.isfile(path)}
+    if missing and not skip_unreadable:
+        first = next(iter(missing.values()))
+        raise UserInputError(f"{csv_path}: {len(missing)} image(s) not found, first: {first} "
+                             f"(pass --skip-unreadable to count and skip them)")
+    rows = [row for row in range(len(paths)) if row not in missing]  # dataset position -> CSV row
+
+    device = _model_device(model, device)
+    precision = resolve_precision(precision, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            class_emb = class_embeddings(model, task, device)  # (C, D)
+            scale = temperature(model, logit_scale)
+            found_scores, failures, images_per_second = _embed_and_score(
+                model, [paths[row] for row in rows], class_emb, scale, scoring, device, precision, batch_size,
+                num_workers, skip_unreadable, progress, task.title)
+    finally:
+        model.train(was_training)
+
+    probabilities = np.full((len(table), len(task.class_names)), np.nan)
+    probabilities[rows] = found_scores
+    unreadable = {**missing, **{rows[position]: error for position, error in failures.items()}}
+    readable = np.ones(len(table), dtype=bool)
+    readable[list(unreadable)] = False
+    if not readable.any():
+        raise UserInputError(f"{csv_path}: none of the {len(table)} images could be read")
+
+    score_fn = multilabel_metrics if task.multilabel else classification_metrics
+    metrics = score_fn(labels[readable], probabilities[readable], list(task.class_names),
+                       n_bootstrap=n_bootstrap, seed=seed)
+    metrics.update({
+        "n_rows": int(len(table)),
+        "n_unreadable": len(unreadable),
+        "unreadable": [{"row": row + 1, task.id_column: ids[row], "error": unreadable[row]}
+                       for row in sorted(unreadable)],
+        "images_per_second": images_per_second,
+    })
+    predictions = pd.DataFrame({task.id_column: ids, LABEL_COLUMN: _true_label_names(task, labels)})
+    for c, name in enumerate(task.class_names):
+        predictions[name] = probabilities[:, c]
+    settings = {
+        "task": task.name, "csv": os.path.abspath(csv_path), "data_root": os.path.abspath(data_root),
+        "class_names": list(task.class_names), "templates": list(task.templates), "prompts": task.prompts,
+        "scoring": scoring, "logit_scale": logit_scale, "temperature": scale if scoring == SOFTMAX else None,
+        "device": str(device), "precision": precision, "batch_size": batch_size,
+        "n_bootstrap": n_bootstrap, "seed": seed,
+    }
+    return ZeroShotResult(task=task.name, class_names=list(task.class_names), ids=ids, labels=labels,
+                          probabilities=probabilities, readable=readable, metrics=metrics,
+                          predictions=predictions, settings=settings)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def strict_json(value):
+    """`value` with every non-finite float replaced by None (so json.dump(allow_nan=False) accepts it)."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_outputs(result: ZeroShotResult, output_dir: str, config: Optional[dict] = None) -> Dict[str, str]:
+    """predictions.csv, metrics.json (metrics, resolved settings, `config`), and for single-label tasks
+    roc.png and confusion_matrix.png (over the readable images). Returns {file kind: path}."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {name: os.path.join(output_dir, file) for name, file in
+             (("predictions", "predictions.csv"), ("metrics", "metrics.json"))}
+    result.predictions.to_csv(paths["predictions"], index=False)
+    document = {"task": result.task, "metrics": result.metrics, "settings": result.settings,
+                "config": json.loads(json.dumps(config or {}, default=str))}
+    with open(paths["metrics"], "w", encoding="utf-8") as f:
+        json.dump(strict_json(document), f, indent=2, allow_nan=False)
+    if not TASKS[result.task].multilabel:
+        labels, probs = result.labels[result.readable], result.probabilities[result.readable]
+        title = TASKS[result.task].title
+        paths["roc"] = os.path.join(output_dir, "roc.png")
+        plot_roc(labels, probs, result.class_names, paths["roc"], title=f"{title}: ROC")
+        paths["confusion_matrix"] = os.path.join(output_dir, "confusion_matrix.png")
+        plot_confusion_matrix(labels, probs.argmax(axis=1), result.class_names, paths["confusion_matrix"],
+                              title=f"{title}: confusion matrix")
+    return paths
+
+
+def _with_ci(metrics: dict, key: str) -> str:
+    low, high = metrics[f"{key}_ci95"]
+    return f"{metrics[key]:.4f}  (95% CI {low:.4f}-{high:.4f})"
+
+
+def format_summary(result: ZeroShotResult) -> str:
+    """A short table: per-class AUROC, accuracy and AUROC with CIs, counts and throughput."""
+    metrics, title = result.metrics, TASKS[result.task].title
+    lines = [f"{title}: {metrics['n']} images scored, {metrics['n_unreadable']} unreadable skipped"]
+    width = max(len(name) for name in result.class_names) + 2
+    per_class = metrics.get("per_class_auroc") or {}
+    if per_class:
+        lines.append(f"{'class':<{width}}AUROC")
+        lines += [f"{name:<{width}}{'n/a' if v is None else f'{v:.4f}'}" for name, v in per_class.items()]
+    if "accuracy" in metrics:
+        lines.append(f"{'accuracy':<{width}}{_with_ci(metrics, 'accuracy')}")
+    lines.append(f"{'AUROC':<{width}}{_with_ci(metrics, 'auroc')}")
+    for entry in metrics["unreadable"][:5]:
+        lines.append(f"unreadable row {entry['row']}: {entry['error']}")
+    lines.append(f"{metrics['images_per_second']:.1f} images/s")
+    return "\n".join(lines)
