@@ -1,0 +1,25 @@
+"""Zero-shot MHIST (hyperplastic polyp vs sessile serrated adenoma) with ACE-LoRA or the bare BiomedCLIP baseline.
+
+Reads mhist_test.csv from dataset_prep/mhist_prep.py (Path, label HP|SSA).
+
+    python zero_shot_eval/zero_shot_eval_ace_lora_mhist.py --checkpoint ACE_LoRA.pt \\
+        --csv prepared/mhist_test.csv --data-root /data/mhist
+
+See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_utils import main_guard  # noqa: E402
+from zero_shot_eval import run  # noqa: E402
+
+
+@main_guard
+def main(argv=None):
+    return run("mhist", argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Zero-shot RSNA Pneumonia (No Finding vs pneumonia) with ACE-LoRA or the bare BiomedCLIP baseline.
+
+Reads rsna_test.csv from dataset_prep/rsna_dataset_create.py (Path to DICOM, Target).
+
+    python zero_shot_eval/zero_shot_eval_ace_lora_rsna.py --checkpoint ACE_LoRA.pt \\
+        --csv prepared/rsna_test.csv --data-root /data/rsna
+
+See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_utils import main_guard  # noqa: E402
+from zero_shot_eval import run  # noqa: E402
+
+
+@main_guard
+def main(argv=None):
+    return run("rsna", argv)
+
+
+if __name__ == "__main__":
+    main()

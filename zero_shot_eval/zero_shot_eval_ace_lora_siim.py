@@ -1,0 +1,26 @@
+"""Zero-shot SIIM-ACR Pneumothorax (No Finding vs pneumothorax) with ACE-LoRA or the bare BiomedCLIP baseline.
+
+Reads siim_test.csv from dataset_prep/SIIM_generate_class_labels.py (ImageId, Label); images are
+<ImageId>.png in --data-root, or a .png/.dcm of that name anywhere under it.
+
+    python zero_shot_eval/zero_shot_eval_ace_lora_siim.py --checkpoint ACE_LoRA.pt \\
+        --csv prepared/siim_test.csv --data-root /data/siim/png
+
+See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from run_utils import main_guard  # noqa: E402
+from zero_shot_eval import run  # noqa: E402
+
+
+@main_guard
+def main(argv=None):
+    return run("siim", argv)
+
+
+if __name__ == "__main__":
+    main()
