@@ -1,0 +1,149 @@
+"""Parity of the zero-shot scripts with the released checkpoint on the full-size fake BiomedCLIP.
+
+CheXpert: the script must reproduce the released evaluation's outputs stored in
+`shared/parity/expected_chexpert_A.json`. RSNA (8-bit DICOM) and SIIM (PNG) have no stored outputs:
+the scripts must agree with a straightforward computation written here (pixels -> open_clip
+preprocess -> encode_image; prompts -> class embeddings; softmax at the base scale).
+All full-size tests live in this module so that the fake model is built once.
+"""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from sklearn.metrics import roc_auc_score
+
+from ace_lora.factory import load_model_for_eval
+from tests.fake_biomedclip import PARITY_DIR, RELEASED_CHECKPOINT, fake_biomedclip, require_shared  # noqa: F401
+from zero_shot_eval import zero_shot_eval_ace_lora_chexpert, zero_shot_eval_ace_lora_rsna, zero_shot_eval_ace_lora_siim
+
+CHEXPERT_DIR = os.path.join(PARITY_DIR, "chexpert_A")
+EXPECTED = os.path.join(PARITY_DIR, "expected_chexpert_A.json")
+CHEXPERT_CLASSES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+RELEASED_TEMPLATES = ("a chest X-ray image of {}.", "Findings suggesting {}.")
+
+
+@pytest.fixture(scope="module")
+def released_model(fake_biomedclip):
+    return load_model_for_eval(fake_biomedclip, RELEASED_CHECKPOINT)
+
+
+def common_args(model_name, csv, data_root, output_dir):
+    return ["--model", model_name, "--checkpoint", RELEASED_CHECKPOINT, "--csv", str(csv),
+            "--data-root", str(data_root), "--output-dir", str(output_dir), "--device", "cpu",
+            "--bootstrap", "20"]
+
+
+def reference_probabilities(model, images, class_names):
+    """Softmax over classes of base-scale cosine similarities, computed without the evaluation engine."""
+    prompts = [template.format(name) for name in class_names for template in RELEASED_TEMPLATES]
+    with torch.no_grad():
+        classes = model.encode_prompt_ensemble(model.tokenize(prompts), len(RELEASED_TEMPLATES))  # (C, D)
+        embeddings = model.encode_image(torch.stack([model.preprocess(image) for image in images]))  # (N, D)
+        return (model.base_logit_scale() * embeddings @ classes.T).softmax(dim=-1).numpy()
+
+
+def test_chexpert_script_reproduces_the_released_evaluation(fake_biomedclip, released_model, tmp_path):
+    require_shared(EXPECTED)
+    expected = json.load(open(EXPECTED))
+    csv = os.path.join(CHEXPERT_DIR, "chexpert_5x200.csv")
+    zero_shot_eval_ace_lora_chexpert.main(
+        common_args(fake_biomedclip, csv, CHEXPERT_DIR, tmp_path) + ["--num-workers", "2", "--batch-size", "8"])
+
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(predictions.columns) == ["Path", "label"] + CHEXPERT_CLASSES
+    assert predictions["Path"].tolist() == pd.read_csv(csv)["Path"].tolist()
+    assert predictions["label"].tolist() == [CHEXPERT_CLASSES[i] for i in expected["labels"]]
+    probabilities = predictions[CHEXPERT_CLASSES].to_numpy()
+    np.testing.assert_allclose(probabilities, np.array(expected["probabilities"]), rtol=0, atol=1e-4)
+
+    metrics = json.load(open(tmp_path / "metrics.json"))["metrics"]
+    assert metrics["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+    assert metrics["auroc"] == pytest.approx(expected["auroc"], abs=1e-6)
+    assert metrics["n"] == 20 and metrics["n_unreadable"] == 0
+
+    prompts = [template.format(name) for name in CHEXPERT_CLASSES for template in RELEASED_TEMPLATES]
+    with torch.no_grad():
+        classes = released_model.encode_prompt_ensemble(released_model.tokenize(prompts), 2)
+    np.testing.assert_allclose(classes.numpy(), np.array(expected["class_text_embeddings"]), rtol=0, atol=1e-4)
+
+
+def write_dicom_8bit(path, pixels):
+    """An 8-bit MONOCHROME2 DICOM like RSNA's stage_2_train_images."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def synthetic_xray(rng, height, width):
+    """A smooth grey pattern with noise, inside roughly 60..190: a loader that rescaled the stored values
+    (min-max, windowing) would change the image and fail the comparison."""
+    y, x = np.mgrid[0:height, 0:width]
+    base = 125 + 50 * np.sin(x / rng.uniform(10, 40)) * np.cos(y / rng.uniform(10, 40))
+    return np.clip(base + rng.normal(0, 5, (height, width)), 0, 255).astype(np.uint8)
+
+
+def assert_matches_reference(predictions_csv, reference, classes, labels):
+    predictions = pd.read_csv(predictions_csv)
+    np.testing.assert_allclose(predictions[classes].to_numpy(), reference, rtol=0, atol=1e-5)
+    metrics = json.load(open(os.path.join(os.path.dirname(predictions_csv), "metrics.json")))["metrics"]
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(labels, reference[:, 1]), abs=1e-9)
+    assert metrics["accuracy"] == pytest.approx(float((reference.argmax(1) == labels).mean()), abs=1e-9)
+
+
+def test_rsna_script_on_8bit_dicom_matches_a_direct_computation(fake_biomedclip, released_model, tmp_path):
+    rng = np.random.default_rng(0)
+    image_dir = tmp_path / "data" / "stage_2_train_images"
+    image_dir.mkdir(parents=True)
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    rows = []
+    for i, target in enumerate(labels):
+        patient = f"patient-{i:02d}"
+        write_dicom_8bit(image_dir / f"{patient}.dcm", synthetic_xray(rng, 256, 224 + 16 * i))
+        rows.append({"patientId": patient, "Path": f"stage_2_train_images/{patient}.dcm", "Target": target,
+                     "boxes": "[]"})
+    csv = tmp_path / "rsna_test.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+
+    zero_shot_eval_ace_lora_rsna.main(common_args(fake_biomedclip, csv, tmp_path / "data", tmp_path / "out")
+                                      + ["--num-workers", "0", "--batch-size", "4"])
+
+    images = [Image.fromarray(pydicom.dcmread(image_dir / f"{row['patientId']}.dcm").pixel_array) for row in rows]
+    reference = reference_probabilities(released_model, images, ["No Finding", "pneumonia"])
+    assert_matches_reference(tmp_path / "out" / "predictions.csv", reference, ["No Finding", "pneumonia"], labels)
+
+
+def test_siim_script_on_png_matches_a_direct_computation(fake_biomedclip, released_model, tmp_path):
+    rng = np.random.default_rng(1)
+    png_dir = tmp_path / "png"
+    png_dir.mkdir()
+    image_ids = [f"1.2.276.0.7230010.3.1.4.{i}" for i in range(5)]
+    labels = np.array([1, 0, 0, 1, 1])
+    for i, image_id in enumerate(image_ids):
+        Image.fromarray(synthetic_xray(rng, 240 + 8 * i, 256)).save(png_dir / f"{image_id}.png")
+    csv = tmp_path / "siim_test.csv"
+    pd.DataFrame({"ImageId": image_ids, "Label": labels}).to_csv(csv, index=False)
+
+    zero_shot_eval_ace_lora_siim.main(common_args(fake_biomedclip, csv, png_dir, tmp_path / "out")
+                                      + ["--num-workers", "0", "--batch-size", "3"])
+
+    images = [Image.open(png_dir / f"{image_id}.png") for image_id in image_ids]
+    reference = reference_probabilities(released_model, images, ["No Finding", "pneumothorax"])
+    assert_matches_reference(tmp_path / "out" / "predictions.csv", reference, ["No Finding", "pneumothorax"], labels)
+    assert pd.read_csv(tmp_path / "out" / "predictions.csv", dtype={"ImageId": str})["ImageId"].tolist() == image_ids
