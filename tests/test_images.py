@@ -160,7 +160,8 @@ def test_dicom_without_pixel_data(tmp_path):
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     del ds.PixelData
     ds.save_as(path)
-    with pytest.raises(UserInputError, match=f"^cannot read image {re.escape(str(path))}: DICOM file has no pixel data$"):
+    message = f"^cannot read image {re.escape(str(path))}: DICOM file has no pixel data$"
+    with pytest.raises(UserInputError, match=message):
         load_image(path)
 
 
