@@ -4,7 +4,7 @@ CheXpert: the script must reproduce the released evaluation's outputs stored in
 `shared/parity/expected_chexpert_A.json`. RSNA (8-bit DICOM) and SIIM (PNG) have no stored outputs:
 the scripts must agree with a straightforward computation written here (pixels -> open_clip
 preprocess -> encode_image; prompts -> class embeddings; softmax at the base scale).
-All full-size tests live in this module so that the fake model is built once.
+The fake model is conftest's session fixture `fake_biomedclip_dir`, built once for the whole suite.
 """
 import json
 import os
@@ -20,24 +20,30 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from sklearn.metrics import roc_auc_score
 
 from ace_lora.factory import load_model_for_eval
-from tests.fake_biomedclip import PARITY_DIR, RELEASED_CHECKPOINT, fake_biomedclip, require_shared  # noqa: F401
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert, zero_shot_eval_ace_lora_rsna, zero_shot_eval_ace_lora_siim
 
-CHEXPERT_DIR = os.path.join(PARITY_DIR, "chexpert_A")
-EXPECTED = os.path.join(PARITY_DIR, "expected_chexpert_A.json")
 CHEXPERT_CLASSES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 RELEASED_TEMPLATES = ("a chest X-ray image of {}.", "Findings suggesting {}.")
 
 
 @pytest.fixture(scope="module")
-def released_model(fake_biomedclip):
-    return load_model_for_eval(fake_biomedclip, RELEASED_CHECKPOINT)
+def released_checkpoint(shared_dir):
+    return os.path.join(shared_dir, "checkpoints", "ACE_LoRA.pt")
 
 
-def common_args(model_name, csv, data_root, output_dir):
-    return ["--model", model_name, "--checkpoint", RELEASED_CHECKPOINT, "--csv", str(csv),
-            "--data-root", str(data_root), "--output-dir", str(output_dir), "--device", "cpu",
-            "--bootstrap", "20"]
+@pytest.fixture(scope="module")
+def released_model(fake_biomedclip_dir, released_checkpoint):
+    return load_model_for_eval(f"local-dir:{fake_biomedclip_dir}", released_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def script_args(fake_biomedclip_dir, released_checkpoint):
+    """Flags for a zero-shot script: the fake model with the released weights, then the data flags."""
+    def args(csv, data_root, output_dir):
+        return ["--model", f"local-dir:{fake_biomedclip_dir}", "--checkpoint", released_checkpoint,
+                "--csv", str(csv), "--data-root", str(data_root), "--output-dir", str(output_dir),
+                "--device", "cpu", "--bootstrap", "20"]
+    return args
 
 
 def reference_probabilities(model, images, class_names):
@@ -49,12 +55,12 @@ def reference_probabilities(model, images, class_names):
         return (model.base_logit_scale() * embeddings @ classes.T).softmax(dim=-1).numpy()
 
 
-def test_chexpert_script_reproduces_the_released_evaluation(fake_biomedclip, released_model, tmp_path):
-    require_shared(EXPECTED)
-    expected = json.load(open(EXPECTED))
-    csv = os.path.join(CHEXPERT_DIR, "chexpert_5x200.csv")
+def test_chexpert_script_reproduces_the_released_evaluation(shared_dir, released_model, script_args, tmp_path):
+    chexpert_dir = os.path.join(shared_dir, "parity", "chexpert_A")
+    expected = json.load(open(os.path.join(shared_dir, "parity", "expected_chexpert_A.json")))
+    csv = os.path.join(chexpert_dir, "chexpert_5x200.csv")
     zero_shot_eval_ace_lora_chexpert.main(
-        common_args(fake_biomedclip, csv, CHEXPERT_DIR, tmp_path) + ["--num-workers", "2", "--batch-size", "8"])
+        script_args(csv, chexpert_dir, tmp_path) + ["--num-workers", "2", "--batch-size", "8"])
 
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert list(predictions.columns) == ["Path", "label"] + CHEXPERT_CLASSES
@@ -107,7 +113,7 @@ def assert_matches_reference(predictions_csv, reference, classes, labels):
     assert metrics["accuracy"] == pytest.approx(float((reference.argmax(1) == labels).mean()), abs=1e-9)
 
 
-def test_rsna_script_on_8bit_dicom_matches_a_direct_computation(fake_biomedclip, released_model, tmp_path):
+def test_rsna_script_on_8bit_dicom_matches_a_direct_computation(released_model, script_args, tmp_path):
     rng = np.random.default_rng(0)
     image_dir = tmp_path / "data" / "stage_2_train_images"
     image_dir.mkdir(parents=True)
@@ -121,7 +127,7 @@ def test_rsna_script_on_8bit_dicom_matches_a_direct_computation(fake_biomedclip,
     csv = tmp_path / "rsna_test.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
 
-    zero_shot_eval_ace_lora_rsna.main(common_args(fake_biomedclip, csv, tmp_path / "data", tmp_path / "out")
+    zero_shot_eval_ace_lora_rsna.main(script_args(csv, tmp_path / "data", tmp_path / "out")
                                       + ["--num-workers", "0", "--batch-size", "4"])
 
     images = [Image.fromarray(pydicom.dcmread(image_dir / f"{row['patientId']}.dcm").pixel_array) for row in rows]
@@ -129,7 +135,7 @@ def test_rsna_script_on_8bit_dicom_matches_a_direct_computation(fake_biomedclip,
     assert_matches_reference(tmp_path / "out" / "predictions.csv", reference, ["No Finding", "pneumonia"], labels)
 
 
-def test_siim_script_on_png_matches_a_direct_computation(fake_biomedclip, released_model, tmp_path):
+def test_siim_script_on_png_matches_a_direct_computation(released_model, script_args, tmp_path):
     rng = np.random.default_rng(1)
     png_dir = tmp_path / "png"
     png_dir.mkdir()
@@ -140,7 +146,7 @@ def test_siim_script_on_png_matches_a_direct_computation(fake_biomedclip, releas
     csv = tmp_path / "siim_test.csv"
     pd.DataFrame({"ImageId": image_ids, "Label": labels}).to_csv(csv, index=False)
 
-    zero_shot_eval_ace_lora_siim.main(common_args(fake_biomedclip, csv, png_dir, tmp_path / "out")
+    zero_shot_eval_ace_lora_siim.main(script_args(csv, png_dir, tmp_path / "out")
                                       + ["--num-workers", "0", "--batch-size", "3"])
 
     images = [Image.open(png_dir / f"{image_id}.png") for image_id in image_ids]
