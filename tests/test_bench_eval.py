@@ -1,0 +1,21 @@
+"""The evaluation benchmark runs end to end on the tiny model and reports comparable throughputs."""
+import json
+
+import pytest
+
+from benchmarks import bench_eval
+
+REPORT_KEYS = {"images", "image_size", "batch_size", "num_workers", "device", "precision", "loop_images_per_second",
+               "evaluator_images_per_second", "speedup", "max_abs_probability_difference"}
+
+
+def test_bench_eval_reports_speedup_over_the_batch_size_1_loop(tiny_model_name, capsys):
+    returned = bench_eval.main(["--model", tiny_model_name, "--images", "24", "--batch-size", "8",
+                                "--num-workers", "0", "--image-size", "96", "--device", "cpu"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report) == REPORT_KEYS and report == returned
+    assert report["images"] == 24 and report["batch_size"] == 8
+    # Both paths score the same images with the same model: they must agree, not only be timed.
+    assert report["max_abs_probability_difference"] < 1e-5
+    assert report["speedup"] == pytest.approx(report["evaluator_images_per_second"] / report["loop_images_per_second"])
+    assert report["speedup"] > 0.8  # batching must not be slower than the loop (margin for CPU timing noise)
