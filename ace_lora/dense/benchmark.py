@@ -1,0 +1,481 @@
+"""End-to-end dense benchmark runs: the library behind zero_shot_eval/segmentation_siim.py and
+zero_shot_eval/detection_rsna.py (one command line, `build_parser(task)`, and `run(task, argv)`).
+
+Order of work, which keeps the test split untouched until the end:
+ 1. the three CSVs are read and checked up front (columns, labels, boxes, every file exists);
+ 2. trained mode: the training subset (fraction, balanced set) is drawn and its ids saved; train and
+    val are encoded once by the frozen encoder; the head is fitted on the cached features with early
+    stopping on val and the best head saved. Zero-shot mode: val is encoded and the threshold chosen on it;
+ 3. only then the test split is encoded and predicted, once, by the best head or chosen threshold.
+Outputs in --output-dir: metrics.json, predictions.csv, overlay figure(s), config.yaml, and
+train_ids.csv / best_head.pt / training_curves.png (trained) or threshold_search.csv (zero-shot).
+
+Speeds in metrics.json: `encode_images_per_second` = frozen encoder on the training (zero-shot:
+validation) split, file loading included; `train_images_per_second` = head training on cached
+features (images x epochs / seconds); `inference_images_per_second` = the test split end to end
+(load, encode, head, post-processing).
+"""
+import argparse
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.ops import box_iou
+
+from ace_lora.checkpoint import atomic_save
+from ace_lora.data.images import load_image
+from ace_lora.dense.detection import TokenGridFCOS, box_targets, input_boxes, predict_boxes, train_detector
+from ace_lora.dense.features import FEATURE_KINDS, CachedSplit, InputSpec, cache_file, extract_split, input_spec
+from ace_lora.dense.localisation import (choose_threshold, class_text_embedding, mean_dice_at, predict_region_boxes,
+                                         similarity_maps, threshold_candidates, threshold_masks)
+from ace_lora.dense.segmentation import ProgressiveUpsamplingDecoder, predict_masks, train_decoder
+from ace_lora.dense.splits import (IMAGE_FILE, MASK_FILE, RSNA_DETECTION, SIIM_SEGMENTATION, SPLITS, SplitLayout,
+                                   balanced_subset, fraction_subset, read_split, split_csv_paths)
+from ace_lora.dense.synthetic import demo_vocabulary, write_rsna_demo, write_siim_demo
+from ace_lora.dense.training import FitResult, FitSettings
+from ace_lora.errors import UserInputError
+from ace_lora.evaluation.figures import plot_box_overlays, plot_mask_overlays, plot_training_curves
+from ace_lora.evaluation.metrics import detection_metrics, dice_per_image, iou_per_image, segmentation_metrics
+from ace_lora.evaluation.tasks import CHEST_XRAY_TEMPLATES
+from ace_lora.evaluation.zero_shot import strict_json
+from ace_lora.factory import load_model_for_eval
+from ace_lora.tiny_model import write_tiny_biomedclip
+from run_utils import (add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device,
+                       write_resolved_config)
+
+
+@dataclass(frozen=True)
+class DenseTask:
+    name: str
+    title: str
+    layout: SplitLayout
+    class_name: str  # what the zero-shot prompts name
+    defaults: dict  # flag defaults of a real run
+    demo_defaults: dict  # flag defaults under --demo (flags and --config still win)
+
+
+TASKS = {
+    "siim_segmentation": DenseTask(
+        "siim_segmentation", "SIIM-ACR pneumothorax segmentation", SIIM_SEGMENTATION, "pneumothorax",
+        defaults=dict(epochs=50, lr=5e-4, patience=10, head_channels=256),
+        demo_defaults=dict(epochs=25, lr=2e-3, patience=10, head_channels=64, num_workers=0, device="cpu",
+                           bootstrap=200, output_dir="demo_output/siim_segmentation")),
+    "rsna_detection": DenseTask(
+        "rsna_detection", "RSNA pneumonia detection", RSNA_DETECTION, "pneumonia",
+        defaults=dict(epochs=50, lr=1e-4, patience=10, head_channels=256, head_convs=4),
+        demo_defaults=dict(epochs=20, lr=1e-3, patience=10, head_channels=64, head_convs=2, num_workers=0,
+                           device="cpu", bootstrap=50, output_dir="demo_output/rsna_detection")),
+}
+DEMO_IMAGE_SIZE = 64  # tiny model input: a 4 x 4 patch grid
+DEMO_DATA, DEMO_MODEL = "demo_data", "demo_model"
+DEMO_THREADS = 1
+N_FIGURE_IMAGES = 6
+N_FIGURE_BOXES = 3  # predicted boxes drawn per image (best first)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser(task_name: str) -> argparse.ArgumentParser:
+    task = TASKS[task_name]
+    layout = task.layout
+    segmentation = task_name == "siim_segmentation"
+    parser = argparse.ArgumentParser(description=(
+        f"{task.title} on a frozen ACE-LoRA (or plain-LoRA, or bare BiomedCLIP) image encoder: a "
+        + ("SETR-PUP-style decoder (focal + Dice loss)" if segmentation else "torchvision FCOS on a ViTDet simple "
+           "feature pyramid") + f" trained on cached patch tokens, or --zero-shot similarity to '{task.class_name}'. "
+        "Writes metrics.json, predictions.csv, figures and config.yaml to --output-dir."))
+    add_config_arg(parser)
+
+    model = parser.add_argument_group("model")
+    add_model_args(model)
+    model.add_argument("--checkpoint", help="ACE-LoRA weights (released format, plain-LoRA release or training "
+                                            "checkpoint); omit for the bare BiomedCLIP encoder")
+    model.add_argument("--features", choices=("auto",) + FEATURE_KINDS, default="auto",
+                       help="patch tokens: 'last-layer' = projected last-layer tokens (MGCA/ViTDet protocol, most "
+                            "spatial detail), 'hgnn' = ACE-HGNN refined normalised tokens; 'auto' = last-layer "
+                            "for trained heads, hgnn for --zero-shot (the tokens aligned with text)")
+    model.add_argument("--zero-shot", action="store_true",
+                       help=f"no training: cosine similarity of the patch tokens to the '{task.class_name}' prompt "
+                            "embedding, " + ("thresholded into masks" if segmentation else "connected regions above a "
+                                             "threshold as boxes scored by their mean similarity")
+                            + "; the threshold is chosen on the validation split")
+    model.add_argument("--demo", action="store_true",
+                       help="synthetic data (<output-dir>/demo_data) and a tiny random model, CPU, < 3 minutes; "
+                            "replaces --model and the CSV flags")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--split-dir", help=f"folder with {layout.prefix}_{{train,val,test}}.csv from dataset_prep")
+    for split in SPLITS:
+        data.add_argument(f"--{split}-csv", help=f"{split} CSV ({', '.join(layout.columns)}); overrides --split-dir")
+    data.add_argument("--data-root",
+                      help="folder that relative image/mask paths start from (default: each CSV's folder)")
+    data.add_argument("--train-fraction", type=float, default=1.0,
+                      help="fraction of the training set used (0.01, 0.1, 1.0): a seeded subset"
+                           + (" per class" if segmentation else "") + ", ids saved to train_ids.csv")
+    if segmentation:
+        data.add_argument("--train-set", choices=("balanced", "full"), default="balanced",
+                          help="'balanced' = all positives plus as many seeded negatives (MGCA protocol), "
+                               "'full' = every training image")
+
+    training = parser.add_argument_group("training (ignored with --zero-shot)")
+    training.add_argument("--epochs", type=int, help="maximum epochs (default %(d)s, demo %(m)s)" % dict(
+        d=task.defaults["epochs"], m=task.demo_defaults["epochs"]))
+    training.add_argument("--lr", type=float,
+                          help="AdamW peak learning rate, cosine decay (default %g)" % task.defaults["lr"])
+    training.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    training.add_argument("--patience", type=int, help="stop after this many epochs without a better validation "
+                                                       f"score (default {task.defaults['patience']})")
+    training.add_argument("--head-channels", type=int, help="width of the " + (
+        "decoder's first stage (halves every stage)" if segmentation else "feature pyramid and FCOS head")
+        + f" (default {task.defaults['head_channels']})")
+    if segmentation:
+        training.add_argument("--focal-weight", type=float, default=10.0,
+                              help="loss = focal_weight * focal + (1 - soft Dice) (MGCA's weight)")
+    else:
+        training.add_argument("--head-convs", type=int, help=f"conv layers per FCOS head branch (default "
+                                                             f"{task.defaults['head_convs']})")
+    training.add_argument("--seed", type=int, default=0, help="seed of the subsets, head initialisation, batch order "
+                                                              "and bootstrap")
+
+    runtime = parser.add_argument_group("runtime")
+    add_runtime_args(runtime, batch_size=16)
+    runtime.add_argument("--encode-batch-size", type=int, default=64,
+                         help="images per batch through the frozen encoder (--batch-size is the head's)")
+    runtime.add_argument("--feature-cache", help="folder to keep encoded features in between runs (keyed by model, "
+                                                 "checkpoint, features and file list); default: memory only")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", default=f"results/{task_name}", help="folder for the result files")
+    output.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0 = none)")
+    output.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def parse_args(task_name: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Flags > --config > (demo) defaults. Missing values resolved, bad values a UserInputError."""
+    task = TASKS[task_name]
+    parser = build_parser(task_name)
+    parser.set_defaults(**task.defaults)
+    args = parse_with_config(parser, argv)
+    if args.demo:  # given as a flag or in --config
+        parser.set_defaults(**task.demo_defaults)
+        args = parse_with_config(parser, argv)
+    for name in ("epochs", "patience", "batch_size", "encode_batch_size", "head_channels", "head_convs", "bootstrap",
+                 "num_workers"):
+        minimum = 0 if name in ("epochs", "bootstrap", "num_workers") else 1
+        if getattr(args, name, minimum) < minimum:
+            raise UserInputError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
+    if not 0 < args.train_fraction <= 1:
+        raise UserInputError(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
+    if args.features == "auto":
+        args.features = "hgnn" if args.zero_shot else "last-layer"
+    return args
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def prepare_demo(task: DenseTask, args: argparse.Namespace) -> None:
+    """Write the synthetic split CSVs and the tiny model under --output-dir; point the flags at them."""
+    root = os.path.abspath(os.path.join(args.output_dir, DEMO_DATA))
+    writer = write_siim_demo if task.name == "siim_segmentation" else write_rsna_demo
+    writer(root, seed=args.seed)
+    words = demo_vocabulary([task.class_name], CHEST_XRAY_TEMPLATES)
+    args.model = write_tiny_biomedclip(os.path.join(args.output_dir, DEMO_MODEL), words, image_size=DEMO_IMAGE_SIZE,
+                                       seed=args.seed)
+    args.split_dir, args.data_root = root, None
+    args.train_csv = args.val_csv = args.test_csv = None
+
+
+@dataclass
+class DenseRun:
+    """What every step of a run needs: the frozen model, its input transform, where things go."""
+    task: DenseTask
+    args: argparse.Namespace
+    model: torch.nn.Module
+    spec: InputSpec
+    device: torch.device
+    tables: Dict[str, pd.DataFrame]
+
+    def encode(self, split: str, table: pd.DataFrame, with_masks: bool = False) -> CachedSplit:
+        """Frozen features of `table`'s images (and masks), from --feature-cache when present."""
+        images = table[IMAGE_FILE].tolist()
+        masks = table[MASK_FILE].tolist() if with_masks else None
+        cache_path = None
+        if self.args.feature_cache:
+            checkpoint = self.args.checkpoint
+            identity = {"model": self.args.model, "features": self.args.features, "spec": self.spec.__dict__,
+                        "checkpoint": None if checkpoint is None else
+                        [os.path.abspath(checkpoint), os.path.getsize(checkpoint), os.path.getmtime(checkpoint)]}
+            cache_path = cache_file(self.args.feature_cache, split, identity, images, masks)
+        return extract_split(self.model, split, images, self.spec, self.args.features, self.device,
+                             self.args.precision, self.args.encode_batch_size, self.args.num_workers, masks,
+                             cache_path, progress=not self.args.no_progress)
+
+    def fit_settings(self) -> FitSettings:
+        a = self.args
+        return FitSettings(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
+                           patience=a.patience, seed=a.seed, device=self.device, precision=a.precision,
+                           progress=not a.no_progress)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.args.output_dir, name)
+
+
+def start_run(task_name: str, argv: Optional[Sequence[str]]) -> DenseRun:
+    task = TASKS[task_name]
+    args = parse_args(task_name, argv)
+    if args.demo:
+        prepare_demo(task, args)
+    csvs = split_csv_paths(task.layout, args.split_dir, {s: getattr(args, f"{s}_csv") for s in SPLITS})
+    tables = {split: read_split(task.layout, csvs[split], args.data_root) for split in SPLITS}
+    device = runtime_device(args)
+    torch.manual_seed(args.seed)
+    model = load_model_for_eval(args.model, args.checkpoint, device=device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    write_resolved_config(args, args.output_dir)
+    return DenseRun(task, args, model, input_spec(model), device, tables)
+
+
+def training_subset(run: DenseRun) -> pd.DataFrame:
+    """The training rows used: balanced set (segmentation, if chosen), then the seeded fraction;
+    their ids (and labels) are written to train_ids.csv."""
+    layout, args, table = run.task.layout, run.args, run.tables["train"]
+    if layout.label_column and args.train_set == "balanced":
+        table = balanced_subset(table, layout.label_column, args.seed)
+    table = fraction_subset(table, args.train_fraction, args.seed, stratify_column=layout.label_column)
+    columns = [layout.id_column] + ([layout.label_column] if layout.label_column else [])
+    if layout.boxes_column:
+        table = table.assign(n_boxes=[len(b) for b in table[layout.boxes_column]])
+        columns.append("n_boxes")
+    table[columns].to_csv(run.path("train_ids.csv"), index=False)
+    print(f"training on {len(table)} of {len(run.tables['train'])} training images "
+          f"(ids in {run.path('train_ids.csv')})")
+    return table
+
+
+def save_head(run: DenseRun, head: torch.nn.Module, fit: FitResult) -> None:
+    atomic_save({"state_dict": fit.best_state, "best_epoch": fit.best_epoch, "val_score": fit.best_score,
+                 "head": type(head).__name__, "features": run.args.features, "model": run.args.model,
+                 "checkpoint": run.args.checkpoint}, run.path("best_head.pt"))
+    pd.DataFrame(fit.records).to_csv(run.path("training_log.csv"), index=False)
+    plot_training_curves(fit.records, run.path("training_curves.png"))
+
+
+def write_metrics(run: DenseRun, metrics: dict, settings: dict) -> str:
+    document = {"task": run.task.name, "mode": "zero-shot" if run.args.zero_shot else "trained",
+                "metrics": metrics, "settings": settings, "config": json.loads(json.dumps(vars(run.args), default=str))}
+    with open(run.path("metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(strict_json(document), f, indent=2, allow_nan=False)
+    return run.path("metrics.json")
+
+
+def base_settings(run: DenseRun, encoded: CachedSplit) -> dict:
+    return {"features": run.args.features, "model": run.args.model, "checkpoint": run.args.checkpoint,
+            "input_size": run.spec.size, "token_grid": list(encoded.features.shape[-2:]),
+            "feature_dim": int(encoded.features.shape[1]), "mean": list(run.spec.mean), "std": list(run.spec.std),
+            "n": {split: len(table) for split, table in run.tables.items()}, "device": str(run.device),
+            "precision": run.args.precision}
+
+
+def fit_summary(fit: FitResult, n_train: int) -> dict:
+    return {"n_train_used": n_train, "best_epoch": fit.best_epoch, "best_val_score": fit.best_score,
+            "epochs_run": fit.epochs_run, "train_seconds": fit.train_seconds}
+
+
+def figure_order(has_target: np.ndarray) -> np.ndarray:
+    """Indices of the images shown in figures: positives first (CSV order), then negatives."""
+    return np.argsort(~has_target, kind="stable")[:N_FIGURE_IMAGES]
+
+
+def display_images(paths: Sequence[str], size: Optional[int] = None) -> List[np.ndarray]:
+    """Greyscale uint8 arrays of the images (resized to size x size when given), for figures."""
+    images = [load_image(p).convert("L") for p in paths]
+    return [np.asarray(image if size is None else image.resize((size, size))) for image in images]
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def run_segmentation(run: DenseRun) -> dict:
+    args, table = run.args, run.tables["test"]
+    if args.zero_shot:
+        val = run.encode("val", run.tables["val"], with_masks=True)
+        text = class_text_embedding(run.model, run.task.class_name, run.device)
+        val_maps = similarity_maps(val.features, text)
+        threshold, search = choose_threshold(threshold_candidates(val_maps),
+                                             lambda t: mean_dice_at(val_maps, val.masks, t))
+        pd.DataFrame(search).rename(columns={"score": "val_dice"}).to_csv(run.path("threshold_search.csv"), index=False)
+        start = time.perf_counter()
+        test = run.encode("test", table, with_masks=True)
+        test_maps = similarity_maps(test.features, text)
+        masks = threshold_masks(test_maps, threshold, run.spec.size)
+        peaks = test_maps.flatten(1).max(dim=1).values
+        elapsed = time.perf_counter() - start
+        extra = {"threshold": threshold, "class_name": run.task.class_name, "templates": list(CHEST_XRAY_TEMPLATES)}
+        speeds = {"encode_images_per_second": val.images_per_second}
+    else:
+        train_table = training_subset(run)
+        train = run.encode("train", train_table, with_masks=True)
+        val = run.encode("val", run.tables["val"], with_masks=True)
+        torch.manual_seed(args.seed)
+        decoder = ProgressiveUpsamplingDecoder(train.features.shape[1], train.features.shape[-1], run.spec.size,
+                                               channels=args.head_channels)
+        fit = train_decoder(decoder, train, val, run.fit_settings(), args.focal_weight)
+        save_head(run, decoder, fit)
+        start = time.perf_counter()
+        test = run.encode("test", table, with_masks=True)
+        masks, peaks = predict_masks(decoder, test.features, run.device, args.precision, args.batch_size)
+        elapsed = time.perf_counter() - start
+        extra = fit_summary(fit, len(train))
+        speeds = {"encode_images_per_second": train.images_per_second,
+                  "train_images_per_second": fit.train_images_per_second}
+    truth = test.masks.numpy()
+    predicted = masks.numpy()
+    metrics = segmentation_metrics(predicted, truth, n_bootstrap=args.bootstrap, seed=args.seed)
+    metrics.update(speeds, inference_images_per_second=_rate(len(test), elapsed))
+    pd.DataFrame({"ImageId": table["ImageId"], "has_pneumothorax": table["has_pneumothorax"],
+                  "dice": dice_per_image(predicted, truth), "iou": iou_per_image(predicted, truth),
+                  "predicted_pixels": predicted.sum(axis=(1, 2)), "true_pixels": truth.sum(axis=(1, 2)),
+                  "peak_score": peaks.numpy()}).to_csv(run.path("predictions.csv"), index=False)
+    shown = figure_order(truth.any(axis=(1, 2)))
+    plot_mask_overlays(display_images(table[IMAGE_FILE].iloc[shown], run.spec.size), predicted[shown], truth[shown],
+                       run.path("mask_overlays.png"))
+    write_metrics(run, metrics, {**base_settings(run, test), **extra})
+    return metrics
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _require_boxes(run: DenseRun, split: str) -> None:
+    if not any(len(b) for b in run.tables[split]["boxes"]):
+        raise UserInputError(f"the {split} split has no boxes: mAP is undefined there")
+
+
+def _mean_best_iou(predicted: np.ndarray, true: np.ndarray) -> float:
+    """Mean over the true boxes of their best IoU with any predicted box (nan without true boxes)."""
+    if len(true) == 0:
+        return float("nan")
+    if len(predicted) == 0:
+        return 0.0
+    return float(box_iou(torch.as_tensor(true), torch.as_tensor(predicted)).max(dim=1).values.mean())
+
+
+def run_detection(run: DenseRun) -> dict:
+    args, table = run.args, run.tables["test"]
+    for split in ("val", "test"):
+        _require_boxes(run, split)
+    val_targets = box_targets(run.tables["val"]["boxes"])
+    if args.zero_shot:
+        val = run.encode("val", run.tables["val"])
+        text = class_text_embedding(run.model, run.task.class_name, run.device)
+        val_maps = similarity_maps(val.features, text)
+
+        def val_map(threshold: float) -> float:
+            predictions = predict_region_boxes(val_maps, threshold, run.spec.size, val.sizes)
+            return detection_metrics(predictions, val_targets, n_bootstrap=0)["map_40_75"]
+
+        threshold, search = choose_threshold(threshold_candidates(val_maps), val_map)
+        pd.DataFrame(search).rename(columns={"score": "val_map_40_75"}).to_csv(run.path("threshold_search.csv"),
+                                                                               index=False)
+        start = time.perf_counter()
+        test = run.encode("test", table)
+        predictions = predict_region_boxes(similarity_maps(test.features, text), threshold, run.spec.size, test.sizes)
+        elapsed = time.perf_counter() - start
+        extra = {"threshold": threshold, "class_name": run.task.class_name, "templates": list(CHEST_XRAY_TEMPLATES)}
+        speeds = {"encode_images_per_second": val.images_per_second}
+    else:
+        train_table = training_subset(run)
+        train = run.encode("train", train_table)
+        scaled = [input_boxes(b, size, run.spec.size) for b, size in zip(train_table["boxes"], train.sizes.tolist())]
+        dropped = sum(n for _, n in scaled)
+        if dropped:
+            print(f"excluded {dropped} training boxes that lie outside their image")
+        val = run.encode("val", run.tables["val"])
+        torch.manual_seed(args.seed)
+        detector = TokenGridFCOS(train.features.shape[1], train.features.shape[-1], run.spec.size,
+                                 channels=args.head_channels, head_convs=args.head_convs)
+        fit = train_detector(detector, train, [b for b, _ in scaled], val, run.tables["val"]["boxes"],
+                             run.fit_settings())
+        save_head(run, detector, fit)
+        start = time.perf_counter()
+        test = run.encode("test", table)
+        predictions = predict_boxes(detector, test, run.device, args.precision, args.batch_size)
+        elapsed = time.perf_counter() - start
+        extra = {**fit_summary(fit, len(train)), "train_boxes_outside_image": dropped,
+                 "score_threshold": detector.score_thresh, "nms_threshold": detector.nms_thresh}
+        speeds = {"encode_images_per_second": train.images_per_second,
+                  "train_images_per_second": fit.train_images_per_second}
+    targets = box_targets(table["boxes"])
+    metrics = detection_metrics(predictions, targets, n_bootstrap=args.bootstrap, seed=args.seed)
+    metrics.update(speeds, inference_images_per_second=_rate(len(test), elapsed))
+    pd.DataFrame({
+        "patientId": table["patientId"], "n_true_boxes": [len(t["boxes"]) for t in targets],
+        "n_predicted_boxes": [len(p["boxes"]) for p in predictions],
+        "top_score": [float(p["scores"][0]) if len(p["scores"]) else float("nan") for p in predictions],
+        "best_iou": [_mean_best_iou(p["boxes"], t["boxes"]) for p, t in zip(predictions, targets)],
+        "predicted_boxes": [json.dumps(np.round(p["boxes"], 1).tolist()) for p in predictions],
+        "predicted_scores": [json.dumps(np.round(p["scores"].astype(np.float64), 4).tolist()) for p in predictions],
+    }).to_csv(run.path("predictions.csv"), index=False)
+    shown = figure_order(np.array([len(t["boxes"]) > 0 for t in targets]))
+    plot_box_overlays(display_images(table[IMAGE_FILE].iloc[shown]),
+                      [predictions[i]["boxes"][:N_FIGURE_BOXES] for i in shown],
+                      [targets[i]["boxes"] for i in shown], run.path("box_overlays.png"),
+                      pred_scores=[predictions[i]["scores"][:N_FIGURE_BOXES] for i in shown])
+    settings = {**base_settings(run, test), **extra, "images_without_predictions":
+                int(sum(len(p["boxes"]) == 0 for p in predictions))}
+    write_metrics(run, metrics, settings)
+    return metrics
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def summary_line(task_name: str, metrics: dict) -> str:
+    keys = ("dice", "dice_positive", "miou") if task_name == "siim_segmentation" else ("map_40_75", "map_coco", "map50")
+    parts = []
+    for key in keys:
+        low, high = metrics[f"{key}_ci95"]
+        parts.append(f"{key} {metrics[key]:.4f} (95% CI {low:.4f}-{high:.4f})")
+    return "; ".join(parts)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: Optional[int]):
+    """Run with `n` intra-op CPU threads (None: unchanged), restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run(task_name: str, argv: Optional[Sequence[str]] = None) -> dict:
+    """Parse `argv`, run the benchmark, write the result files; returns the metrics.
+
+    The demo runs with one CPU thread: its tensors are tiny, and on a shared CPU OpenMP barriers
+    between threads stall on every small op (a detector step measured 0.07 s with one thread and
+    3.7 s with two on a loaded 2-core machine).
+    """
+    started = time.perf_counter()
+    dense_run = start_run(task_name, argv)
+    with cpu_threads(DEMO_THREADS if dense_run.args.demo else None):
+        metrics = (run_segmentation if task_name == "siim_segmentation" else run_detection)(dense_run)
+    print(f"{TASKS[task_name].title} ({'zero-shot' if dense_run.args.zero_shot else 'trained'}, "
+          f"{dense_run.args.features} features): {summary_line(task_name, metrics)}")
+    print(f"results in {dense_run.args.output_dir} ({time.perf_counter() - started:.0f} s)")
+    return metrics

@@ -1,0 +1,229 @@
+"""Frozen patch-token grids, the dense input transform, the feature cache, and the dense split CSVs."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from ace_lora.dense import features as F
+from ace_lora.dense.splits import (IMAGE_FILE, MASK_FILE, RSNA_DETECTION, SIIM_SEGMENTATION, balanced_subset,
+                                   fraction_subset, read_split, split_csv_paths)
+from ace_lora.dense.synthetic import write_rsna_demo, write_siim_demo
+from ace_lora.errors import UserInputError
+from ace_lora.factory import load_model_for_eval
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_name):
+    return load_model_for_eval(tiny_model_name)
+
+
+# --------------------------------------------------------------------------- token grids
+
+
+def test_full_size_grid_is_14x14_of_512_and_hgnn_tokens_are_unit_norm(fake_biomedclip_dir, shared_dir):
+    checkpoint = os.path.join(shared_dir, "checkpoints", "ACE_LoRA.pt")
+    model = load_model_for_eval(f"local-dir:{fake_biomedclip_dir}", checkpoint)
+    spec = F.input_spec(model)
+    assert spec.size == 224
+    assert spec.mean == pytest.approx(model.preprocess.transforms[-1].mean)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        last = F.token_grid(model, images, "last-layer")
+        refined = F.token_grid(model, images, "hgnn")
+    assert last.shape == refined.shape == (2, 512, 14, 14)
+    assert torch.allclose(refined.norm(dim=1), torch.ones(2, 14, 14), atol=1e-4)
+    assert not torch.allclose(torch.nn.functional.normalize(last, dim=1), refined, atol=1e-3)  # the HGNN refines
+
+
+def test_grid_is_the_patch_tokens_in_row_major_order(tiny_model):
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        tokens, attention = tiny_model.image_tokens(images)
+        grid = F.token_grid(tiny_model, images, "last-layer")
+        refined = F.token_grid(tiny_model, images, "hgnn")
+        expected_refined = tiny_model.embed_image_tokens(tokens, attention)
+    assert grid.shape == (3, tokens.shape[-1], 4, 4)  # 64 / 16: derived from the 17 tokens
+    for row, col in ((0, 0), (0, 3), (2, 1), (3, 3)):
+        assert torch.allclose(grid[:, :, row, col], tokens[:, 1 + 4 * row + col])
+        assert torch.allclose(refined[:, :, row, col], expected_refined[:, 1 + 4 * row + col])
+
+
+def test_patch_grid_is_derived_from_the_token_count():
+    assert F.patch_grid(196) == (14, 14)
+    assert F.patch_grid(16) == (4, 4)
+    with pytest.raises(ValueError, match="square"):
+        F.patch_grid(50)
+
+
+def test_unknown_feature_kind_is_a_user_error(tiny_model):
+    with pytest.raises(UserInputError, match="--features must be one of"):
+        F.token_grid(tiny_model, torch.zeros(1, 3, 64, 64), "penultimate")
+
+
+# --------------------------------------------------------------------------- input transform
+
+
+def test_plain_resize_keeps_the_whole_image(tiny_model):
+    """A 200 x 100 image with its left quarter bright: a centre crop would cut the bright part away."""
+    pixels = np.zeros((100, 200, 3), dtype=np.uint8)
+    pixels[:, :50] = 255
+    spec = F.input_spec(tiny_model)
+    tensor = F.image_tensor(Image.fromarray(pixels), spec)
+    assert tensor.shape == (3, 64, 64)
+    bright_columns = (tensor[0].mean(dim=0) > 0).float().mean()
+    assert bright_columns == pytest.approx(0.25, abs=1 / 64)
+    mean, std = spec.mean[0], spec.std[0]
+    assert tensor[0, 32, 2] == pytest.approx((1 - mean) / std, abs=1e-3)  # normalised with the model's mean/std
+
+
+def test_mask_resize_is_area_faithful():
+    mask = np.zeros((1024, 1024), dtype=bool)
+    mask[256:768, 100:612] = True  # a quarter of the image
+    small = F.resize_mask(mask, 64)
+    assert small.shape == (64, 64) and small.sum() == 32 * 32
+
+
+def test_mask_of_another_size_than_its_image_is_reported(tmp_path, tiny_model):
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / "image.png")
+    Image.fromarray(np.zeros((30, 40), dtype=np.uint8)).save(tmp_path / "mask.png")
+    with pytest.raises(UserInputError, match=r"mask .*mask.png is 40x30, its image is 40x40"):
+        F.extract_split(tiny_model, "train", [str(tmp_path / "image.png")], F.input_spec(tiny_model), "hgnn",
+                        torch.device("cpu"), "fp32", num_workers=0, mask_paths=[str(tmp_path / "mask.png")],
+                        progress=False)
+
+
+# --------------------------------------------------------------------------- extraction and cache
+
+
+@pytest.fixture(scope="module")
+def siim_tables(tmp_path_factory):
+    root = tmp_path_factory.mktemp("siim")
+    csvs = write_siim_demo(str(root), split_sizes=(12, 4, 4), seed=3)
+    return {split: read_split(SIIM_SEGMENTATION, path) for split, path in csvs.items()}
+
+
+def test_extraction_matches_direct_encoding_and_keeps_csv_order(siim_tables, tiny_model):
+    table = siim_tables["train"]
+    spec = F.input_spec(tiny_model)
+    split = F.extract_split(tiny_model, "train", table[IMAGE_FILE].tolist(), spec, "last-layer", torch.device("cpu"),
+                            "fp32", batch_size=5, num_workers=0, mask_paths=table[MASK_FILE].tolist(), progress=False)
+    assert split.features.dtype == torch.float16 and split.features.shape == (12, 64, 4, 4)
+    assert split.sizes.tolist() == [[160, 160]] * 12
+    images = torch.stack([F.image_tensor(Image.open(p).convert("RGB"), spec) for p in table[IMAGE_FILE]])
+    with torch.no_grad():
+        direct = F.token_grid(tiny_model, images, "last-layer")
+    assert torch.allclose(split.features.float(), direct, atol=2e-2, rtol=1e-2)
+    positives = table["has_pneumothorax"].to_numpy().astype(bool)
+    assert (split.masks.flatten(1).any(dim=1).numpy() == positives).all()
+
+
+def test_feature_cache_is_reused_and_keyed_by_settings(siim_tables, tiny_model, tmp_path, monkeypatch):
+    table = siim_tables["val"]
+    images, spec, cpu = table[IMAGE_FILE].tolist(), F.input_spec(tiny_model), torch.device("cpu")
+    path = F.cache_file(str(tmp_path), "val", {"features": "hgnn"}, images, None)
+    assert path != F.cache_file(str(tmp_path), "val", {"features": "last-layer"}, images, None)
+    assert path != F.cache_file(str(tmp_path), "val", {"features": "hgnn"}, images[:-1], None)
+    first = F.extract_split(tiny_model, "val", images, spec, "hgnn", cpu, "fp32", num_workers=0, cache_path=path,
+                            progress=False)
+    assert os.path.isfile(path) and first.encode_seconds > 0
+
+    def must_not_encode(*args, **kwargs):
+        raise AssertionError("the cached split was encoded again")
+
+    monkeypatch.setattr(F, "token_grid", must_not_encode)
+    second = F.extract_split(tiny_model, "val", images, spec, "hgnn", cpu, "fp32", num_workers=0, cache_path=path,
+                             progress=False)
+    assert torch.equal(first.features, second.features) and torch.equal(first.sizes, second.sizes)
+    assert second.encode_seconds == 0
+
+
+# --------------------------------------------------------------------------- split CSVs and subsets
+
+
+def test_split_paths_prefer_explicit_csvs(tmp_path):
+    paths = split_csv_paths(SIIM_SEGMENTATION, str(tmp_path), {"train": None, "val": "v.csv", "test": None})
+    assert paths == {"train": str(tmp_path / "siim_segmentation_train.csv"), "val": "v.csv",
+                     "test": str(tmp_path / "siim_segmentation_test.csv")}
+    with pytest.raises(UserInputError, match="no train CSV: pass --train-csv or --split-dir"):
+        split_csv_paths(RSNA_DETECTION, None, {})
+
+
+def test_read_split_resolves_paths_and_reports_missing_files(tmp_path):
+    csvs = write_rsna_demo(str(tmp_path), split_sizes=(3, 2, 2), seed=1)
+    table = read_split(RSNA_DETECTION, csvs["train"])
+    assert table[IMAGE_FILE].tolist() == [str(tmp_path / p) for p in table["Path"]]
+    assert all(isinstance(b, list) for b in table["boxes"])
+    other_root = tmp_path / "elsewhere"
+    other_root.mkdir()
+    with pytest.raises(UserInputError, match=r"3 of 3 image files not found, first: .*elsewhere.*--data-root"):
+        read_split(RSNA_DETECTION, csvs["train"], data_root=str(other_root))
+
+
+@pytest.mark.parametrize("boxes, problem", [("[[10, 10, 5, 20]]", "x2 > x1"), ("not json", "JSON list"),
+                                            ("[[1, 2, 3]]", "JSON list")])
+def test_bad_boxes_name_the_row(tmp_path, boxes, problem):
+    csvs = write_rsna_demo(str(tmp_path), split_sizes=(2, 1, 1), seed=1)
+    table = pd.read_csv(csvs["train"])
+    table.loc[1, "boxes"] = boxes
+    table.to_csv(csvs["train"], index=False)
+    with pytest.raises(UserInputError, match=rf"row 3 \(patientId rsna_demo_0001\): .*{problem.replace(' ', '.*')}"):
+        read_split(RSNA_DETECTION, csvs["train"])
+
+
+def test_repeated_ids_and_missing_columns_are_user_errors(tmp_path):
+    csvs = write_siim_demo(str(tmp_path), split_sizes=(3, 1, 1), seed=1)
+    table = pd.read_csv(csvs["train"])
+    pd.concat([table, table.iloc[:1]]).to_csv(tmp_path / "repeated.csv", index=False)
+    with pytest.raises(UserInputError, match="ImageId siim_demo_0000 appears more than once"):
+        read_split(SIIM_SEGMENTATION, str(tmp_path / "repeated.csv"))
+    table.drop(columns="mask_path").to_csv(tmp_path / "no_mask.csv", index=False)
+    with pytest.raises(UserInputError, match="missing column.*mask_path"):
+        read_split(SIIM_SEGMENTATION, str(tmp_path / "no_mask.csv"))
+
+
+def _labelled(n_positive, n_negative):
+    labels = [1] * n_positive + [0] * n_negative
+    order = np.random.default_rng(0).permutation(len(labels))
+    return pd.DataFrame({"ImageId": [f"id{i}" for i in range(len(labels))],
+                         "has_pneumothorax": np.array(labels)[order]})
+
+
+def test_balanced_subset_is_all_positives_plus_as_many_seeded_negatives():
+    frame = _labelled(20, 80)
+    subset = balanced_subset(frame, "has_pneumothorax", seed=0)
+    assert subset["has_pneumothorax"].sum() == 20 and (subset["has_pneumothorax"] == 0).sum() == 20
+    assert set(frame.loc[frame["has_pneumothorax"] == 1, "ImageId"]) <= set(subset["ImageId"])
+    assert subset.index.is_monotonic_increasing  # CSV order kept
+    assert subset["ImageId"].tolist() == balanced_subset(frame, "has_pneumothorax", seed=0)["ImageId"].tolist()
+    assert subset["ImageId"].tolist() != balanced_subset(frame, "has_pneumothorax", seed=1)["ImageId"].tolist()
+    few_negatives = balanced_subset(_labelled(10, 4), "has_pneumothorax", seed=0)
+    assert len(few_negatives) == 14  # every negative kept
+
+
+def test_fraction_subset_is_seeded_and_stratified():
+    frame = _labelled(30, 170)
+    subset = fraction_subset(frame, 0.1, seed=5, stratify_column="has_pneumothorax")
+    assert subset["has_pneumothorax"].sum() == 3 and (subset["has_pneumothorax"] == 0).sum() == 17
+    assert subset.equals(fraction_subset(frame, 0.1, seed=5, stratify_column="has_pneumothorax"))
+    assert len(fraction_subset(frame, 0.01, seed=5)) == 2
+    assert len(fraction_subset(frame, 0.001, seed=5, stratify_column="has_pneumothorax")) == 2  # >= 1 per class
+    assert fraction_subset(frame, 1.0, seed=5) is frame
+    with pytest.raises(UserInputError, match=r"--train-fraction must be in \(0, 1\]"):
+        fraction_subset(frame, 0, seed=5)
+
+
+def test_demo_writers_produce_dataset_prep_layouts(tmp_path):
+    siim = write_siim_demo(str(tmp_path / "siim"), split_sizes=(6, 2, 2), seed=0)
+    table = pd.read_csv(siim["train"])
+    assert list(table.columns) == list(SIIM_SEGMENTATION.columns)
+    mask = np.asarray(Image.open(tmp_path / "siim" / table["mask_path"][0]))
+    assert set(np.unique(mask)) <= {0, 255} and bool(mask.any()) == bool(table["has_pneumothorax"][0])
+    rsna = pd.read_csv(write_rsna_demo(str(tmp_path / "rsna"), split_sizes=(6, 2, 2), seed=0)["test"])
+    assert list(rsna.columns) == list(RSNA_DETECTION.columns) and len(rsna) == 2
+    for boxes in rsna["boxes"]:
+        for x1, y1, x2, y2 in json.loads(boxes):
+            assert 0 <= x1 < x2 <= 160 and 0 <= y1 < y2 <= 160

@@ -1,0 +1,30 @@
+"""SIIM-ACR pneumothorax segmentation on a frozen ACE-LoRA / plain-LoRA / BiomedCLIP image encoder.
+
+Reads siim_segmentation_{train,val,test}.csv from dataset_prep/SIIM_generate_mask.py (ImageId,
+image_path, mask_path, has_pneumothorax; 0/255 mask PNGs). A SETR-PUP-style decoder is trained on
+cached patch tokens (early stopping on validation Dice), or --zero-shot thresholds the similarity to
+'pneumothorax'. Dice is per image at probability 0.5, at the model input resolution, an empty
+prediction on an empty mask counting 1 (MGCA).
+
+    python zero_shot_eval/segmentation_siim.py --checkpoint ACE_LoRA.pt --split-dir prepared/siim \\
+        --train-fraction 0.1 --output-dir results/siim_seg_ace_lora_10pct
+    python zero_shot_eval/segmentation_siim.py --demo          # synthetic data, tiny model, CPU
+
+See --help for every flag; the work is done by ace_lora.dense.benchmark.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ace_lora.dense.benchmark import run  # noqa: E402
+from run_utils import main_guard  # noqa: E402
+
+
+@main_guard
+def main(argv=None):
+    return run("siim_segmentation", argv)
+
+
+if __name__ == "__main__":
+    main()
