@@ -1,0 +1,153 @@
+"""Image-report pairs for training: the Dataset, its collate function, and the resumable sampler/loader.
+
+Decisions:
+- Missing images are found UP FRONT (one os.path.isfile per row, before training starts): the run
+  stops with the number missing and the first few names, instead of failing hours later. A file that
+  exists but cannot be decoded fails when it is first read, with load_image's message naming it.
+- Reports are tokenized in the collate function, i.e. in the DataLoader workers. open_clip's
+  HFTokenizer pickles (tested), so this also works with the spawn/forkserver start methods.
+- Uncertain CheXpert labels (-1) become 0 or 1 (`--uncertain-policy`); empty labels become 0, as in the
+  released method.
+- Order: a DistributedSampler (one replica outside DDP) reshuffled per epoch by `set_epoch`, no padding,
+  incomplete last batch dropped. A resumed epoch skips the batches already trained on by skipping their
+  indices in the sampler: the skipped images are never loaded.
+"""
+import os
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from ace_lora.data.images import load_image
+from ace_lora.data.mimic import CHEXPERT_LABELS, UNCERTAIN_POLICIES, read_training_csv
+from ace_lora.errors import UserInputError
+
+MAX_LISTED = 3  # missing files named in the error
+
+
+def training_table(csv_path: str, data_root: Optional[str] = None, label_csv: Optional[str] = None,
+                   split: Optional[str] = "train") -> pd.DataFrame:
+    """The rows of the training CSV to train on (only `split` if the CSV has a `split` column)."""
+    table = read_training_csv(csv_path, data_root=data_root, label_csv=label_csv)
+    if split and "split" in table.columns:
+        available = sorted(table["split"].astype(str).unique())
+        table = table[table["split"].astype(str) == split]
+        if table.empty:
+            raise UserInputError(f"{csv_path}: no rows with split == {split!r} "
+                                 f"(splits present: {', '.join(available)})")
+    if table.empty:
+        raise UserInputError(f"{csv_path}: no training rows")
+    return table.reset_index(drop=True)
+
+
+def label_matrix(table: pd.DataFrame, uncertain_policy: str = "zeros") -> np.ndarray:
+    """(N, 14) float32 targets in CHEXPERT_LABELS order: 1 positive, 0 negative/empty, -1 -> policy."""
+    if uncertain_policy not in UNCERTAIN_POLICIES:
+        raise UserInputError(f"--uncertain-policy must be one of {', '.join(UNCERTAIN_POLICIES)}")
+    values = np.array(table[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce").fillna(0.0), np.float32)
+    values[values == -1] = 1.0 if uncertain_policy == "ones" else 0.0
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise UserInputError(f"row {row + 1}: label {CHEXPERT_LABELS[col]} is {values[row, col]}, expected 1, 0, -1 "
+                             "or empty")
+    return values
+
+
+def check_images_exist(paths: Sequence[str], csv_path: str) -> None:
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        listed = ", ".join(missing[:MAX_LISTED]) + (", ..." if len(missing) > MAX_LISTED else "")
+        raise UserInputError(f"{csv_path}: {len(missing)} of {len(paths)} images not found: {listed} "
+                             "(check --data-root)")
+
+
+class ImageReportDataset(Dataset):
+    """Item i: (preprocess(image i) (3, H, W), report i, labels i (14,))."""
+
+    def __init__(self, image_paths: Sequence[str], reports: Sequence[str], labels: np.ndarray, preprocess: Callable):
+        self.image_paths = list(image_paths)
+        self.reports = [str(r) for r in reports]
+        self.labels = torch.as_tensor(labels, dtype=torch.float32)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int):
+        return self.preprocess(load_image(self.image_paths[index])), self.reports[index], self.labels[index]
+
+
+class TokenizingCollate:
+    """Batch items into (images (B, 3, H, W), token ids (B, L), labels (B, 14)); picklable for workers."""
+
+    def __init__(self, tokenizer: Callable):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items):
+        images, reports, labels = zip(*items)
+        return torch.stack(images), self.tokenizer(list(reports)), torch.stack(labels)
+
+
+def build_training_dataset(csv_path: str, preprocess: Callable, data_root: Optional[str] = None,
+                           label_csv: Optional[str] = None, split: Optional[str] = "train",
+                           uncertain_policy: str = "zeros") -> ImageReportDataset:
+    table = training_table(csv_path, data_root, label_csv, split)
+    paths = table["image_path"].astype(str).tolist()
+    check_images_exist(paths, csv_path)
+    return ImageReportDataset(paths, table["report"].fillna("").tolist(), label_matrix(table, uncertain_policy),
+                              preprocess)
+
+
+class SkipFirstSampler(Sampler):
+    """The indices of `sampler` after the first `skip` (a resumed epoch's batches already trained on)."""
+
+    def __init__(self, sampler: Sampler, skip: int):
+        self.sampler = sampler
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        for position, index in enumerate(self.sampler):
+            if position >= self.skip:
+                yield index
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+
+def steps_per_epoch(n_items: int, batch_size: int, world_size: int) -> int:
+    """Full batches per rank and epoch (DistributedSampler without padding, last partial batch dropped)."""
+    return (n_items // world_size) // batch_size
+
+
+def epoch_loader(dataset: Dataset, collate: Callable, *, batch_size: int, epoch: int, seed: int, rank: int = 0,
+                 world_size: int = 1, skip_batches: int = 0, num_workers: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    """The loader for one epoch: its order depends only on (seed, epoch), never on the global RNG."""
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009 + rank)  # worker base seeds
+    return DataLoader(dataset, batch_size=batch_size, sampler=SkipFirstSampler(sampler, skip_batches * batch_size),
+                      collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
+                      generator=generator, persistent_workers=False)
+
+
+def one_line_error(error: UserInputError) -> UserInputError:
+    """A UserInputError re-raised from a DataLoader worker carries the worker's traceback: keep its message."""
+    message = str(error)
+    if "Traceback" in message:
+        last = [line for line in message.strip().splitlines() if line.strip()][-1]
+        message = last.split("UserInputError: ", 1)[-1]
+    return UserInputError(message)
+
+
+def iterate_batches(loader: DataLoader) -> Iterator:
+    """Iterate `loader`, turning worker-side UserInputErrors into one-line ones."""
+    try:
+        yield from loader
+    except UserInputError as error:
+        raise one_line_error(error) from None
+

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Training speed and memory: ACE-LoRA against full fine-tuning of the same backbone, same batch.
+
+- ACE-LoRA: the training step of train.py (ace_lora.training.train_step; LoRA q/k/v in all layers,
+  ACE-HGNN on both towers, label-guided loss, AdamW over the 969,217 trainable numbers).
+- Full fine-tuning: every backbone parameter trainable, plain CLIP loss on open_clip's pooled
+  embeddings, AdamW over all of them.
+Both see the same random images and the same tokenized report (the context is padded to its full
+length, as in training). Each variant runs in its own fresh process, so that peak memory is its own:
+CUDA reports torch.cuda.max_memory_allocated; the CPU reports the process's peak resident set size
+(resource.getrusage ru_maxrss, which includes the weights, the Python runtime and the allocator's cache).
+Step time is the median over --steps timed steps after --warmup-steps untimed ones.
+
+The last line printed is one JSON object:
+  {"ace_step_s": ..., "full_step_s": ..., "ratio": ace/full, "ace_peak_mb": ..., "full_peak_mb": ...}
+Example: python benchmarks/bench_train.py --model local-dir:/path/to/biomedclip --batch-size 8 --steps 5
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from ace_lora.backbone import load_backbone  # noqa: E402
+from ace_lora.distributed import single_process  # noqa: E402
+from ace_lora.errors import UserInputError  # noqa: E402
+from ace_lora.factory import build_model  # noqa: E402
+from ace_lora.loss import label_guided_info_nce  # noqa: E402
+from ace_lora.training import train_step, warmup_cosine_schedule  # noqa: E402
+from run_utils import add_model_args, autocast, main_guard, resolve_precision  # noqa: E402
+
+VARIANTS = ("ace", "full")
+REPORT = ("Heart size is normal. The mediastinal and hilar contours are unremarkable. There is mild pulmonary "
+          "edema with small bilateral pleural effusions and bibasilar atelectasis. No pneumothorax. Support "
+          "devices are unchanged in position. Impression: mild edema, small effusions, atelectasis.")
+
+
+def synthetic_batch(size: int, tokenize, batch_size: int):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, size, size, generator=generator)  # (B, 3, H, W)
+    ids = tokenize([REPORT] * batch_size)  # (B, L)
+    labels = torch.randint(0, 2, (batch_size, 14), generator=generator).float()
+    return images, ids, labels
+
+
+def image_size(clip) -> int:
+    size = clip.visual.image_size
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def ace_steps(args, device: torch.device):
+    """A callable that runs one ACE-LoRA training step."""
+    model = build_model(args.model, device=device).train()
+    batch = synthetic_batch(image_size(model.clip), model.tokenize, args.batch_size)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4, weight_decay=1e-2)
+    scheduler = warmup_cosine_schedule(optimizer, 0, 10_000)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    context = single_process(str(device))
+    return lambda: train_step(model, batch, optimizer, scheduler, scaler, device=device, precision=args.precision,
+                              use_labels=True, gather_negatives=False, context=context)
+
+
+def full_steps(args, device: torch.device):
+    """A callable that runs one full fine-tuning step."""
+    backbone = load_backbone(args.model)
+    clip = backbone.clip.to(device).train()
+    clip.requires_grad_(True)
+    images, ids, _ = synthetic_batch(image_size(clip), backbone.tokenizer, args.batch_size)
+    images, ids = images.to(device), ids.to(device)
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=1e-5, weight_decay=1e-2)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, args.precision):
+            out = clip(images, ids)
+        image_emb, text_emb, scale = ((out["image_features"], out["text_features"], out["logit_scale"])
+                                      if isinstance(out, dict) else out[:3])
+        loss = label_guided_info_nce(image_emb, text_emb, scale, None)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return step
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def run_variant(args) -> dict:
+    """Time one variant in this process."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    step = ace_steps(args, device) if args.variant == "ace" else full_steps(args, device)
+    times = []
+    for i in range(args.warmup_steps + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= args.warmup_steps:
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    return {"variant": args.variant, "step_s": step_s, "images_per_s": args.batch_size / step_s,
+            "peak_mb": peak_memory_mb(device)}
+
+
+def run_in_subprocess(args, variant: str) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--batch-size", str(args.batch_size),
+               "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--device", args.device,
+               "--precision", args.precision, "--variant", variant]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise UserInputError(f"the {variant} benchmark failed: {lines[-1] if lines else 'no output'}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@main_guard
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
+    parser.add_argument("--batch-size", type=int, default=8, help="images (and reports) per step")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (the median is reported)")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (allocations, caches)")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1'")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="autocast precision; 'auto' = bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--variant", choices=VARIANTS,
+                        help="run only this variant in this process and print its JSON (used internally)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 2 or args.steps < 1:
+        raise UserInputError("--batch-size must be >= 2 (contrastive loss) and --steps >= 1")
+    from ace_lora.backbone import resolve_device
+    device = resolve_device(args.device)
+    args.device, args.precision = str(device), resolve_precision(args.precision, device)
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+    results = {variant: run_in_subprocess(args, variant) for variant in VARIANTS}
+    for r in results.values():
+        print(f"{r['variant']:>4}: {r['step_s']:.3f} s/step, {r['images_per_s']:.1f} images/s, "
+              f"peak {r['peak_mb']:.0f} MB")
+    ace, full = results["ace"], results["full"]
+    print(json.dumps({"ace_step_s": ace["step_s"], "full_step_s": full["step_s"],
+                      "ratio": ace["step_s"] / full["step_s"], "ace_peak_mb": ace["peak_mb"],
+                      "full_peak_mb": full["peak_mb"]}))
+
+
+if __name__ == "__main__":
+    main()

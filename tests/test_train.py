@@ -1,0 +1,196 @@
+"""train.py end to end on the tiny model: trainable set, one step, outputs, validation, config, user errors."""
+import json
+import math
+import os
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+import train
+from ace_lora.checkpoint import read_released_checkpoint, save_released_checkpoint
+from ace_lora.data.synthetic import write_demo_dataset
+from ace_lora.data.train_dataset import TokenizingCollate, build_training_dataset, epoch_loader
+from ace_lora.distributed import single_process
+from ace_lora.factory import build_model, load_model_for_eval
+from ace_lora.model import AceLoRAConfig
+from ace_lora.training import train_step, warmup_cosine_schedule
+from run_utils import parse_training_args
+
+N_TRAIN = 12
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    return write_demo_dataset(str(tmp_path_factory.mktemp("data")), n_train=N_TRAIN, n_test_per_class=2)
+
+
+def run_args(model, data, out_dir, *extra):
+    return ["--model", model, "--train-csv", data.train_csv, "--output-dir", str(out_dir), "--batch-size", "4",
+            "--epochs", "2", "--num-workers", "0", "--device", "cpu", "--no-progress", *extra]
+
+
+def error_line(capsys, argv):
+    """Run train.main, expect exit status 2 and return the one-line message."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_only_lora_adapters_and_scale_are_trainable(tiny_model_name):
+    model = build_model(tiny_model_name)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora." in n or "lora" in n.split(".")[-1] or n.startswith(("image_hgnn.", "text_hgnn."))
+                             or n == "logit_scale" for n in trainable), trainable
+    assert any(n.startswith("image_hgnn.") for n in trainable) and any(n.startswith("text_hgnn.") for n in trainable)
+    assert sum("lora_A" in n for n in trainable) == sum("lora_B" in n for n in trainable) > 0
+    trainable_ids = {id(p) for p in model.trainable_parameters()}
+    assert not any(p.requires_grad for p in model.clip.parameters() if id(p) not in trainable_ids)
+    assert model.num_trainable() == sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+
+
+def test_train_step_updates_trainables_and_nothing_else(tiny_model_name, demo_data):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_name).train()
+    dataset = build_training_dataset(demo_data.train_csv, model.preprocess)
+    batch = next(iter(epoch_loader(dataset, TokenizingCollate(model.tokenizer), batch_size=6, epoch=0, seed=0)))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    scheduler = warmup_cosine_schedule(optimizer, 0, 10)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = [train_step(model, batch, optimizer, scheduler, scaler, device=torch.device("cpu"), precision="fp32",
+                         use_labels=True, gather_negatives=False, context=single_process("cpu"))
+              for _ in range(2)]  # B starts at 0, so A gets a gradient from the second step on
+    assert all(math.isfinite(loss) and loss > 0 for loss, _ in losses)
+    assert losses[0][1] == pytest.approx(1e-2) and losses[1][1] < 1e-2  # the cosine schedule moved
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == p.requires_grad, f"{name}: changed={changed}, trainable={p.requires_grad}"
+
+
+def test_warmup_then_cosine():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine_schedule(optimizer, warmup_steps=2, total_steps=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.0, 0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_dry_run_prints_the_trainable_count(tiny_model_name, capsys):
+    train.main(["--dry-run", "--model", tiny_model_name])
+    expected = build_model(tiny_model_name).num_trainable()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"trainable parameters: {expected}"
+    train.main(["--dry-run", "--model", tiny_model_name, "--params", "q", "v", "o", "--lora-r", "8"])
+    bigger = build_model(tiny_model_name, AceLoRAConfig(r=8, params=["q", "v", "o"])).num_trainable()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"trainable parameters: {bigger}"
+    assert bigger > expected
+
+
+def test_dry_run_full_size_architecture(fake_biomedclip_dir, capsys):
+    train.main(["--dry-run", "--model", f"local-dir:{fake_biomedclip_dir}"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "trainable parameters: 969217"
+
+
+def test_training_run_writes_every_output(tiny_model_name, demo_data, tmp_path):
+    out = tmp_path / "run"
+    summary = train.main(run_args(tiny_model_name, demo_data, out, "--log-every-steps", "1"))
+    assert summary["step"] == 6 and summary["epoch"] == 2
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "ACE-LoRA_weights_last.pt", "ACE-LoRA_weights_best.pt",
+                 "metrics.jsonl", "steps.jsonl", "training_curves.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and [r["step"] for r in records] == [3, 6]
+    assert all(r["train_loss"] > 0 and r["images_per_s"] > 0 and r["time_s"] > 0 for r in records)
+    assert len((out / "steps.jsonl").read_text().splitlines()) == 6
+
+    last = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    best = torch.load(out / "checkpoints/best.pt", weights_only=True)
+    best_epoch = min(records, key=lambda r: r["train_loss"])["epoch"]  # no validation: lowest training loss
+    assert best["best"] == {"metric": "train_loss", "value": pytest.approx(records[best_epoch - 1]["train_loss"]),
+                            "epoch": best_epoch}
+    assert (last["epoch"], last["step"], last["step_in_epoch"]) == (2, 6, 0)
+    assert last["model_config"] == AceLoRAConfig().to_dict() and last["config"]["lr"] == 1e-3
+    # the training checkpoint and the released-format file hold the same weights, and both load for evaluation
+    released = read_released_checkpoint(str(out / "ACE-LoRA_weights_last.pt"))
+    assert torch.equal(released["weights"]["logit_scale"], last["trainable"]["logit_scale"])
+    from_training = load_model_for_eval(tiny_model_name, str(out / "checkpoints/last.pt"), merge=False)
+    from_released = load_model_for_eval(tiny_model_name, str(out / "ACE-LoRA_weights_last.pt"), merge=False)
+    for name, tensor in last["trainable"].items():
+        assert torch.equal(dict(from_training.named_parameters())[name], tensor)
+        assert torch.equal(dict(from_released.named_parameters())[name], tensor)
+
+
+def test_validation_selects_best_by_auroc(tiny_model_name, demo_data, tmp_path):
+    out = tmp_path / "run"
+    train.main(run_args(tiny_model_name, demo_data, out, "--val-dataset", "chexpert", "--val-csv", demo_data.test_csv,
+                        "--val-data-root", demo_data.data_root, "--val-before-training", "--eval-datasets",
+                        f"chexpert:{demo_data.test_csv}:{demo_data.data_root}"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert all(0 <= r["val_auroc"] <= 1 and r["chexpert_auroc"] == r["val_auroc"] for r in records)
+    best = torch.load(out / "checkpoints/best.pt", weights_only=True)["best"]
+    trained = records[1:]
+    top = max(trained, key=lambda r: r["val_auroc"])
+    assert best["metric"] == "val_auroc" and best["value"] == pytest.approx(top["val_auroc"])
+    assert [r["best"] for r in trained] == [True, trained[1]["val_auroc"] > trained[0]["val_auroc"]]
+
+
+def test_yaml_config_with_command_line_override(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 0.5\nepochs: 3\nlora-r: 8\nparams: [q, v]\nval_dataset: nih\n")
+    args = parse_training_args(["--config", str(config), "--epochs", "1"], "", distributed=False)
+    assert (args.lr, args.epochs, args.lora_r, args.params, args.val_dataset) == (0.5, 1, 8, ["q", "v"], "nih")
+    config.write_text("learning_rate: 0.5\n")
+    with pytest.raises(Exception, match="unknown keys learning_rate"):
+        parse_training_args(["--config", str(config)], "", distributed=False)
+
+
+def test_demo_defaults_yield_to_explicit_flags():
+    args = parse_training_args(["--demo", "--epochs", "2"], "", distributed=True)
+    assert (args.epochs, args.output_dir, args.num_workers, args.gather_negatives) == (2, "demo_output", 0, False)
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing_image", r"1 of 12 images not found: .*gone\.jpg"),
+    ("missing_column", r"missing column\(s\) 'report'"),
+    ("corrupt_image", r"cannot read image .*000003\.jpg"),
+    ("no_csv", r"--train-csv is required"),
+])
+def test_bad_data_gives_one_line_errors(problem, expected, tiny_model_name, demo_data, tmp_path, capsys):
+    table = pd.read_csv(demo_data.train_csv)
+    csv = tmp_path / "train.csv"
+    if problem == "missing_image":
+        table.loc[5, "image_path"] = "mimic/gone.jpg"
+    if problem == "missing_column":
+        table = table.drop(columns="report")
+    if problem == "corrupt_image":
+        for i in range(N_TRAIN):  # every image but one is fine; the corrupt one is read in the first epoch
+            src = os.path.join(demo_data.data_root, table.loc[i, "image_path"])
+            dst = tmp_path / os.path.basename(src)
+            dst.write_bytes(b"\xff\xd8 truncated" if i == 3 else open(src, "rb").read())
+            table.loc[i, "image_path"] = str(dst)
+    table.to_csv(csv, index=False)
+    argv = run_args(tiny_model_name, demo_data, tmp_path / "run", "--data-root", demo_data.data_root)
+    argv[argv.index("--train-csv") + 1] = str(csv)
+    if problem == "no_csv":
+        argv = [a for a in argv if a not in ("--train-csv", str(csv))]
+    assert re.search(expected, error_line(capsys, argv))
+
+
+def test_bad_resume_checkpoints_give_one_line_errors(tiny_model_name, demo_data, tmp_path, capsys):
+    argv = run_args(tiny_model_name, demo_data, tmp_path / "run")
+    assert "--resume latest: no checkpoint at" in error_line(capsys, argv + ["--resume", "latest"])
+    released = str(tmp_path / "released.pt")  # weights only: cannot resume an optimiser from it
+    save_released_checkpoint(build_model(tiny_model_name), released)
+    assert "is not a resume checkpoint" in error_line(capsys, argv + ["--resume", released])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"nonsense")
+    assert "cannot read checkpoint" in error_line(capsys, argv + ["--resume", str(garbage)])
