@@ -139,6 +139,20 @@ def test_trained_run_writes_every_output(demo):
     assert len(ids) == 96 and (ids["n_boxes"] == 0).any()  # images without boxes are trained on too
 
 
+def test_balanced_fraction_of_the_training_set(tmp_path):
+    out = tmp_path / "run"
+    benchmark.run(TASK, ["--demo", "--train-set", "balanced", "--train-fraction", "0.5", "--epochs", "0",
+                         "--bootstrap", "0", "--no-progress", "--output-dir", str(out)])
+    ids = pd.read_csv(out / "train_ids.csv")
+    train = pd.read_csv(out / "demo_data" / "rsna_detection_train.csv")
+    n_positive = sum(len(json.loads(b)) > 0 for b in train["boxes"])
+    n_negative = len(train) - n_positive
+    assert 0 < n_negative < n_positive  # the balanced set keeps every negative
+    assert (ids["has_boxes"] == 1).sum() == round(0.5 * n_positive)
+    assert (ids["has_boxes"] == 0).sum() == round(0.5 * n_negative)
+    assert (ids["has_boxes"] == (ids["n_boxes"] > 0)).all()
+
+
 def test_zero_shot_detection_runs(demo):
     out, metrics = demo["zero_shot"]
     for key in ("map_40_75", "map_coco", "map50"):

@@ -165,14 +165,16 @@ def _randomised_checkpoint(model_name, path, gnn):
 
 
 def test_ace_lora_plain_lora_and_no_checkpoint_run_with_the_same_command(tiny_model_name, tmp_path):
+    """Zero-shot, so no training CSV is needed."""
     csvs = write_siim_demo(str(tmp_path / "data"), split_sizes=(4, 8, 8), seed=2)
+    os.remove(csvs["train"])
     checkpoints = {"none": None,
                    "plain": _randomised_checkpoint(tiny_model_name, str(tmp_path / "plain.pt"), "none"),
                    "ace": _randomised_checkpoint(tiny_model_name, str(tmp_path / "ace.pt"), "both")}
     thresholds = {}
     for name, checkpoint in checkpoints.items():
         out = tmp_path / name
-        argv = ["--model", tiny_model_name, "--split-dir", os.path.dirname(csvs["train"]), "--zero-shot",
+        argv = ["--model", tiny_model_name, "--val-csv", csvs["val"], "--test-csv", csvs["test"], "--zero-shot",
                 "--device", "cpu", "--num-workers", "0", "--bootstrap", "0", "--no-progress", "--output-dir", str(out)]
         benchmark.run(TASK, argv + ([] if checkpoint is None else ["--checkpoint", checkpoint]))
         assert read_metrics(str(out))["settings"]["checkpoint"] == checkpoint

@@ -2,18 +2,25 @@
 zero_shot_eval/detection_rsna.py (one command line, `build_parser(task)`, and `run(task, argv)`).
 
 Order of work, which keeps the test split untouched until the end:
- 1. the three CSVs are read and checked up front (columns, labels, boxes, every file exists);
+ 1. the CSVs are read and checked up front (columns, labels, boxes, every file exists); zero-shot
+    runs need no training CSV;
  2. trained mode: the training subset (fraction, balanced set) is drawn and its ids saved; train and
     val are encoded once by the frozen encoder; the head is fitted on the cached features with early
     stopping on val and the best head saved. Zero-shot mode: val is encoded and the threshold chosen on it;
  3. only then the test split is encoded and predicted, once, by the best head or chosen threshold.
 Outputs in --output-dir: metrics.json, predictions.csv, overlay figure(s), config.yaml, and
-train_ids.csv / best_head.pt / training_curves.png (trained) or threshold_search.csv (zero-shot).
+train_ids.csv / best_head.pt / training_log.csv / training_curves.png (trained) or
+threshold_search.csv (zero-shot).
+
+Where metrics are computed: segmentation at the model input resolution S x S (the ground-truth
+masks resized with PIL's area-weighted bilinear filter and thresholded at 0.5; MGCA also scores at
+224), detection in the original image pixels (predicted boxes scaled back from S x S).
 
 Speeds in metrics.json: `encode_images_per_second` = frozen encoder on the training (zero-shot:
 validation) split, file loading included; `train_images_per_second` = head training on cached
 features (images x epochs / seconds); `inference_images_per_second` = the test split end to end
-(load, encode, head, post-processing).
+(load, encode, head, post-processing). A split read from --feature-cache has no encoding time, so
+the speeds that include it are null then.
 """
 import argparse
 import contextlib
@@ -117,12 +124,13 @@ def build_parser(task_name: str) -> argparse.ArgumentParser:
     data.add_argument("--data-root",
                       help="folder that relative image/mask paths start from (default: each CSV's folder)")
     data.add_argument("--train-fraction", type=float, default=1.0,
-                      help="fraction of the training set used (0.01, 0.1, 1.0): a seeded subset"
-                           + (" per class" if segmentation else "") + ", ids saved to train_ids.csv")
-    if segmentation:
-        data.add_argument("--train-set", choices=("balanced", "full"), default="balanced",
-                          help="'balanced' = all positives plus as many seeded negatives (MGCA protocol), "
-                               "'full' = every training image")
+                      help="fraction of the training set used (0.01, 0.1, 1.0): a seeded subset drawn separately "
+                           "from positive and negative images, ids saved to train_ids.csv")
+    positive = "images with pneumothorax" if segmentation else "images with boxes"
+    data.add_argument("--train-set", choices=("balanced", "full"), default="balanced" if segmentation else "full",
+                      help=f"'balanced' = all {positive} plus as many seeded others"
+                           + (" (MGCA protocol; default)" if segmentation else "") + ", 'full' = every training image"
+                           + ("" if segmentation else " (default; dataset_prep's detection split is positives only)"))
 
     training = parser.add_argument_group("training (ignored with --zero-shot)")
     training.add_argument("--epochs", type=int, help="maximum epochs (default %(d)s, demo %(m)s)" % dict(
@@ -234,8 +242,9 @@ def start_run(task_name: str, argv: Optional[Sequence[str]]) -> DenseRun:
     args = parse_args(task_name, argv)
     if args.demo:
         prepare_demo(task, args)
-    csvs = split_csv_paths(task.layout, args.split_dir, {s: getattr(args, f"{s}_csv") for s in SPLITS})
-    tables = {split: read_split(task.layout, csvs[split], args.data_root) for split in SPLITS}
+    needed = ("val", "test") if args.zero_shot else SPLITS  # zero-shot learns nothing from a training split
+    csvs = split_csv_paths(task.layout, args.split_dir, {s: getattr(args, f"{s}_csv") for s in SPLITS}, needed)
+    tables = {split: read_split(task.layout, csvs[split], args.data_root) for split in needed}
     device = runtime_device(args)
     torch.manual_seed(args.seed)
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
@@ -245,17 +254,18 @@ def start_run(task_name: str, argv: Optional[Sequence[str]]) -> DenseRun:
 
 
 def training_subset(run: DenseRun) -> pd.DataFrame:
-    """The training rows used: balanced set (segmentation, if chosen), then the seeded fraction;
-    their ids (and labels) are written to train_ids.csv."""
+    """The training rows used: the balanced set (if chosen), then the seeded fraction, both by image
+    label (segmentation: has_pneumothorax; detection: has_boxes); ids and labels go to train_ids.csv."""
     layout, args, table = run.task.layout, run.args, run.tables["train"]
-    if layout.label_column and args.train_set == "balanced":
-        table = balanced_subset(table, layout.label_column, args.seed)
-    table = fraction_subset(table, args.train_fraction, args.seed, stratify_column=layout.label_column)
-    columns = [layout.id_column] + ([layout.label_column] if layout.label_column else [])
+    label, columns = layout.label_column, [layout.id_column]
     if layout.boxes_column:
-        table = table.assign(n_boxes=[len(b) for b in table[layout.boxes_column]])
-        columns.append("n_boxes")
-    table[columns].to_csv(run.path("train_ids.csv"), index=False)
+        n_boxes = table[layout.boxes_column].map(len)
+        table = table.assign(has_boxes=(n_boxes > 0).astype(int), n_boxes=n_boxes)
+        label, columns = "has_boxes", columns + ["n_boxes"]
+    if args.train_set == "balanced":
+        table = balanced_subset(table, label, args.seed)
+    table = fraction_subset(table, args.train_fraction, args.seed, stratify_column=label)
+    table[columns + [label]].to_csv(run.path("train_ids.csv"), index=False)
     print(f"training on {len(table)} of {len(run.tables['train'])} training images "
           f"(ids in {run.path('train_ids.csv')})")
     return table
@@ -301,8 +311,9 @@ def display_images(paths: Sequence[str], size: Optional[int] = None) -> List[np.
     return [np.asarray(image if size is None else image.resize((size, size))) for image in images]
 
 
-def _rate(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else float("nan")
+def inference_rate(test: CachedSplit, seconds: float) -> float:
+    """Test images per second end to end; nan when the test features came from the cache."""
+    return len(test) / seconds if seconds > 0 and test.encode_seconds > 0 else float("nan")
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -344,7 +355,7 @@ def run_segmentation(run: DenseRun) -> dict:
     truth = test.masks.numpy()
     predicted = masks.numpy()
     metrics = segmentation_metrics(predicted, truth, n_bootstrap=args.bootstrap, seed=args.seed)
-    metrics.update(speeds, inference_images_per_second=_rate(len(test), elapsed))
+    metrics.update(speeds, inference_images_per_second=inference_rate(test, elapsed))
     pd.DataFrame({"ImageId": table["ImageId"], "has_pneumothorax": table["has_pneumothorax"],
                   "dice": dice_per_image(predicted, truth), "iou": iou_per_image(predicted, truth),
                   "predicted_pixels": predicted.sum(axis=(1, 2)), "true_pixels": truth.sum(axis=(1, 2)),
@@ -420,7 +431,7 @@ def run_detection(run: DenseRun) -> dict:
                   "train_images_per_second": fit.train_images_per_second}
     targets = box_targets(table["boxes"])
     metrics = detection_metrics(predictions, targets, n_bootstrap=args.bootstrap, seed=args.seed)
-    metrics.update(speeds, inference_images_per_second=_rate(len(test), elapsed))
+    metrics.update(speeds, inference_images_per_second=inference_rate(test, elapsed))
     pd.DataFrame({
         "patientId": table["patientId"], "n_true_boxes": [len(t["boxes"]) for t in targets],
         "n_predicted_boxes": [len(p["boxes"]) for p in predictions],

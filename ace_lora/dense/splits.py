@@ -9,7 +9,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -41,11 +41,11 @@ RSNA_DETECTION = SplitLayout("rsna_detection", "patientId", "Path", ("patientId"
                              boxes_column="boxes")
 
 
-def split_csv_paths(layout: SplitLayout, split_dir: Optional[str],
-                    explicit: Dict[str, Optional[str]]) -> Dict[str, str]:
-    """{split: CSV path}: an explicit --<split>-csv wins, else <split_dir>/<prefix>_<split>.csv."""
+def split_csv_paths(layout: SplitLayout, split_dir: Optional[str], explicit: Dict[str, Optional[str]],
+                    splits: Sequence[str] = SPLITS) -> Dict[str, str]:
+    """{split: CSV path} for `splits`: an explicit --<split>-csv wins, else <split_dir>/<prefix>_<split>.csv."""
     paths = {}
-    for split in SPLITS:
+    for split in splits:
         path = explicit.get(split)
         if path is None and split_dir is not None:
             path = os.path.join(split_dir, f"{layout.prefix}_{split}.csv")
