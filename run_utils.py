@@ -106,6 +106,10 @@ DEMO_DEFAULTS = dict(output_dir="demo_output", epochs=12, batch_size=25, lr=2e-3
                      val_before_training=True, log_every_steps=1)
 
 
+class TrainingHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The script docstring as written, and every flag's default in its help."""
+
+
 def _position_choices():
     from ace_lora.lora import LORA_POSITIONS
     return LORA_POSITIONS
@@ -144,7 +148,7 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     lora.add_argument("--loss", default="label_guided", choices=LOSS_CHOICES,
                       help="label_guided: same-label pairs are not negatives (needs labels); clip: plain InfoNCE")
 
-    data = parser.add_argument_group("data")
+    data = parser.add_argument_group("data and runtime")
     data.add_argument("--train-csv", help="training CSV: image_path, report, the 14 CheXpert labels, optional split")
     data.add_argument("--data-root", help="folder that relative image paths start from (default: the CSV's folder)")
     data.add_argument("--label-csv", help="CheXpert label CSV (mimic-cxr-2.0.0-chexpert.csv) joined on study_id, "
@@ -192,7 +196,7 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
 
 def parse_training_args(argv: Optional[Sequence[str]], description: str, distributed: bool) -> argparse.Namespace:
     """The training command line; with --demo, DEMO_DEFAULTS replace the defaults (flags and config still win)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=TrainingHelpFormatter)
     add_training_args(parser, distributed)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--demo", action="store_true")

@@ -8,6 +8,7 @@ write_demo_metrics summarises AUROC and accuracy before and after training in de
 import contextlib
 import json
 import os
+import time
 from dataclasses import asdict
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from .data.synthetic import DemoDataset, write_demo_dataset
 from .distributed import DistributedContext, barrier, broadcast_object
 from .tiny_model import write_tiny_biomedclip
+from .training import METRICS_FILE, RELEASED_NAME, Trainer, print_trainable_count, read_jsonl
 
 DEMO_DATA = dict(n_train=600, n_test_per_class=20, image_size=64)
 DEMO_DIR = "demo_data"
@@ -64,8 +66,6 @@ def prepare_demo(args, context: DistributedContext) -> DemoDataset:
 
 def write_demo_metrics(args, data: DemoDataset, seconds: float) -> dict:
     """demo_metrics.json: zero-shot AUROC/accuracy on the held-out split before and after training."""
-    from .training import METRICS_FILE, RELEASED_NAME, read_jsonl
-
     records = [r for r in read_jsonl(os.path.join(args.output_dir, METRICS_FILE)) if "val_auroc" in r]
     before = next((r for r in records if r["step"] == 0), {})
     after = records[-1] if records else {}
@@ -81,4 +81,18 @@ def write_demo_metrics(args, data: DemoDataset, seconds: float) -> dict:
     shown = {k: "n/a" if summary[k] is None else f"{summary[k]:.3f}" for k in ("auroc_before", "auroc_after")}
     print(f"demo: zero-shot AUROC on the held-out split {shown['auroc_before']} before -> {shown['auroc_after']} "
           f"after training ({seconds:.0f} s); see {args.output_dir}")
+    return summary
+
+
+def run_demo(args, context: DistributedContext):
+    """The whole demo: data and model, training with validation, demo_metrics.json (rank 0)."""
+    start = time.perf_counter()
+    with single_thread_on_cpu(context.device):
+        data = prepare_demo(args, context)
+        if args.dry_run:
+            print_trainable_count(args, context)
+            return None
+        summary = Trainer(args, context).fit()
+    if context.is_main:
+        write_demo_metrics(args, data, time.perf_counter() - start)
     return summary

@@ -423,16 +423,10 @@ def print_trainable_count(args, context: DistributedContext) -> int:
 
 def run_training(args, context: DistributedContext) -> Optional[Dict]:
     """What train.py and train_multi_gpu.py run once their process group (if any) is set up."""
+    if args.demo:
+        from .demo import run_demo
+        return run_demo(args, context)
     if args.dry_run:
         print_trainable_count(args, context)
         return None
-    if args.demo:
-        from .demo import prepare_demo, single_thread_on_cpu, write_demo_metrics
-        start = time.perf_counter()
-        with single_thread_on_cpu(context.device):
-            demo_data = prepare_demo(args, context)
-            summary = Trainer(args, context).fit()
-        if context.is_main:
-            write_demo_metrics(args, demo_data, time.perf_counter() - start)
-        return summary
     return Trainer(args, context).fit()

@@ -9,7 +9,8 @@ Both see the same random images and the same tokenized report (the context is pa
 length, as in training). Each variant runs in its own fresh process, so that peak memory is its own:
 CUDA reports torch.cuda.max_memory_allocated; the CPU reports the process's peak resident set size
 (resource.getrusage ru_maxrss, which includes the weights, the Python runtime and the allocator's cache).
-Step time is the median over --steps timed steps after --warmup-steps untimed ones.
+Step time is the median over --steps timed steps after --warmup-steps untimed ones. Both variants use
+torch.optim.AdamW with its default implementation, as train.py does.
 
 The last line printed is one JSON object:
   {"ace_step_s": ..., "full_step_s": ..., "ratio": ace/full, "ace_peak_mb": ..., "full_peak_mb": ...}
@@ -99,6 +100,8 @@ def peak_memory_mb(device: torch.device) -> float:
 def run_variant(args) -> dict:
     """Time one variant in this process."""
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     step = ace_steps(args, device) if args.variant == "ace" else full_steps(args, device)
     times = []
@@ -119,7 +122,7 @@ def run_variant(args) -> dict:
 def run_in_subprocess(args, variant: str) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--batch-size", str(args.batch_size),
                "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--device", args.device,
-               "--precision", args.precision, "--variant", variant]
+               "--precision", args.precision, "--threads", str(args.threads), "--variant", variant]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
@@ -135,6 +138,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (the median is reported)")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (allocations, caches)")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1'")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads per variant process (0: torch's default); on a shared machine 1 "
+                             "gives steadier timings")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="autocast precision; 'auto' = bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--variant", choices=VARIANTS,

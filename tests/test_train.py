@@ -19,6 +19,7 @@ from ace_lora.training import train_step, warmup_cosine_schedule
 from run_utils import parse_training_args
 
 N_TRAIN = 12
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,14 @@ def test_yaml_config_with_command_line_override(tmp_path):
     config.write_text("learning_rate: 0.5\n")
     with pytest.raises(Exception, match="unknown keys learning_rate"):
         parse_training_args(["--config", str(config)], "", distributed=False)
+
+
+def test_example_config_holds_the_released_hyperparameters():
+    args = parse_training_args(["--config", os.path.join(ROOT, "configs", "ace_lora_mimic.yaml")], "", distributed=True)
+    assert (args.lora_r, args.lora_alpha, args.lora_dropout, args.params) == (4, 1, 0.1, ["q", "k", "v"])
+    assert (args.position, args.topk, args.hidden_features) == ("all", 5, 128)
+    assert (args.lr, args.epochs, args.batch_size, args.seed) == (1e-3, 40, 64, 1)
+    assert (args.loss, args.apply_gnn_encoders, args.warmup_epochs) == ("label_guided", "both", 1)
 
 
 def test_demo_defaults_yield_to_explicit_flags():

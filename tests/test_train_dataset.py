@@ -145,3 +145,19 @@ def test_demo_dataset_layouts(demo_data):
     # the prompt wordings occur in the training reports
     assert train["report"].str.contains("Findings suggesting").any()
     assert train["report"].str.contains("a chest X-ray image of").any()
+
+
+def test_labels_from_a_separate_chexpert_csv(demo_data, tiny_model, tmp_path):
+    table = pd.read_csv(demo_data.train_csv).drop(columns=list(CHEXPERT_LABELS))
+    table["study_id"] = 100 + np.arange(len(table)) // 2  # two images per study
+    csv, label_csv = tmp_path / "train.csv", tmp_path / "chexpert.csv"
+    table.to_csv(csv, index=False)
+    labels = pd.DataFrame({"study_id": [101, 100, 103]})  # out of order; other studies have no row
+    for name in CHEXPERT_LABELS:
+        labels[name] = [1.0, -1.0, np.nan]
+    labels.to_csv(label_csv, index=False)
+    for policy, uncertain in (("zeros", 0.0), ("ones", 1.0)):
+        dataset = build_training_dataset(str(csv), tiny_model.preprocess, demo_data.data_root, str(label_csv),
+                                         uncertain_policy=policy)
+        got = dataset.labels[:, CHEXPERT_LABELS.index("Edema")].tolist()
+        assert got[:8] == [uncertain, uncertain, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # joined on study_id, not by row
