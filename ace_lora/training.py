@@ -100,7 +100,8 @@ def train_step(model, batch, optimizer, scheduler, scaler, *, device: torch.devi
 def wrap_ddp(model: AceLoRAModel, device: torch.device) -> DistributedDataParallel:
     """DDP without per-step buffer broadcasts: every buffer belongs to the frozen backbone.
 
-    torch 2.14 renamed `broadcast_buffers` to `forward_sync_buffers`; older versions know only the former.
+    Recent torch calls the switch `forward_sync_buffers` (and warns about `broadcast_buffers`); older
+    versions know only `broadcast_buffers`.
     """
     no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                else "broadcast_buffers")
