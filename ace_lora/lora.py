@@ -6,7 +6,7 @@ Update of a frozen weight W (out, in): W + s * B @ A with A (r, in), B (out, r),
 update low-rank, `dropout(x) @ A^T @ B^T`: B @ A is only formed when merging for inference/export.
 """
 import math
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -131,12 +131,71 @@ class FusedQKVLoRA(nn.Module):
             self.merged = False
 
 
-LoRAModule = (LoRALinear, FusedQKVLoRA)
+class SharedInputLoRA(nn.Module):
+    """LoRA factors of several projections that read the same input (BERT's query, key and value).
+
+    The first projection called with a new input computes `dropout(x) @ [A_q; A_k; A_v]^T` once (one
+    dropout mask, one stacked matmul, as FusedQKVLoRA does for timm); the others reuse it. The cache is
+    keyed by the input tensor's identity and dropped once every projection has read it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, parts: Sequence[str], r: int, alpha: float,
+                 dropout: float):
+        super().__init__()
+        scaling = alpha / math.sqrt(r)
+        self.lora = nn.ModuleDict({p: LoRAFactors(in_features, out_features, r, scaling) for p in parts})
+        self.dropout = nn.Dropout(dropout)
+        self.r = r
+        self._input: Optional[torch.Tensor] = None
+        self._low_rank: Dict[str, torch.Tensor] = {}
+
+    def delta(self, x: torch.Tensor, part: str) -> torch.Tensor:
+        if x is not self._input:
+            a_stacked = torch.cat([f.lora_A for f in self.lora.values()])  # (parts * r, in)
+            z = F.linear(self.dropout(x), a_stacked).split(self.r, dim=-1)  # each (..., r)
+            self._input, self._low_rank = x, dict(zip(self.lora.keys(), z))
+        z = self._low_rank.pop(part)
+        if not self._low_rank:
+            self._input = None
+        factors = self.lora[part]
+        return F.linear(z, factors.lora_B) * factors.scaling
+
+
+class SharedInputLoRALinear(nn.Module):
+    """One frozen projection (e.g. BERT's `key`) whose LoRA update comes from a SharedInputLoRA."""
+
+    def __init__(self, base: nn.Linear, shared: SharedInputLoRA, part: str):
+        super().__init__()
+        self.base = base
+        self.shared = shared
+        self.part = part
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        return y + self.shared.delta(x, self.part)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight += self.shared.lora[self.part].delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.shared.lora[self.part].delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+LoRAModule = (LoRALinear, FusedQKVLoRA, SharedInputLoRALinear)
 
 
 def inject_text_lora(bert_layers: nn.ModuleList, params: Sequence[str], position: str, r: int, alpha: float,
                      dropout: float) -> Dict[int, Dict[str, LoRAFactors]]:
-    """Wrap query/key/value (and attention.output.dense for 'o') of the chosen BERT layers.
+    """Wrap query/key/value (one SharedInputLoRA) and attention.output.dense ('o') of the chosen layers.
 
     Returns {layer index: {'q': factors, ...}} for checkpoint I/O.
     """
@@ -145,11 +204,16 @@ def inject_text_lora(bert_layers: nn.ModuleList, params: Sequence[str], position
     for i in select_layers(position, len(bert_layers)):
         attn = bert_layers[i].attention
         found[i] = {}
-        for p in params:
-            parent, attr = (attn.output, "dense") if p == "o" else (attn.self, names[p])
-            wrapped = LoRALinear(getattr(parent, attr), r, alpha, dropout)
-            setattr(parent, attr, wrapped)
-            found[i][p] = wrapped.lora
+        qkv_parts = [p for p in ("q", "k", "v") if p in params]
+        if qkv_parts:
+            query = attn.self.query
+            shared = SharedInputLoRA(query.in_features, query.out_features, qkv_parts, r, alpha, dropout)
+            for p in qkv_parts:
+                setattr(attn.self, names[p], SharedInputLoRALinear(getattr(attn.self, names[p]), shared, p))
+                found[i][p] = shared.lora[p]
+        if "o" in params:
+            attn.output.dense = LoRALinear(attn.output.dense, r, alpha, dropout)
+            found[i]["o"] = attn.output.dense.lora
     return found
 
 
