@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import open_clip
-import torch
 from torch import nn
 
 from .errors import UserInputError
@@ -26,15 +25,6 @@ class Backbone:
     clip: nn.Module  # open_clip CustomTextCLIP: .visual (TimmModel), .text (HFTextEncoder), .logit_scale
     preprocess: Callable  # PIL image -> (3, H, W) tensor, the model's own evaluation transform
     tokenizer: Callable  # list[str] -> (B, context_length) LongTensor
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"--device {name} requested but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def _local_text_override(folder: str) -> dict:

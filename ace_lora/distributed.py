@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .backbone import resolve_device
+from .runtime import resolve_device
 from .errors import UserInputError
 
 # Generous: rank 0 runs the zero-shot validation alone while the other ranks wait at a barrier.

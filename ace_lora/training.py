@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from run_utils import autocast, resolve_precision, write_resolved_config
+from .runtime import autocast, resolve_precision, write_resolved_config
 
 from .checkpoint import (atomic_save, load_resume_checkpoint, load_trainable_state_dict, restore_rng_state,
                          rng_state, save_released_checkpoint, trainable_state_dict)

@@ -148,7 +148,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 2 or args.steps < 1:
         raise UserInputError("--batch-size must be >= 2 (contrastive loss) and --steps >= 1")
-    from ace_lora.backbone import resolve_device
+    from ace_lora.runtime import resolve_device
     device = resolve_device(args.device)
     args.device, args.precision = str(device), resolve_precision(args.precision, device)
     if args.variant:

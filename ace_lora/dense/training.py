@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from run_utils import autocast
+from ..runtime import autocast
 
 
 @dataclass

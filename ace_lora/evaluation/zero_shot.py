@@ -27,14 +27,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ace_lora.backbone import resolve_device
+from ..runtime import resolve_device
 from ace_lora.data.eval_dataset import ImageListDataset, collate_eval_items
 from ace_lora.data.prepare import read_table
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_confusion_matrix, plot_roc
 from ace_lora.evaluation.metrics import classification_metrics, multilabel_metrics
 from ace_lora.evaluation.tasks import COSINE, NIH_RELEASED, SOFTMAX, TASKS, ZeroShotTask, get_task
-from run_utils import autocast, resolve_precision
+from ..runtime import autocast, resolve_precision
 
 LOGIT_SCALES = ("base", "learned")
 LABEL_COLUMN = "label"  # true class name in predictions.csv (multi-label: positives joined by '|')
