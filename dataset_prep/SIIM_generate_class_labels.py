@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ace_lora.data.prepare import prepare_siim_labels  # noqa: E402
-from ace_lora.errors import UserInputError  # noqa: E402
+from run_utils import main_guard  # noqa: E402
 
 
 def parse_args(argv):
@@ -21,13 +21,10 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        prepare_siim_labels(args.rle_csv, args.output_dir)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    prepare_siim_labels(args.rle_csv, args.output_dir)
     return 0
 
 

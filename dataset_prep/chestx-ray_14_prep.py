@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ace_lora.data.prepare import prepare_nih  # noqa: E402
-from ace_lora.errors import UserInputError  # noqa: E402
+from run_utils import main_guard  # noqa: E402
 
 
 def parse_args(argv):
@@ -24,13 +24,10 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        prepare_nih(args.data_entry_csv, args.test_list, args.output_dir, fraction=args.fraction)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    prepare_nih(args.data_entry_csv, args.test_list, args.output_dir, fraction=args.fraction)
     return 0
 
 

@@ -16,6 +16,7 @@ from ace_lora.data.mimic import (  # noqa: E402
     CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, UNCERTAIN_POLICIES, build_training_table,
 )
 from ace_lora.errors import UserInputError  # noqa: E402
+from run_utils import main_guard  # noqa: E402
 
 SPLITS = ("train", "validate", "test")
 
@@ -61,24 +62,21 @@ def print_summary(stats):
     print(f"studies without CheXpert labels (labels set to 0): {stats['studies_without_labels']}")
 
 
+@main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
     root = args.mimic_root
-    try:
-        table, stats = build_training_table(
-            root, args.metadata or default_csv(root, METADATA_CSV), args.split or default_csv(root, SPLIT_CSV),
-            args.chexpert or default_csv(root, CHEXPERT_CSV), reports_root=args.reports_root,
-            uncertain_policy=args.uncertain_policy)
-        print_summary(stats)
-        table = table[table["split"].isin(args.splits)]
-        if table.empty:
-            raise UserInputError(f"no rows left to write for split(s) {', '.join(args.splits)} "
-                                 "(see the exclusions above)")
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        table.to_csv(args.output, index=False)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    table, stats = build_training_table(
+        root, args.metadata or default_csv(root, METADATA_CSV), args.split or default_csv(root, SPLIT_CSV),
+        args.chexpert or default_csv(root, CHEXPERT_CSV), reports_root=args.reports_root,
+        uncertain_policy=args.uncertain_policy)
+    print_summary(stats)
+    table = table[table["split"].isin(args.splits)]
+    if table.empty:
+        raise UserInputError(f"no rows left to write for split(s) {', '.join(args.splits)} "
+                             "(see the exclusions above)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    table.to_csv(args.output, index=False)
     per_split = ", ".join(f"{split} {n}" for split, n in table["split"].value_counts().sort_index().items())
     print(f"wrote {args.output}: {len(table)} rows ({per_split})")
     return 0

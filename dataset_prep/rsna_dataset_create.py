@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ace_lora.data.prepare import RSNA_IMAGE_DIR, prepare_rsna  # noqa: E402
-from ace_lora.errors import UserInputError  # noqa: E402
+from run_utils import main_guard  # noqa: E402
 
 
 def parse_args(argv):
@@ -29,14 +29,11 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        prepare_rsna(args.labels_csv, args.output_dir, data_root=args.data_root, image_dir=args.image_dir,
-                     absolute_paths=args.absolute_paths, check_images=args.check_images)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    prepare_rsna(args.labels_csv, args.output_dir, data_root=args.data_root, image_dir=args.image_dir,
+                 absolute_paths=args.absolute_paths, check_images=args.check_images)
     return 0
 
 

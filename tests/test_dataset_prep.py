@@ -44,7 +44,9 @@ def assert_deterministic(script, argv_for, tmp_path):
 
 
 def assert_user_error(script, argv, capsys, *fragments):
-    assert script.main(argv) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     for fragment in fragments:

@@ -239,7 +239,9 @@ def test_prep_script_reports_root_explicit_and_gzipped_csvs(tmp_path):
 
 
 def assert_user_error(argv, capsys, message):
-    assert prep.main(argv) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        prep.main(argv)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err == f"error: {message}\n", err
 
@@ -275,7 +277,9 @@ def test_prep_script_rejects_bad_ids_and_reports_an_empty_result(tmp_path, capsy
     root = make_mimic(tmp_path / "no_images")
     for image in root.rglob("*.jpg"):
         image.unlink()
-    assert prep.main(["--mimic-root", str(root), "--output", out]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        prep.main(["--mimic-root", str(root), "--output", out])
+    assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert "excluded frontal images without an image file: 8" in captured.out.splitlines()
     assert captured.err == ("error: no rows left to write for split(s) train, validate, test "
