@@ -2,7 +2,7 @@
 
 Anything caused by the user's input (a missing file or column, an unreadable image, a checkpoint of
 the wrong shape, an unreachable hub) raises `UserInputError` with a one-line message. Entry points
-catch it through `run_utils.main_guard` and print `error: <message>` instead of a traceback.
+catch it through `ace_lora.cli.main_guard` (re-exported by `run_utils`) and print `error: <message>` instead of a traceback.
 """
 
 
