@@ -15,6 +15,11 @@ from ace_lora.data.rle import rle_encode
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def resolved(csv_folder, path):
+    """Where a path written in a CSV in `csv_folder` points (relative paths start at that folder)."""
+    return os.path.normpath(os.path.join(csv_folder, path))
+
+
 def load_script(file_name):
     spec = importlib.util.spec_from_file_location(file_name[:-3].replace("-", "_"),
                                                   os.path.join(ROOT, "dataset_prep", file_name))
@@ -91,12 +96,15 @@ def test_rsna_splits_counts_and_boxes(rsna_root, tmp_path, capsys):
     by_patient = everyone.set_index("patientId")
     assert json.loads(by_patient.loc["pos06", "boxes"]) == [[10, 20, 40, 60], [100, 200, 150, 260]]
     assert json.loads(by_patient.loc["neg03", "boxes"]) == []
-    assert by_patient.loc["pos06", "Path"] == "stage_2_train_images/pos06.dcm"
+    # Relative to the CSV's folder (where the evaluation resolves it), not to the labels CSV's folder.
+    assert by_patient.loc["pos06", "Path"] == os.path.join("..", "rsna", "stage_2_train_images", "pos06.dcm")
+    assert all(os.path.isfile(resolved(out, path)) for path in everyone["Path"])
 
     detection = {part: pd.read_csv(out / f"rsna_detection_{part}.csv") for part in ("train", "val", "test")}
     assert {part: len(frame) for part, frame in detection.items()} == {"train": 4, "val": 1, "test": 2}
     assert list(detection["val"].columns) == ["patientId", "Path", "boxes"]
     assert sorted(pd.concat(detection.values())["patientId"]) == sorted(RSNA_POSITIVES)
+    assert all(os.path.isfile(resolved(out, path)) for path in pd.concat(detection.values())["Path"])
     printed = capsys.readouterr().out
     assert f"wrote {out / 'rsna_test.csv'}: 3 rows" in printed
     assert f"wrote {out / 'rsna_detection_train.csv'}: 4 rows" in printed
@@ -222,17 +230,37 @@ def test_siim_masks_and_segmentation_splits(tmp_path, capsys, csv_name, relative
     assert list(splits["test"].columns) == ["ImageId", "image_path", "mask_path", "has_pneumothorax"]
     assert sorted(table.index) == sorted(f"1.2.3.{i}" for i in range(1, 10))
     assert table["has_pneumothorax"].to_dict() == {f"1.2.3.{i}": int(i <= 3) for i in range(1, 10)}
-    assert table.loc["1.2.3.7", "image_path"] == str(
+    assert resolved(out, table.loc["1.2.3.7", "image_path"]) == str(
         tmp_path / "images" / "dicom-images-train" / "study7" / "series7" / "1.2.3.7.dcm")
-    assert table.loc["1.2.3.2", "image_path"] == str(tmp_path / "images" / "1.2.3.2.png")
+    assert table.loc["1.2.3.2", "image_path"] == os.path.join("..", "images", "1.2.3.2.png")
+    assert table.loc["1.2.3.2", "mask_path"] == os.path.join("masks", "1.2.3.2.png")
 
     # The two-region image's mask holds both regions; negatives are empty; values are 0/255.
-    merged = np.array(Image.open(table.loc["1.2.3.1", "mask_path"]))
+    merged = np.array(Image.open(resolved(out, table.loc["1.2.3.1", "mask_path"])))
     both = SIIM_REGIONS["1.2.3.1"][0] | SIIM_REGIONS["1.2.3.1"][1]
     np.testing.assert_array_equal(merged, both * 255)
     assert merged.sum() == (9 + 12) * 255
-    assert np.array(Image.open(table.loc["1.2.3.5", "mask_path"])).max() == 0
+    assert np.array(Image.open(resolved(out, table.loc["1.2.3.5", "mask_path"]))).max() == 0
     assert len(os.listdir(out / "masks")) == 9
+
+
+def test_siim_split_paths_resolve_from_the_csv_folder_when_prepared_with_relative_paths(tmp_path, monkeypatch):
+    """The README's two commands, run from the data's parent folder with relative paths: the
+    segmentation benchmark's reader (default root: the CSV's folder) must find every image and mask."""
+    from ace_lora.data.prepare import prepare_siim_masks
+    from ace_lora.dense.splits import IMAGE_FILE, MASK_FILE, SIIM_SEGMENTATION, read_split
+
+    (tmp_path / "SIIM").mkdir()
+    write_siim_csv(tmp_path / "SIIM" / "stage_2_train.csv", relative=False)
+    make_siim_images(tmp_path / "SIIM" / "images")
+    monkeypatch.chdir(tmp_path)
+    prepare_siim_masks("SIIM/stage_2_train.csv", "SIIM/images", "SIIM/splits", height=SIZE, width=SIZE)
+    monkeypatch.chdir(tmp_path / "SIIM")  # read from somewhere else than where the CSVs were written
+    table = pd.concat([read_split(SIIM_SEGMENTATION, f"splits/siim_segmentation_{part}.csv")
+                       for part in ("train", "val", "test")])
+    assert len(table) == 9
+    assert all(os.path.isfile(path) for path in pd.concat([table[IMAGE_FILE], table[MASK_FILE]]))
+    assert os.path.samefile(table.set_index("ImageId").loc["1.2.3.2", IMAGE_FILE], tmp_path / "SIIM/images/1.2.3.2.png")
 
 
 def test_siim_masks_deterministic_and_limit(tmp_path):
@@ -295,7 +323,7 @@ def test_nih_first_fraction_one_hot(tmp_path, capsys):
     table = pd.read_csv(out / "chestxray14_test.csv")
     assert list(table.columns) == ["Image Index", "Path", *NIH_LABELS]
     assert list(table["Image Index"]) == ["00000004_000.png", "00000001_000.png"]  # test-list order
-    assert table.loc[1, "Path"] == "images/00000001_000.png"
+    assert table.loc[1, "Path"] == os.path.join("..", "nih", "images", "00000001_000.png")  # relative to out/
     effusion_mass = table.loc[1, list(NIH_LABELS)]
     assert effusion_mass[effusion_mass == 1].index.tolist() == ["Effusion", "Mass"]
     assert table.loc[0, list(NIH_LABELS)].sum() == 3
@@ -348,7 +376,8 @@ def test_lc25000(tmp_path, capsys):
     assert table["label"].value_counts().to_dict() == {"lung_aca": 1, "lung_scc": 2, "lung_n": 3,
                                                        "colon_aca": 4, "colon_n": 5}
     assert list(table["Path"]) == sorted(table["Path"])
-    assert "lung_colon_image_set/lung_image_sets/lung_scc/lungscc2.jpeg" in set(table["Path"])
+    assert "../lc/lung_colon_image_set/lung_image_sets/lung_scc/lungscc2.jpeg" in set(table["Path"])
+    assert all(os.path.isfile(resolved(out, path)) for path in table["Path"])
     printed = capsys.readouterr().out
     assert "excluded 1 files that are not .jpeg images" in printed
     assert "label=colon_n: 5" in printed
@@ -388,7 +417,10 @@ def test_mhist(tmp_path, capsys, header):
     assert script.main(["--annotations-csv", csv, "--output-dir", str(out)]) == 0
     test, train = pd.read_csv(out / "mhist_test.csv"), pd.read_csv(out / "mhist_train.csv")
     assert list(test.columns) == ["Path", "label", "partition"]
-    assert list(test["Path"]) == ["images/MHIST_aab.png", "images/MHIST_aad.png", "images/MHIST_aae.png"]
+    assert list(test["Path"]) == ["../images/MHIST_aab.png", "../images/MHIST_aad.png", "../images/MHIST_aae.png"]
+    # Written next to annotations.csv, the paths are the plain images/<name> of the download's layout.
+    assert script.main(["--annotations-csv", csv, "--output-dir", str(tmp_path)]) == 0
+    assert pd.read_csv(tmp_path / "mhist_test.csv")["Path"].iloc[0] == "images/MHIST_aab.png"
     assert test["label"].tolist() == ["HP", "SSA", "HP"] and set(test["partition"]) == {"test"}
     assert train["label"].value_counts().to_dict() == {"HP": 2, "SSA": 1}
     assert f"wrote {out / 'mhist_test.csv'}: 3 rows (label=HP: 2, label=SSA: 1)" in capsys.readouterr().out

@@ -5,6 +5,13 @@ them). Every output goes through `write_split_csvs`, which prints what it wrote.
 seeds follow the released ACE-LoRA preparation code so that the test sets are the paper's:
 RSNA 15% test and 70/15/15 detection (random_state=0, patients sorted by patientId, not stratified),
 SIIM 30% test sample (random_state=42, unique images in file order), NIH first 20% of test_list.txt.
+
+Image and mask paths in the CSVs are relative to the folder the CSV is written to (`output_dir`),
+whatever the working directory of the preparation run and whether the inputs were given as relative
+or absolute paths: the evaluation scripts resolve relative paths against the CSV's own folder by
+default, so the CSVs work wherever they are read from as long as the data and CSVs move together.
+(RSNA `absolute_paths=True` writes absolute paths instead.) The SIIM zero-shot CSVs hold only
+ImageId: their images are found under the evaluation's --data-root (default: the CSV's folder).
 """
 import json
 import os
@@ -53,6 +60,11 @@ def read_table(path: str, required: Sequence[str], dtype=None) -> pd.DataFrame:
         raise UserInputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} "
                              f"(found: {', '.join(table.columns)})")
     return table
+
+
+def path_from(output_dir: str, path: str) -> str:
+    """`path` relative to `output_dir`, the folder of the CSV that lists it (see the module docstring)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(output_dir))
 
 
 def report_excluded(items: Sequence[str], reason: str) -> None:
@@ -125,16 +137,15 @@ def prepare_rsna(labels_csv: str, output_dir: str, data_root: str | None = None,
     """Zero-shot split over all patients (rsna_train.csv 85% / rsna_test.csv 15%) and detection split
     over positive patients (rsna_detection_{train,val,test}.csv, 70/15/15), both with random_state=0.
 
-    Paths are `<image_dir>/<patientId>.dcm`, relative to `data_root` (default: the folder of the labels
-    CSV) unless `absolute_paths`. The classification split is not stratified, as in the released code,
+    Images are `<data_root>/<image_dir>/<patientId>.dcm` (data_root default: the folder of the labels
+    CSV); Path is written relative to `output_dir` (the CSVs' folder), or absolute if `absolute_paths`. The classification split is not stratified, as in the released code,
     so that the test set is the paper's; with 26,684 patients its positive rate stays close to 22.5%.
     """
     labels = read_table(labels_csv, RSNA_COLUMNS, dtype={"patientId": str})
     patients = aggregate_rsna_boxes(labels, labels_csv)
     data_root = os.path.dirname(os.path.abspath(labels_csv)) if data_root is None else data_root
-    relative = [os.path.join(image_dir, f"{patient}.dcm") for patient in patients["patientId"]]
-    on_disk = [os.path.join(data_root, path) for path in relative]
-    patients["Path"] = [os.path.abspath(path) for path in on_disk] if absolute_paths else relative
+    on_disk = [os.path.join(data_root, image_dir, f"{patient}.dcm") for patient in patients["patientId"]]
+    patients["Path"] = [os.path.abspath(path) if absolute_paths else path_from(output_dir, path) for path in on_disk]
     if check_images:
         exists = np.array([os.path.isfile(path) for path in on_disk], dtype=bool)
         report_excluded([path for path, found in zip(on_disk, exists) if not found], "patients without an image file")
@@ -217,8 +228,9 @@ def prepare_siim_masks(rle_csv: str, image_dir: str, output_dir: str, mask_dir: 
     """One 0/255 mask PNG per image, the union of all its rows (empty for negatives), and segmentation
     splits siim_segmentation_{train,val,test}.csv (70/15/15, random_state=0) over the images found.
 
-    Images listed in the CSV without a file under `image_dir` are reported and left out. Paths are
-    `image_dir`/`mask_dir` joined as given. `limit` keeps the first N images (quick runs).
+    Images listed in the CSV without a file under `image_dir` are reported and left out. image_path and
+    mask_path are relative to `output_dir` (the CSVs' folder), as `read_split` resolves them by default.
+    `limit` keeps the first N images (quick runs).
     """
     if min(height, width) < 1 or (limit is not None and limit < 1):
         raise UserInputError(f"height, width and limit must be at least 1 (got {height}, {width}, {limit})")
@@ -241,7 +253,8 @@ def prepare_siim_masks(rle_csv: str, image_dir: str, output_dir: str, mask_dir: 
             raise UserInputError(f"{rle_csv}: ImageId {image_id}: {error}") from None
         mask_path = os.path.join(mask_dir, f"{image_id}.png")
         Image.fromarray(mask * 255).save(mask_path)
-        rows.append((image_id, images[image_id], mask_path, int(mask.any())))
+        rows.append((image_id, path_from(output_dir, images[image_id]), path_from(output_dir, mask_path),
+                     int(mask.any())))
     table = pd.DataFrame(rows, columns=["ImageId", "image_path", "mask_path", "has_pneumothorax"])
     print(f"wrote {len(table)} masks ({int(table['has_pneumothorax'].sum())} with pneumothorax) to {mask_dir}")
     splits = split_train_val_test(table, seed=0)
@@ -260,8 +273,12 @@ def nih_one_hot(finding_labels: pd.Series, source: str) -> pd.DataFrame:
     return pd.DataFrame({label: findings.apply(lambda names: int(label in names)).to_numpy() for label in NIH_LABELS})
 
 
-def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: float = 0.2) -> list[str]:
-    """chestxray14_test.csv: the first `fraction` of test_list.txt in its file order, one-hot labelled."""
+def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: float = 0.2,
+                image_dir: str | None = None) -> list[str]:
+    """chestxray14_test.csv: the first `fraction` of test_list.txt in its file order, one-hot labelled.
+
+    Images are `<image_dir>/<Image Index>` (default image_dir: images/ next to the data-entry CSV, the
+    download's layout); Path is relative to `output_dir`."""
     if not 0 < fraction <= 1:
         raise UserInputError(f"fraction must be in (0, 1], not {fraction}")
     entries = read_table(data_entry_csv, ("Image Index", "Finding Labels"), dtype=str)
@@ -276,7 +293,10 @@ def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: 
                     f"test-list images missing from {data_entry_csv}")
     selected = [name for name in selected if name in entries.index]
     labels = nih_one_hot(entries.loc[selected, "Finding Labels"], data_entry_csv)
-    table = pd.concat([pd.DataFrame({"Image Index": selected, "Path": [f"images/{name}" for name in selected]}),
+    if image_dir is None:
+        image_dir = os.path.join(os.path.dirname(os.path.abspath(data_entry_csv)), "images")
+    paths = [path_from(output_dir, os.path.join(image_dir, name)) for name in selected]
+    table = pd.concat([pd.DataFrame({"Image Index": selected, "Path": paths}),
                        labels], axis=1)
     print(f"{NIH_NO_FINDING}: {int((labels.sum(axis=1) == 0).sum())} images")
     return write_split_csvs({"chestxray14_test.csv": table}, output_dir, label_columns=NIH_LABELS)
@@ -285,15 +305,15 @@ def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: 
 # Histopathology -------------------------------------------------------------------------------------
 
 def prepare_lc25000(data_root: str, output_dir: str) -> list[str]:
-    """lc25000.csv: `Path, label` (label = class folder) for every .jpeg, sorted by Path, relative to
-    `data_root`, the folder that holds lung_colon_image_set/."""
+    """lc25000.csv: `Path, label` (label = class folder) for every .jpeg under `data_root`, the folder
+    that holds lung_colon_image_set/, sorted by Path; Path is relative to `output_dir`."""
     rows, other_files = [], []
     for folder in LC25000_CLASSES:
         class_dir = os.path.join("lung_colon_image_set", f"{folder.split('_')[0]}_image_sets", folder)
         if not os.path.isdir(os.path.join(data_root, class_dir)):
             raise UserInputError(f"{os.path.join(data_root, class_dir)}: LC25000 class folder not found")
         for file_name in os.listdir(os.path.join(data_root, class_dir)):
-            path = os.path.join(class_dir, file_name)
+            path = path_from(output_dir, os.path.join(data_root, class_dir, file_name))
             is_image = file_name.lower().endswith((".jpeg", ".jpg"))
             (rows if is_image else other_files).append((path, folder))
     report_excluded(sorted(path for path, _ in other_files), "files that are not .jpeg images")
@@ -309,8 +329,11 @@ def _column_named(table: pd.DataFrame, name: str, source: str) -> str:
     raise UserInputError(f"{source}: missing column {name!r} (found: {', '.join(table.columns)})")
 
 
-def prepare_mhist(annotations_csv: str, output_dir: str) -> list[str]:
-    """mhist_test.csv and mhist_train.csv (`Path, label, partition`) by the official partition."""
+def prepare_mhist(annotations_csv: str, output_dir: str, image_dir: str | None = None) -> list[str]:
+    """mhist_test.csv and mhist_train.csv (`Path, label, partition`) by the official partition.
+
+    Images are `<image_dir>/<Image Name>` (default image_dir: images/ next to annotations.csv, the
+    download's layout); Path is relative to `output_dir`."""
     annotations = read_table(annotations_csv, ("Image Name",), dtype=str)
     label = annotations[_column_named(annotations, "Majority Vote Label", annotations_csv)].str.strip()
     partition = annotations[_column_named(annotations, "Partition", annotations_csv)].str.strip().str.lower()
@@ -319,7 +342,10 @@ def prepare_mhist(annotations_csv: str, output_dir: str) -> list[str]:
         if unknown:
             raise UserInputError(f"{annotations_csv}: unknown {what} value(s) {', '.join(unknown)} "
                                  f"(expected {' or '.join(allowed)})")
-    table = pd.DataFrame({"Path": "images/" + annotations["Image Name"].str.strip(), "label": label,
+    if image_dir is None:
+        image_dir = os.path.join(os.path.dirname(os.path.abspath(annotations_csv)), "images")
+    paths = [path_from(output_dir, os.path.join(image_dir, name)) for name in annotations["Image Name"].str.strip()]
+    table = pd.DataFrame({"Path": paths, "label": label,
                           "partition": partition})
     return write_split_csvs({f"mhist_{part}.csv": table[table["partition"] == part] for part in ("test", "train")},
                             output_dir, count_by="label")
