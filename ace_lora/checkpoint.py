@@ -19,16 +19,21 @@ from .errors import UserInputError
 from .lora import LoRAFactors
 from .model import AceLoRAConfig, AceLoRAModel
 
-LOSS_TYPE_NAMES = ("clip_loss_ace_hgnn", "clip_loss_ace_hgat")
 
 
 def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a reader never sees half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -40,17 +45,22 @@ def load_checkpoint_file(path: str) -> dict:
         raise UserInputError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise UserInputError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
+    except Exception as err:  # torch raises many types for a corrupt or foreign file
+        raise UserInputError(f"cannot read checkpoint {path}: not a PyTorch checkpoint file, or a damaged one "
+                             f"({type(err).__name__})") from err
+
+
+PROJECTION_KEYS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "proj"}  # the released names
 
 
 def _lora_entries(model: AceLoRAModel) -> Iterator[Tuple[str, str, LoRAFactors]]:
-    """(layer key, projection key, factors) in the released numbering."""
-    n_text = len(model.clip.text.transformer.encoder.layer)
-    for offset, layers in ((0, model.text_lora), (n_text, model.vision_lora)):
-        for i, parts in sorted(layers.items()):
-            for p, factors in parts.items():
-                yield f"layer_{offset + i}", f"{p}_proj", factors
+    """(layer key, projection key, factors) in the released numbering: `layer_<n>` counts the layers
+    that carry LoRA, text tower first, then the image tower (so `all` gives text 0-11, image 12-23)."""
+    adapted = [parts for layers in (model.text_lora, model.vision_lora)
+               for _, parts in sorted(layers.items()) if parts]
+    for n, parts in enumerate(adapted):
+        for p, factors in parts.items():
+            yield f"layer_{n}", PROJECTION_KEYS[p], factors
 
 
 def _adapters(model: AceLoRAModel) -> Dict[str, torch.nn.Module]:
@@ -117,21 +127,22 @@ def _copy_checked(dst: torch.Tensor, src: Any, where: str, path: str) -> None:
 
 
 def load_released_weights(model: AceLoRAModel, state: dict, path: str = "checkpoint") -> None:
-    """Copy a released-format dict into the model; any missing key or wrong shape is an error naming it."""
+    """Copy a released-format dict into the model.
+
+    The file must hold exactly the tensors the model has: a missing or extra key, or a wrong shape,
+    is an error naming it (a silently ignored tensor would evaluate a different model).
+    """
     weights = state["weights"]
-    expected_layers = set()
+    expected: Dict[str, set] = {}
     for layer, proj, factors in _lora_entries(model):
-        expected_layers.add(layer)
+        expected.setdefault(layer, set()).add(proj)
         entry = weights.get(layer, {}).get(proj)
         if entry is None:
             raise UserInputError(f"{path}: missing LoRA weights weights['{layer}']['{proj}']")
         _copy_checked(factors.lora_A, entry.get("w_lora_A"), f"weights['{layer}']['{proj}']['w_lora_A']", path)
         _copy_checked(factors.lora_B, entry.get("w_lora_B"), f"weights['{layer}']['{proj}']['w_lora_B']", path)
-    extra = sorted(k for k in weights if k.startswith("layer_") and k not in expected_layers)
-    if extra:
-        raise UserInputError(f"{path}: has LoRA weights for {', '.join(extra)} which the model does not have "
-                             "(check --position and the backbone depth)")
-    for name, adapter in _adapters(model).items():
+    adapters = _adapters(model)
+    for name, adapter in adapters.items():
         if name not in weights:
             raise UserInputError(f"{path}: missing adapter weights['{name}']")
         for key, tensor in adapter.state_dict().items():
@@ -140,6 +151,11 @@ def load_released_weights(model: AceLoRAModel, state: dict, path: str = "checkpo
         raise UserInputError(f"{path}: missing weights['logit_scale']")
     _copy_checked(model.logit_scale.data, torch.as_tensor(weights["logit_scale"]).reshape(()),
                   "weights['logit_scale']", path)
+    extra = sorted(k for k in weights if k not in expected and k not in adapters and k != "logit_scale")
+    extra += sorted(f"{layer}/{proj}" for layer in expected for proj in set(weights[layer]) - expected[layer])
+    if extra:
+        raise UserInputError(f"{path}: has weights the model does not have: {', '.join(extra)} "
+                             "(check --position, --params, --apply-gnn-encoders and the backbone depth)")
 
 
 def load_released_checkpoint(model: AceLoRAModel, path: str) -> dict:

@@ -78,19 +78,42 @@ def test_missing_key_and_unreadable_file(tiny_model_name, tmp_path):
         load_released_checkpoint(model, str(broken))
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserInputError, match="cannot read checkpoint .*garbage.pt"):
+    with pytest.raises(UserInputError, match="cannot read checkpoint .*garbage.pt: not a PyTorch checkpoint file"):
         load_model_for_eval(tiny_model_name, str(garbage))
     with pytest.raises(UserInputError, match="checkpoint not found: .*nope.pt"):
         load_model_for_eval(tiny_model_name, str(tmp_path / "nope.pt"))
 
 
-def test_extra_layers_are_rejected(tiny_model_name, tmp_path):
+def test_extra_layers_and_adapters_are_rejected(tiny_model_name, tmp_path):
     model = build_model(tiny_model_name, AceLoRAConfig(position="top"))
     full = build_model(tiny_model_name, AceLoRAConfig())
     path = tmp_path / "all_layers.pt"
     save_released_checkpoint(full, str(path))
-    with pytest.raises(UserInputError, match="has LoRA weights for layer_0"):
+    with pytest.raises(UserInputError, match="has weights the model does not have: layer_2, layer_3"):
         load_released_checkpoint(model, str(path))
+    plain = build_model(tiny_model_name, AceLoRAConfig(apply_gnn_encoders="none"))
+    with pytest.raises(UserInputError, match="does not have: img_edge_adapter, img_node_adapter"):
+        load_released_checkpoint(plain, str(path))
+
+
+def test_released_numbering_counts_adapted_layers_text_first(tiny_model_name):
+    """As released: layer_<n> numbers the layers that carry LoRA, text first; 'o' is stored as 'proj'."""
+    model = build_model(tiny_model_name, AceLoRAConfig(position="top", params=["q", "o"]))
+    weights = released_state(model)["weights"]
+    assert sorted(k for k in weights if k.startswith("layer_")) == ["layer_0", "layer_1"]
+    assert set(weights["layer_0"]) == {"q_proj", "proj"}
+    text_last = model.clip.text.transformer.encoder.layer[-1].attention
+    assert torch.equal(weights["layer_0"]["proj"]["w_lora_A"], text_last.output.dense.lora.lora_A)
+    vit_last = model.clip.visual.trunk.blocks[-1].attn
+    assert torch.equal(weights["layer_1"]["q_proj"]["w_lora_A"], vit_last.qkv.lora["q"].lora_A)
+
+
+def test_atomic_save_gives_usual_permissions(tmp_path):
+    path = tmp_path / "x.pt"
+    atomic_save({"a": torch.zeros(1)}, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
 
 
 def test_eval_loader_rebuilds_config_from_metadata(tiny_model_name, tmp_path):
