@@ -2,7 +2,8 @@
 
 Columns: image_path (relative to --mimic-root, e.g. files/p10/p10000032/s50414267/<dicom_id>.jpg),
 report (FINDINGS + IMPRESSION), subject_id, study_id, dicom_id, split (train/validate/test), then the 14
-CheXpert labels as 0/1. Lateral and empty views, images without a split or an image file, and images
+CheXpert labels as 1/0, with uncertain labels kept as -1 by default so that train.py's --uncertain-policy
+decides what they become (empty labels are written as 0). Lateral and empty views, images without a split or an image file, and images
 whose report is missing or empty are left out; every exclusion is counted in the printed summary.
 Train with --data-root set to --mimic-root (or write the CSV into --mimic-root).
 """
@@ -19,6 +20,8 @@ from ace_lora.errors import UserInputError  # noqa: E402
 from run_utils import main_guard  # noqa: E402
 
 SPLITS = ("train", "validate", "test")
+KEEP_UNCERTAIN = "keep"
+PREP_POLICIES = (KEEP_UNCERTAIN,) + UNCERTAIN_POLICIES
 
 
 def parse_args(argv):
@@ -34,9 +37,11 @@ def parse_args(argv):
                         help=f"official split CSV (default: <mimic-root>/{SPLIT_CSV}, or the .csv.gz)")
     parser.add_argument("--chexpert", default=None,
                         help=f"CheXpert label CSV (default: <mimic-root>/{CHEXPERT_CSV}, or the .csv.gz)")
-    parser.add_argument("--uncertain-policy", choices=UNCERTAIN_POLICIES, default="zeros",
-                        help="uncertain labels (-1) become 0 ('zeros', the released method) or 1 ('ones'); "
-                             "empty labels always become 0 (default: zeros)")
+    parser.add_argument("--uncertain-policy", choices=PREP_POLICIES, default=KEEP_UNCERTAIN,
+                        help="uncertain labels (-1): 'keep' writes -1, so that train.py's --uncertain-policy maps "
+                             "them when training (one place decides); 'zeros' (the released method) or 'ones' "
+                             "map them here, and train.py's --uncertain-policy then has nothing left to map; "
+                             "empty labels always become 0 (default: keep)")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="which official splits to write; the split column tells them apart (default: all)")
     parser.add_argument("--output", default="mimic_cxr_train.csv", help="CSV to write (default: mimic_cxr_train.csv)")
@@ -69,7 +74,7 @@ def main(argv=None) -> int:
     table, stats = build_training_table(
         root, args.metadata or default_csv(root, METADATA_CSV), args.split or default_csv(root, SPLIT_CSV),
         args.chexpert or default_csv(root, CHEXPERT_CSV), reports_root=args.reports_root,
-        uncertain_policy=args.uncertain_policy)
+        uncertain_policy=None if args.uncertain_policy == KEEP_UNCERTAIN else args.uncertain_policy)
     print_summary(stats)
     table = table[table["split"].isin(args.splits)]
     if table.empty:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from ace_lora.data.mimic import CHEXPERT_LABELS, attach_labels, extract_report_text, read_training_csv
+from ace_lora.data.train_dataset import label_matrix
 from ace_lora.errors import UserInputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,7 +168,8 @@ def make_mimic(root):
     return root
 
 
-EXPECTED_ROWS = [  # (dicom_id, subject, study, split, report, positive labels) under 'zeros'
+UNCERTAIN = {"c1": ["Edema"], "a4": ["Consolidation"], "f3": ["Consolidation"]}  # -1 in LABEL_ROWS
+EXPECTED_ROWS = [  # (dicom_id, subject, study, split, report, positive labels); uncertain ones in UNCERTAIN
     ("c1", 10000032, 50414267, "train",
      "The heart is mildly enlarged. There is mild pulmonary edema. Cardiomegaly with mild edema.", ["Cardiomegaly"]),
     ("a4", 10000032, 53189527, "train", "Right lower lobe pneumonia.", ["Pneumonia"]),
@@ -189,7 +191,10 @@ def test_prep_script_writes_the_expected_rows(tmp_path, capsys):
         assert got["image_path"] == f"files/p{str(subject)[:2]}/p{subject}/s{study}/{dicom_id}.jpg"
         assert (got["subject_id"], got["study_id"], got["split"], got["report"]) == (subject, study, split, report)
         assert [label for label in CHEXPERT_LABELS if got[label] == 1.0] == positives
-        assert all(got[label] == 0.0 for label in CHEXPERT_LABELS if label not in positives)
+        # by default uncertain labels are written as -1, for train.py's --uncertain-policy to map
+        assert [label for label in CHEXPERT_LABELS if got[label] == -1.0] == UNCERTAIN.get(dicom_id, [])
+        assert all(got[label] == 0.0 for label in CHEXPERT_LABELS
+                   if label not in positives + UNCERTAIN.get(dicom_id, []))
         assert os.path.isfile(root / got["image_path"])
 
     printed = capsys.readouterr().out
@@ -219,6 +224,9 @@ def test_prep_script_uncertain_ones_and_split_selection(tmp_path, capsys):
     assert table["Edema"].tolist() == [1.0, 0.0, 0.0]           # -1 in study 50414267
     assert table["Consolidation"].tolist() == [0.0, 1.0, 1.0]   # -1 in study 53189527, both images
     assert f"wrote {out}: 3 rows (train 3)" in capsys.readouterr().out
+    assert prep.main(argv[:-4] + ["--uncertain-policy", "zeros", "--splits", "train"]) == 0
+    table = pd.read_csv(out, dtype={"dicom_id": str})
+    assert table["Edema"].tolist() == [0.0, 0.0, 0.0] and table["Consolidation"].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_prep_script_reports_root_explicit_and_gzipped_csvs(tmp_path):
@@ -299,6 +307,9 @@ def test_read_training_csv_resolves_paths_and_reads_the_prep_output(tmp_path):
     assert all(os.path.isfile(p) for p in table["image_path"])
     elsewhere = read_training_csv(out, data_root=str(tmp_path))
     assert elsewhere["image_path"].iloc[0] == os.path.join(tmp_path, "files/p10/p10000032/s50414267/c1.jpg")
+    # the prep output keeps -1, so training's --uncertain-policy is what decides (one place)
+    edema = CHEXPERT_LABELS.index("Edema")
+    assert label_matrix(table, "ones")[0, edema] == 1.0 and label_matrix(table, "zeros")[0, edema] == 0.0
 
 
 def test_read_training_csv_with_a_label_csv(tmp_path, capsys):
@@ -313,6 +324,8 @@ def test_read_training_csv_with_a_label_csv(tmp_path, capsys):
     assert table["No Finding"].tolist() == [0.0, 1.0, 0.0]
     assert capsys.readouterr().out == (f"{tmp_path / 'labels.csv'}: no label row for 1 of the studies in "
                                        f"{tmp_path / 'pairs.csv'}; their labels are 0\n")
+    read_training_csv(tmp_path / "pairs.csv", label_csv=tmp_path / "labels.csv", quiet=True)  # DDP ranks > 0
+    assert capsys.readouterr().out == ""
 
     with pytest.raises(UserInputError, match=r"pairs.csv: missing column\(s\) 'Atelectasis', .*or give a label CSV"):
         read_training_csv(tmp_path / "pairs.csv")

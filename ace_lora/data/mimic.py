@@ -4,8 +4,10 @@ Decisions:
 - One row per frontal image (ViewPosition PA or AP); every image of a study gets that study's report
   and labels. Lateral, other and empty views are excluded and counted.
 - CheXpert labels are JOINED on (subject_id, study_id), never concatenated by position (the released
-  code did the latter and misaligned rows). Empty -> 0; uncertain (-1) -> 0 ('zeros', as released) or
-  1 ('ones'). A study without a label row gets all zeros and is counted.
+  code did the latter and misaligned rows). Empty -> 0; uncertain (-1) is kept by default, so that the
+  training Dataset's uncertain policy (train.py --uncertain-policy) is the one place that maps it; it can
+  also be mapped here to 0 ('zeros', as released) or 1 ('ones'). A study without a label row gets all
+  zeros and is counted.
 - Report text is FINDINGS + IMPRESSION (see `extract_report_text`); images whose report file is
   missing, or whose text is empty, are excluded and counted.
 """
@@ -146,11 +148,12 @@ def _read_reports(studies, reports_root):
 
 
 def build_training_table(mimic_root, metadata_csv, split_csv, chexpert_csv, reports_root=None,
-                         views=FRONTAL_VIEWS, uncertain_policy="zeros"):
+                         views=FRONTAL_VIEWS, uncertain_policy=None):
     """(training table, stats): one row per frontal image with its report text, split and labels.
 
     Columns: TRAINING_COLUMNS then CHEXPERT_LABELS; `image_path` is relative to `mimic_root` (the
-    MIMIC-CXR-JPG folder holding files/); rows sorted by subject_id, study_id, dicom_id. Reports are
+    MIMIC-CXR-JPG folder holding files/); rows sorted by subject_id, study_id, dicom_id. Uncertain labels
+    stay -1 unless `uncertain_policy` is 'zeros' or 'ones' (see `attach_labels`). Reports are
     read from `reports_root` (default `mimic_root`) as files/pXX/pSUBJECT/sSTUDY.txt. `stats` counts
     what was excluded and why: images (metadata rows), excluded_views ({view: images}), frontal,
     no_split, missing_image, missing_report and empty_report ({'studies', 'images'}), report_sources
@@ -205,13 +208,14 @@ def build_training_table(mimic_root, metadata_csv, split_csv, chexpert_csv, repo
     return table, stats
 
 
-def read_training_csv(path, data_root=None, label_csv=None):
+def read_training_csv(path, data_root=None, label_csv=None, quiet=False):
     """The training CSV with `image_path` resolved: relative paths are joined to `data_root` (default:
     the CSV's folder), absolute ones are kept.
 
     Required columns: image_path, report and the 14 CHEXPERT_LABELS (`split` is optional). Without
     label columns, give `label_csv` (MIMIC's chexpert CSV): it is joined on study_id (and subject_id)
     with `attach_labels`, keeping -1 so that the training Dataset applies the uncertain policy.
+    `quiet` silences the count of unlabelled studies (DDP: only rank 0 prints it).
     """
     table = read_table(path, ["image_path", "report"] + (["study_id"] if label_csv else []))
     if label_csv is not None:
@@ -219,7 +223,7 @@ def read_training_csv(path, data_root=None, label_csv=None):
             raise UserInputError(f"{path} already has label columns: give no label CSV, or drop them")
         labels = read_table(label_csv, ["study_id"] + list(CHEXPERT_LABELS))
         table, unlabelled = attach_labels(table, labels, uncertain_policy=None, source=label_csv)
-        if unlabelled:
+        if unlabelled and not quiet:
             print(f"{label_csv}: no label row for {unlabelled} of the studies in {path}; their labels are 0")
     missing = [label for label in CHEXPERT_LABELS if label not in table]
     if missing:
