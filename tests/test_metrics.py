@@ -68,6 +68,23 @@ def test_binary_classification_hand_case():
     assert "per_class_auroc" not in result
     low, high = result["auroc_ci95"]
     assert 0.0 <= low <= 0.75 <= high <= 1.0
+    # The released scripts' AUROC: both columns of the (N, 2) table against one-hot labels, flattened.
+    # Positives 0.9, 0.6, 0.35, 0.8 vs negatives 0.1, 0.4, 0.65, 0.2: 4 + 3 + 2 + 4 = 13 of 16 pairs.
+    assert result["auroc_released"] == pytest.approx(13 / 16)
+
+
+def test_released_binary_auroc_is_torchmetrics_on_the_flattened_one_hot_table():
+    from torchmetrics.classification import BinaryAUROC
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, size=200)
+    p1 = np.clip(0.3 * labels + rng.random(200) * 0.7, 0, 1)
+    probs = np.stack([1 - p1, p1], axis=1)
+    one_hot = torch.nn.functional.one_hot(torch.as_tensor(labels), 2)
+    expected = BinaryAUROC()(torch.as_tensor(probs).flatten(), one_hot.flatten())
+    result = classification_metrics(labels, probs, ["neg", "pos"], n_bootstrap=0)
+    assert result["auroc_released"] == pytest.approx(float(expected), abs=1e-6)
+    assert result["auroc_released"] == pytest.approx(roc_auc_score(one_hot.numpy().ravel(), probs.ravel()))
 
 
 def test_multiclass_auroc_is_sklearn_macro_ovr():

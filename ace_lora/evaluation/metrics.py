@@ -74,6 +74,16 @@ def binary_auroc(is_positive, scores):
     return float(roc_auc_score(is_positive, scores))
 
 
+def released_binary_auroc(labels, probs):
+    """AUROC as the released RSNA/SIIM scripts computed it, for comparison with the paper's numbers:
+    one binary AUROC over all N x 2 entries of the softmax probabilities (N, 2) against the one-hot
+    labels (torchmetrics BinaryAUROC on the flattened arrays). Both columns enter, so each image counts
+    twice: its p(class 1) against 1/0 and its p(class 0) = 1 - p(class 1) against 0/1."""
+    labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=float)
+    one_hot = np.eye(probs.shape[1], dtype=bool)[labels]  # (N, 2)
+    return binary_auroc(one_hot.ravel(), probs.ravel())
+
+
 def one_vs_rest_auroc(labels, probs, classes):
     """Per-class one-vs-rest AUROC (class c vs the rest, scored by `probs[:, c]`) for each c in `classes`."""
     labels, probs = np.asarray(labels), np.asarray(probs)
@@ -94,7 +104,8 @@ def classification_metrics(labels, probs, class_names, n_bootstrap=1000, seed=0)
     """Accuracy and AUROC of single-label predictions, with bootstrap 95% CIs.
 
     labels: (N,) int class indices; probs: (N, C) class probabilities.
-    Binary (C == 2): AUROC of p(class 1). C > 2: macro one-vs-rest AUROC over the classes present in
+    Binary (C == 2): AUROC of p(class 1), and `auroc_released`, the released scripts' AUROC over the
+    flattened one-hot table (`released_binary_auroc`; no CI). C > 2: macro one-vs-rest AUROC over the classes present in
     `labels` (all of them, normally); `per_class_auroc` gives each class's value (None if absent).
     """
     labels = np.asarray(labels).astype(int)
@@ -124,7 +135,9 @@ def classification_metrics(labels, probs, class_names, n_bootstrap=1000, seed=0)
         "auroc": auroc(labels, probs),
         "auroc_ci95": _ci_list(bootstrap_ci(auroc, labels, probs, **boot)),
     }
-    if n_classes > 2:
+    if n_classes == 2:
+        result["auroc_released"] = released_binary_auroc(labels, probs)
+    else:
         per_class = one_vs_rest_auroc(labels, probs, range(n_classes))
         result["per_class_auroc"] = {
             name: _none_if_nan(float(v)) for name, v in zip(class_names, per_class)}
