@@ -30,24 +30,61 @@ def main_guard(main: Callable) -> Callable:
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse argv; values from `--config FILE.yaml` become defaults that explicit flags override."""
+    """Parse argv; values from `--config FILE.yaml` become defaults that explicit flags override.
+
+    YAML values get the same checks as flags (type conversion, choices, one value vs a list), with
+    errors that name the file and key: argparse itself never checks defaults.
+    """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        if not os.path.isfile(known.config):
-            raise UserInputError(f"config file not found: {known.config}")
-        with open(known.config, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise UserInputError(f"{known.config}: expected a mapping of flag names to values")
-        dests = {a.dest for a in parser._actions}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(values) - dests)
+        values = _read_config(known.config)
+        actions = {a.dest: a for a in parser._actions}
+        unknown = sorted(set(values) - set(actions))
         if unknown:
             raise UserInputError(f"{known.config}: unknown keys {', '.join(unknown)}")
-        parser.set_defaults(**values)
+        parser.set_defaults(**{k: _checked_value(actions[k], v, known.config, k) for k, v in values.items()})
     return parser.parse_args(argv)
+
+
+def _read_config(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserInputError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserInputError(f"{path}: not valid YAML{where}") from err
+    if not isinstance(values, dict):
+        raise UserInputError(f"{path}: expected a mapping of flag names to values")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def _checked_value(action: argparse.Action, value, path: str, key: str):
+    """A YAML value converted and validated as argparse would a command-line value."""
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            raise UserInputError(f"{path}: {key} must be true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    if isinstance(value, list) != many:
+        raise UserInputError(f"{path}: {key} takes {'a list' if many else 'one value'}, got {value!r}")
+    items = []
+    for item in (value if many else [value]):
+        if action.type is not None:
+            try:
+                item = action.type(str(item))
+            except (TypeError, ValueError) as err:
+                raise UserInputError(f"{path}: {key} has an invalid value {item!r}") from err
+        if action.choices is not None and item not in action.choices:
+            raise UserInputError(f"{path}: {key}={item!r} is not one of {', '.join(map(str, action.choices))}")
+        items.append(item)
+    return items if many else items[0]
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
