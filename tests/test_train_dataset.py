@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 from ace_lora.data.mimic import CHEXPERT_LABELS
 from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.data.train_dataset import (ImageReportDataset, TokenizingCollate, build_training_dataset,
-                                         epoch_loader, iterate_batches, label_matrix, steps_per_epoch)
+                                         epoch_loader, iterate_batches, label_matrix, steps_per_epoch,
+                                         training_transform)
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model
 
@@ -51,8 +52,52 @@ def test_label_matrix_policies_and_errors():
     np.testing.assert_array_equal(zeros[:, 0], [1, 0, 0, 0])  # uncertain and empty -> 0
     np.testing.assert_array_equal(ones[:, 0], [1, 0, 1, 0])  # uncertain -> 1, empty -> 0
     table.loc[1, "Edema"] = 2
-    with pytest.raises(UserInputError, match="row 2: label Edema is 2.0"):
-        label_matrix(table)
+    with pytest.raises(UserInputError, match=r"^t.csv: column 'Edema' row 3: '2.0', expected 1, 0, -1 or empty$"):
+        label_matrix(table, source="t.csv")
+
+
+def test_unparsable_labels_name_the_csv_line(demo_data, tiny_model, tmp_path):
+    table = pd.read_csv(demo_data.train_csv)
+    table["Edema"] = table["Edema"].astype(object)
+    table.loc[6, "Edema"] = "yes"  # would silently become 0 if unparsable text were treated as empty
+    table.loc[2, "Edema"] = " "  # blank: an empty label, fine
+    csv = tmp_path / "train.csv"
+    table.to_csv(csv, index=False)
+    with pytest.raises(UserInputError, match=rf"^{csv}: column 'Edema' row 8: 'yes', expected 1, 0, -1 or empty$"):
+        build_training_dataset(str(csv), tiny_model.preprocess, data_root=demo_data.data_root)
+    table.loc[:5, "split"] = "validate"  # line numbers stay those of the CSV after the split filter
+    table.to_csv(csv, index=False)
+    with pytest.raises(UserInputError, match=r"column 'Edema' row 8: 'yes'"):
+        build_training_dataset(str(csv), tiny_model.preprocess, data_root=demo_data.data_root)
+
+
+def test_empty_reports_are_refused_up_front(demo_data, tiny_model, tmp_path):
+    table = pd.read_csv(demo_data.train_csv)
+    table.loc[[3, 9], "report"] = [np.nan, "   "]
+    csv = tmp_path / "train.csv"
+    table.to_csv(csv, index=False)
+    with pytest.raises(UserInputError, match=rf"^{csv}: 2 of 20 training rows have an empty report "
+                                             r"\(CSV line\(s\) 5, 11\)$"):
+        build_training_dataset(str(csv), tiny_model.preprocess, data_root=demo_data.data_root)
+
+
+def test_training_transform_resizes_the_whole_image(tiny_model):
+    from PIL import Image
+    from torchvision import transforms as T
+
+    transform = training_transform(tiny_model.preprocess)
+    normalize = next(t for t in tiny_model.preprocess.transforms if isinstance(t, T.Normalize))
+    pixels = np.zeros((128, 64, 3), np.uint8)  # portrait, like a chest X-ray: (H, W, 3)
+    pixels[:8] = 255  # a white band at the top edge (the apices)
+    pixels[-8:, :, 0] = 255  # a red band at the bottom edge (the bases)
+    image = transform(Image.fromarray(pixels))
+    assert image.shape == (3, 64, 64)  # the model's square input
+    mean, std = torch.tensor(normalize.mean)[:, None, None], torch.tensor(normalize.std)[:, None, None]
+    rgb = image * std + mean  # undo the model's own normalisation
+    assert rgb[:, 0].mean() > 0.95 and rgb[0, -1].mean() > 0.95 and rgb[1:, -1].mean() < 0.05  # both edges kept
+    assert rgb[:, 32].abs().max() < 0.05  # the middle stays black: a resize, not a crop
+    # the eval transform (resize the short side + centre crop) loses both bands: the bug this guards against
+    assert (tiny_model.preprocess(Image.fromarray(pixels)) * std + mean)[:, 0].mean() < 0.05
 
 
 def test_dataset_items_and_tokenizing_collate(demo_data, tiny_model):
@@ -147,7 +192,7 @@ def test_demo_dataset_layouts(demo_data):
     assert train["report"].str.contains("a chest X-ray image of").any()
 
 
-def test_labels_from_a_separate_chexpert_csv(demo_data, tiny_model, tmp_path):
+def test_labels_from_a_separate_chexpert_csv(demo_data, tiny_model, tmp_path, capsys):
     table = pd.read_csv(demo_data.train_csv).drop(columns=list(CHEXPERT_LABELS))
     table["study_id"] = 100 + np.arange(len(table)) // 2  # two images per study
     csv, label_csv = tmp_path / "train.csv", tmp_path / "chexpert.csv"
@@ -161,3 +206,6 @@ def test_labels_from_a_separate_chexpert_csv(demo_data, tiny_model, tmp_path):
                                          uncertain_policy=policy)
         got = dataset.labels[:, CHEXPERT_LABELS.index("Edema")].tolist()
         assert got[:8] == [uncertain, uncertain, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # joined on study_id, not by row
+    assert "no label row for 7 of the studies" in capsys.readouterr().out
+    build_training_dataset(str(csv), tiny_model.preprocess, demo_data.data_root, str(label_csv), quiet=True)
+    assert capsys.readouterr().out == ""  # DDP ranks > 0 stay silent

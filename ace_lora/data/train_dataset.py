@@ -1,13 +1,17 @@
 """Image-report pairs for training: the Dataset, its collate function, and the resumable sampler/loader.
 
 Decisions:
-- Missing images are found UP FRONT (one os.path.isfile per row, before training starts): the run
+- Images are RESIZED to the model's square input (bicubic) and normalised with the model's mean/std
+  (`training_transform`), as in the released training: the backbone's eval transform (resize the short
+  side, then centre crop) would cut the apices and bases off portrait chest X-rays.
+- Missing images and empty reports are found UP FRONT (one os.path.isfile per row, before training starts): the run
   stops with the number missing and the first few names, instead of failing hours later. A file that
   exists but cannot be decoded fails when it is first read, with load_image's message naming it.
 - Reports are tokenized in the collate function, i.e. in the DataLoader workers. open_clip's
   HFTokenizer pickles (tested), so this also works with the spawn/forkserver start methods.
-- Uncertain CheXpert labels (-1) become 0 or 1 (`--uncertain-policy`); empty labels become 0, as in the
-  released method.
+- Uncertain CheXpert labels (-1) become 0 or 1 (`--uncertain-policy`, the one place that maps them);
+  empty labels become 0, as in the released method; any other value (e.g. "yes") is an error naming
+  the CSV line.
 - Order: a DistributedSampler (one replica outside DDP) reshuffled per epoch by `set_epoch`, no padding,
   incomplete last batch dropped. A resumed epoch skips the batches already trained on by skipping their
   indices in the sampler: the skipped images are never loaded.
@@ -19,18 +23,42 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision import transforms as T
 
 from ace_lora.data.images import load_image
 from ace_lora.data.mimic import CHEXPERT_LABELS, UNCERTAIN_POLICIES, read_training_csv
 from ace_lora.errors import UserInputError
 
-MAX_LISTED = 3  # missing files named in the error
+MAX_LISTED = 3  # missing files / empty reports named in the error
+
+
+def training_transform(eval_preprocess: Callable) -> T.Compose:
+    """Bicubic resize of the WHOLE image to the model's (S, S) input, ToTensor, the model's Normalize.
+
+    S, mean and std are read from the model's own eval transform (open_clip: a torchvision Compose of
+    Resize, CenterCrop, ..., Normalize); the crop size is S when there is one, else the Resize size.
+    """
+    steps = getattr(eval_preprocess, "transforms", [])
+    normalize = next((t for t in steps if isinstance(t, T.Normalize)), None)
+    sized = next((t for t in steps if isinstance(t, T.CenterCrop)), None) or \
+        next((t for t in steps if isinstance(t, T.Resize)), None)
+    if normalize is None or sized is None:
+        raise ValueError(f"cannot read the input size and normalisation from the model's preprocess: {eval_preprocess}")
+    size = sized.size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if len(size) == 1:
+        size = (size[0], size[0])
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True), T.ToTensor(),
+                      T.Normalize(normalize.mean, normalize.std)])
 
 
 def training_table(csv_path: str, data_root: Optional[str] = None, label_csv: Optional[str] = None,
-                   split: Optional[str] = "train") -> pd.DataFrame:
-    """The rows of the training CSV to train on (only `split` if the CSV has a `split` column)."""
-    table = read_training_csv(csv_path, data_root=data_root, label_csv=label_csv)
+                   split: Optional[str] = "train", quiet: bool = False) -> pd.DataFrame:
+    """The rows of the training CSV to train on (only `split` if the CSV has a `split` column).
+
+    The index is kept as the row's position in the CSV (line = index + 2), for error messages.
+    """
+    table = read_training_csv(csv_path, data_root=data_root, label_csv=label_csv, quiet=quiet)
     if split and "split" in table.columns:
         available = sorted(table["split"].astype(str).unique())
         table = table[table["split"].astype(str) == split]
@@ -39,21 +67,43 @@ def training_table(csv_path: str, data_root: Optional[str] = None, label_csv: Op
                                  f"(splits present: {', '.join(available)})")
     if table.empty:
         raise UserInputError(f"{csv_path}: no training rows")
-    return table.reset_index(drop=True)
+    return table
 
 
-def label_matrix(table: pd.DataFrame, uncertain_policy: str = "zeros") -> np.ndarray:
-    """(N, 14) float32 targets in CHEXPERT_LABELS order: 1 positive, 0 negative/empty, -1 -> policy."""
+def _csv_line(table: pd.DataFrame, position: int) -> int:
+    """The CSV line of the row at `position` (the header is line 1; the index is the CSV row)."""
+    return int(table.index[position]) + 2
+
+
+def label_matrix(table: pd.DataFrame, uncertain_policy: str = "zeros", source: str = "training CSV") -> np.ndarray:
+    """(N, 14) float32 targets in CHEXPERT_LABELS order: 1 positive, 0 negative/empty, -1 -> policy.
+
+    Blank cells are empty labels; any other value that is not 1, 0 or -1 (a number or text such as
+    "yes") is an error naming the `source` CSV line.
+    """
     if uncertain_policy not in UNCERTAIN_POLICIES:
         raise UserInputError(f"--uncertain-policy must be one of {', '.join(UNCERTAIN_POLICIES)}")
-    values = np.array(table[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce").fillna(0.0), np.float32)
-    values[values == -1] = 1.0 if uncertain_policy == "ones" else 0.0
-    bad = ~np.isin(values, (0.0, 1.0))
+    cells = table[list(CHEXPERT_LABELS)]
+    parsed = cells.apply(pd.to_numeric, errors="coerce")  # (N, 14); unparsable -> NaN
+    blank = cells.isna() | cells.apply(lambda column: column.astype(str).str.strip() == "")
+    bad = ~(parsed.isin([1, 0, -1]) | blank).to_numpy()
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise UserInputError(f"row {row + 1}: label {CHEXPERT_LABELS[col]} is {values[row, col]}, expected 1, 0, -1 "
-                             "or empty")
+        raise UserInputError(f"{source}: column '{CHEXPERT_LABELS[col]}' row {_csv_line(table, row)}: "
+                             f"{str(cells.iloc[row, col])!r}, expected 1, 0, -1 or empty")
+    values = np.array(parsed.fillna(0.0), np.float32)
+    values[values == -1] = 1.0 if uncertain_policy == "ones" else 0.0
     return values
+
+
+def check_reports_present(table: pd.DataFrame, csv_path: str) -> None:
+    """An empty report is a data error: training on it would pair the image with no text."""
+    empty = (table["report"].isna() | (table["report"].astype(str).str.strip() == "")).to_numpy()
+    if empty.any():
+        rows = np.flatnonzero(empty)
+        listed = ", ".join(str(_csv_line(table, row)) for row in rows[:MAX_LISTED])
+        raise UserInputError(f"{csv_path}: {len(rows)} of {len(table)} training rows have an empty report "
+                             f"(CSV line(s) {listed}{', ...' if len(rows) > MAX_LISTED else ''})")
 
 
 def check_images_exist(paths: Sequence[str], csv_path: str) -> None:
@@ -91,14 +141,17 @@ class TokenizingCollate:
         return torch.stack(images), self.tokenizer(list(reports)), torch.stack(labels)
 
 
-def build_training_dataset(csv_path: str, preprocess: Callable, data_root: Optional[str] = None,
+def build_training_dataset(csv_path: str, eval_preprocess: Callable, data_root: Optional[str] = None,
                            label_csv: Optional[str] = None, split: Optional[str] = "train",
-                           uncertain_policy: str = "zeros") -> ImageReportDataset:
-    table = training_table(csv_path, data_root, label_csv, split)
+                           uncertain_policy: str = "zeros", quiet: bool = False) -> ImageReportDataset:
+    """The training pairs; images go through `training_transform(eval_preprocess)` (the model's
+    `.preprocess` gives the size and normalisation). `quiet`: print nothing (DDP ranks > 0)."""
+    table = training_table(csv_path, data_root, label_csv, split, quiet=quiet)
+    labels = label_matrix(table, uncertain_policy, source=csv_path)
+    check_reports_present(table, csv_path)
     paths = table["image_path"].astype(str).tolist()
     check_images_exist(paths, csv_path)
-    return ImageReportDataset(paths, table["report"].fillna("").tolist(), label_matrix(table, uncertain_policy),
-                              preprocess)
+    return ImageReportDataset(paths, table["report"].tolist(), labels, training_transform(eval_preprocess))
 
 
 class SkipFirstSampler(Sampler):
