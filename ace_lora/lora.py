@@ -33,6 +33,8 @@ def select_layers(position: str, depth: int) -> List[int]:
     }
     if position not in ranges:
         raise UserInputError(f"unknown LoRA position '{position}'; choose from {', '.join(LORA_POSITIONS)}")
+    if not ranges[position]:
+        raise UserInputError(f"LoRA position '{position}' selects no layer of a {depth}-layer tower")
     return list(ranges[position])
 
 

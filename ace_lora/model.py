@@ -45,6 +45,13 @@ class AceLoRAConfig:
             raise UserInputError(f"--apply-gnn-encoders must be one of {', '.join(GNN_CHOICES)}")
         if self.r < 1:
             raise UserInputError(f"LoRA rank must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserInputError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if self.alpha <= 0:
+            raise UserInputError(f"LoRA alpha must be > 0, got {self.alpha}")
+        if self.topk < 1 or self.hidden_features < 1:
+            raise UserInputError(f"--topk and --hidden-features must be >= 1, got {self.topk} and "
+                                 f"{self.hidden_features}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -54,8 +54,9 @@ def write_tiny_biomedclip(out_dir: str, words: Iterable[str], image_size: int = 
     for name, content in files.items():
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             json.dump(content, f, indent=1)
-    name = f"local-dir:{out_dir}"
     torch.manual_seed(seed)
-    model = open_clip.create_model(name, load_weights=False, pretrained_text=False)
+    # Built from the config dict (open_clip's public model class): the factory would warn that the
+    # folder has no weights yet, which is the point of this function.
+    model = open_clip.CustomTextCLIP(**files["open_clip_config.json"]["model_cfg"])
     torch.save(model.state_dict(), os.path.join(out_dir, "open_clip_pytorch_model.bin"))
-    return name
+    return f"local-dir:{out_dir}"

@@ -6,7 +6,8 @@ from torch import nn
 
 from ace_lora.backbone import load_backbone
 from ace_lora.errors import UserInputError
-from ace_lora.lora import FusedQKVLoRA, LoRALinear, select_layers
+from ace_lora.lora import (FusedQKVLoRA, LoRAFactors, LoRALinear, SharedInputLoRA, SharedInputLoRALinear,
+                           select_layers)
 from ace_lora.model import AceLoRAConfig, AceLoRAModel
 
 
@@ -22,6 +23,8 @@ def test_select_layers_relative_to_depth():
     assert select_layers("mid", 6) == [2, 3]
     with pytest.raises(UserInputError, match="unknown LoRA position 'middle'"):
         select_layers("middle", 12)
+    with pytest.raises(UserInputError, match="LoRA position 'bottom' selects no layer of a 2-layer tower"):
+        select_layers("bottom", 2)
 
 
 def test_lora_linear_matches_dense_update_and_zero_b_is_identity():
@@ -100,11 +103,59 @@ def test_only_lora_adapters_and_scale_train(tiny_model_name):
     assert model.num_trainable() == expected
 
 
-def test_lora_forward_is_low_rank():
-    """The training forward never forms B @ A: no (out, in) product appears in the autograd graph."""
+def _delta_weight_calls(module):
+    """Count calls of LoRAFactors.delta_weight (the dense B @ A) on our own factor objects."""
+    calls = []
+    for factors in [m for m in module.modules() if isinstance(m, LoRAFactors)]:
+        factors.delta_weight = lambda: calls.append(1)
+    return calls
+
+
+def test_lora_forward_is_low_rank_in_every_wrapper():
+    """The training forward never forms B @ A, for plain, fused-qkv and shared-input LoRA alike."""
     torch.manual_seed(0)
-    lora = LoRALinear(nn.Linear(64, 64), r=4, alpha=1.0, dropout=0.0)
-    called = []
-    lora.lora.delta_weight = lambda: called.append(1)  # instance attribute on our own object
-    lora(torch.randn(2, 64)).sum().backward()
-    assert not called and lora.lora.lora_B.grad is not None
+    shared = SharedInputLoRA(64, 64, ["q", "k", "v"], r=4, alpha=1.0, dropout=0.1)
+    wrappers = [LoRALinear(nn.Linear(64, 64), r=4, alpha=1.0, dropout=0.1),
+                FusedQKVLoRA(nn.Linear(64, 192), ["q", "k", "v"], r=4, alpha=1.0, dropout=0.1)]
+    wrappers += [SharedInputLoRALinear(nn.Linear(64, 64), shared, p) for p in ("q", "k", "v")]
+    calls = _delta_weight_calls(nn.ModuleList(wrappers))
+    x = torch.randn(2, 5, 64)
+    sum(w(x).sum() for w in wrappers).backward()
+    assert not calls
+    assert all(p.grad is not None for w in wrappers for n, p in w.named_parameters() if "lora_" in n)
+
+
+def test_shared_input_lora_matches_separate_updates_and_shares_one_dropout_mask():
+    torch.manual_seed(0)
+    bases = {p: nn.Linear(16, 16) for p in "qkv"}
+    shared = SharedInputLoRA(16, 16, ["q", "k", "v"], r=2, alpha=1.0, dropout=0.0)
+    for factors in shared.lora.values():
+        nn.init.normal_(factors.lora_B)
+    wrapped = {p: SharedInputLoRALinear(bases[p], shared, p) for p in "qkv"}
+    x = torch.randn(3, 16)
+    for p in "qkv":
+        f = shared.lora[p]
+        expected = bases[p](x) + (x @ f.lora_A.T @ f.lora_B.T) / math.sqrt(2)
+        torch.testing.assert_close(wrapped[p](x), expected)
+    assert shared._input is None  # cache released once q, k and v have read it
+    # A new input recomputes; with dropout, q, k and v see the same mask (one dropout call per input).
+    shared.dropout.p = 0.5
+    shared.train()
+    y = torch.randn(3, 16)
+    masks = []
+    shared.dropout.register_forward_hook(lambda m, i, o: masks.append(o))
+    for p in "qkv":
+        wrapped[p](y)
+    assert len(masks) == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dropout=1.5), r"LoRA dropout must be in \[0, 1\), got 1.5"),
+    (dict(topk=0), "--topk and --hidden-features must be >= 1"),
+    (dict(r=0), "LoRA rank must be >= 1"),
+    (dict(params=["q", "x"]), r"unknown LoRA params \['x'\]"),
+    (dict(apply_gnn_encoders="image"), "--apply-gnn-encoders must be one of"),
+])
+def test_config_rejects_out_of_range_values(kwargs, message):
+    with pytest.raises(UserInputError, match=message):
+        AceLoRAConfig(**kwargs).validate()
