@@ -4,7 +4,7 @@ from PIL import Image
 
 from ace_lora.evaluation.figures import (
     plot_box_overlays, plot_confusion_matrix, plot_mask_overlays, plot_roc, plot_training_curves)
-from ace_lora.evaluation.metrics import classification_metrics
+from ace_lora.evaluation.metrics import classification_metrics, multilabel_metrics
 
 
 def _read_png(path):
@@ -55,6 +55,19 @@ def test_plot_roc_absent_class_gets_none(tmp_path):
     labels = np.array([0, 1, 0, 1])
     aurocs = plot_roc(labels, _probs(labels, 3, seed=0), ["a", "b", "c"], tmp_path / "roc.png")
     assert aurocs["c"] is None and aurocs["a"] is not None
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_plot_roc_multilabel_draws_one_curve_per_class_column(tmp_path, n_classes):
+    rng = np.random.default_rng(2)
+    targets = (rng.random((120, n_classes)) < 0.3).astype(int)
+    targets[:, -1] = 0  # a class without positives gets no curve
+    scores = targets + rng.normal(size=targets.shape)
+    names = [f"finding_{c}" for c in range(n_classes)]
+    aurocs = plot_roc(targets, scores, names, tmp_path / "roc.png", "NIH")
+    assert aurocs == pytest.approx(multilabel_metrics(targets, scores, names, n_bootstrap=0)["per_class_auroc"])
+    assert list(aurocs) == names and aurocs[names[-1]] is None  # every column, even with 2 classes
+    _read_png(tmp_path / "roc.png")
 
 
 def test_plot_confusion_matrix_counts(tmp_path):

@@ -11,11 +11,11 @@ from PIL import Image
 
 from ace_lora.data.images import load_image
 from ace_lora.errors import UserInputError
-from ace_lora.evaluation.tasks import CHEXPERT_5X200_CLASSES, TASKS
+from ace_lora.evaluation.tasks import CHEXPERT_5X200_CLASSES, TASKS, get_task
 from ace_lora.evaluation.zero_shot import evaluate, score, write_outputs
 from ace_lora.factory import build_model
 from ace_lora.model import AceLoRAConfig
-from zero_shot_eval import zero_shot_eval_ace_lora_rsna
+from zero_shot_eval import zero_shot_eval_ace_lora_nih, zero_shot_eval_ace_lora_rsna
 
 CHEXPERT_LABELS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
                    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
@@ -147,6 +147,14 @@ def test_chexpert_row_without_exactly_one_class_is_an_error(model, tmp_path):
         evaluate(model, "chexpert", csv, **FAST)
 
 
+def test_bad_binary_label_is_named_by_row_with_a_plain_value(model, tmp_path):
+    write_images(str(tmp_path), ["a.png", "b.png"])
+    pd.DataFrame({"Path": ["a.png", "b.png"], "Target": [0, 2]}).to_csv(tmp_path / "rsna.csv", index=False)
+    with pytest.raises(UserInputError) as error:
+        evaluate(model, "rsna", tmp_path / "rsna.csv", **FAST)
+    assert str(error.value).endswith("row 2 (Path b.png): Target must be 0 or 1, not 2")  # not np.int64(2)
+
+
 def corrupt(path):
     with open(path, "wb") as f:
         f.write(b"this is not an image")
@@ -187,17 +195,53 @@ def test_nih_released_scoring_is_exp_min_max_per_image():
     np.testing.assert_allclose(score(cosine, "cosine", 73.7).numpy(), cosine.numpy())
 
 
-def test_nih_is_scored_per_image_as_released_or_by_cosine(model, tmp_path):
-    names = [f"images/{i:08d}_000.png" for i in range(6)]
-    paths = write_images(str(tmp_path), names)
-    targets = np.zeros((6, 14), dtype=int)
+def test_nih_released_scoring_of_equal_cosines_is_zero_not_nan():
+    cosine = torch.tensor([[0.3] * 14, [0.1, 0.2] + [0.1] * 12])
+    scores = score(cosine, "released", 73.7)
+    assert torch.isfinite(scores).all()
+    np.testing.assert_array_equal(scores[0].numpy(), np.zeros(14))
+    assert scores[1, 1] == 1 and scores[1, 0] == 0
+
+
+def write_nih_set(folder, n=6):
+    """n NIH-style images and chestxray14_test.csv with positives for 3 classes; returns (csv, paths)."""
+    names = [f"images/{i:08d}_000.png" for i in range(n)]
+    paths = write_images(str(folder), names)
+    targets = np.zeros((n, 14), dtype=int)
     targets[[0, 1, 2], [0, 2, 12]] = 1
     targets[3, [0, 2]] = 1
     table = pd.DataFrame(targets, columns=TASKS["nih"].class_names)
     table.insert(0, "Path", names)
     table.insert(0, "Image Index", [os.path.basename(n) for n in names])
-    table.to_csv(tmp_path / "chestxray14_test.csv", index=False)
+    table.to_csv(folder / "chestxray14_test.csv", index=False)
+    return folder / "chestxray14_test.csv", paths
 
+
+def test_nih_script_writes_per_class_roc_and_takes_readable_prompt_names(tiny_model_name, tmp_path, capsys):
+    csv, _ = write_nih_set(tmp_path)
+    out = tmp_path / "out"
+    zero_shot_eval_ace_lora_nih.main(["--model", tiny_model_name, "--csv", str(csv), "--device", "cpu",
+                                      "--num-workers", "0", "--bootstrap", "5", "--output-dir", str(out),
+                                      "--nih-prompt-names", "readable"])
+    assert os.path.getsize(out / "roc.png") > 0 and not (out / "confusion_matrix.png").exists()
+    with open(out / "metrics.json") as f:
+        prompts = json.load(f)["settings"]["prompts"]
+    assert "Findings suggesting Pleural Thickening." in prompts and not any("_" in p for p in prompts)
+
+
+def test_output_dir_that_is_a_file_fails_before_the_model_is_loaded(tmp_path, capsys):
+    csv, _ = write_nih_set(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:  # a model that cannot load: the output check must come first
+        zero_shot_eval_ace_lora_nih.main(["--model", f"local-dir:{tmp_path / 'no_model'}", "--csv", str(csv),
+                                          "--device", "cpu", "--output-dir", str(tmp_path / "taken")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: output folder {tmp_path / 'taken'} exists and is not a folder"
+
+
+def test_nih_is_scored_per_image_as_released_or_by_cosine(model, tmp_path):
+    _, paths = write_nih_set(tmp_path)
     released = evaluate(model, "nih", tmp_path / "chestxray14_test.csv", **FAST)
     cosine = evaluate(model, "nih", tmp_path / "chestxray14_test.csv", scoring="cosine", **FAST)
     np.testing.assert_allclose(cosine.probabilities, cosines(model, "nih", paths), atol=1e-5)
@@ -210,7 +254,12 @@ def test_nih_is_scored_per_image_as_released_or_by_cosine(model, tmp_path):
         "Atelectasis", "Effusion", "Pleural_Thickening", "Atelectasis|Effusion", "No Finding"]
     assert set(released.metrics["auroc_skipped_classes"]) == set(TASKS["nih"].class_names) - {
         "Atelectasis", "Effusion", "Pleural_Thickening"}
-    assert "a chest X-ray image of Pleural Thickening." in TASKS["nih"].prompts
+    # The released evaluation prompts with the data set's raw names; the readable spelling is an option.
+    assert "a chest X-ray image of Pleural_Thickening." in TASKS["nih"].prompts
+    assert released.settings["prompts"] == TASKS["nih"].prompts
+    readable = get_task("nih", nih_prompt_names="readable")
+    assert "a chest X-ray image of Pleural Thickening." in readable.prompts and len(readable.prompts) == 28
+    assert evaluate(model, readable, tmp_path / "chestxray14_test.csv", **FAST).settings["prompts"] == readable.prompts
     with pytest.raises(UserInputError, match="scoring must be one of released, cosine"):
         evaluate(model, "nih", tmp_path / "chestxray14_test.csv", scoring="softmax", **FAST)
 

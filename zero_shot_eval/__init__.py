@@ -7,8 +7,9 @@ import argparse
 from typing import Optional, Sequence
 
 from ace_lora.errors import UserInputError
-from ace_lora.evaluation.tasks import get_task
-from ace_lora.evaluation.zero_shot import LOGIT_SCALES, ZeroShotResult, evaluate, format_summary, write_outputs
+from ace_lora.evaluation.tasks import NIH_PROMPT_NAMES, get_task
+from ace_lora.evaluation.zero_shot import (LOGIT_SCALES, ZeroShotResult, evaluate, format_summary, prepare_output_dir,
+                                           write_outputs)
 from ace_lora.factory import load_model_for_eval
 from run_utils import (add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device,
                        write_resolved_config)
@@ -19,7 +20,7 @@ def build_parser(task_name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=f"Zero-shot {task.title}: classes {', '.join(task.class_names)}; prompts "
                     f"{' / '.join(repr(t.format('{c}')) for t in task.templates)}. Writes predictions.csv, "
-                    f"metrics.json" + ("" if task.multilabel else ", roc.png, confusion_matrix.png") + ".")
+                    f"metrics.json, roc.png" + ("" if task.multilabel else ", confusion_matrix.png") + ".")
     add_config_arg(parser)
     model = parser.add_argument_group("model")
     add_model_args(model)
@@ -32,6 +33,11 @@ def build_parser(task_name: str) -> argparse.ArgumentParser:
         model.add_argument(f"--{task.name}-scoring", dest="scoring", choices=task.scorings, default=task.scorings[0],
                            help="'released': per image (exp(c) - min) / (max - min) over the class cosines c "
                                 "(the released protocol); 'cosine': the cosines themselves")
+    if task.name == "nih":
+        model.add_argument("--nih-prompt-names", choices=tuple(NIH_PROMPT_NAMES), default="raw",
+                           help="what names the findings in the prompts: 'raw' = the data set's labels "
+                                "('Pleural_Thickening'), as the released evaluation (default); 'readable' = "
+                                "underscores as spaces ('Pleural Thickening')")
     data = parser.add_argument_group("data")
     data.add_argument("--csv", help=f"test CSV with columns {', '.join(task.required_columns)}")
     data.add_argument("--data-root", help="folder that relative image paths start from (default: the CSV's folder)")
@@ -52,9 +58,11 @@ def run(task_name: str, argv: Optional[Sequence[str]] = None) -> ZeroShotResult:
     args = parse_with_config(build_parser(task_name), argv)
     if not args.csv:
         raise UserInputError("--csv is required (on the command line or as 'csv:' in --config)")
+    prepare_output_dir(args.output_dir)  # a bad --output-dir fails now, not after the evaluation
     device = runtime_device(args)
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
-    result = evaluate(model, task_name, args.csv, args.data_root, batch_size=args.batch_size,
+    task = get_task(task_name, getattr(args, "nih_prompt_names", "raw"))
+    result = evaluate(model, task, args.csv, args.data_root, batch_size=args.batch_size,
                       num_workers=args.num_workers, device=device, precision=args.precision,
                       logit_scale=args.logit_scale, scoring=getattr(args, "scoring", None),
                       skip_unreadable=args.skip_unreadable, n_bootstrap=args.bootstrap, seed=args.seed)

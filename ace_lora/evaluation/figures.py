@@ -28,16 +28,18 @@ def _save(fig, path):
 def plot_roc(labels, probs, class_names, path, title="ROC"):
     """One-vs-rest ROC curve per class (binary: one curve for class 1), AUROC in the legend.
 
-    labels: (N,) int; probs: (N, C). Returns {class name: AUROC}, the same values as
-    `classification_metrics` (None for a class absent from `labels`, which gets no curve).
+    labels: (N,) int class indices, or (N, C) 0/1 multi-label targets (one curve per class column);
+    probs: (N, C). Returns {class name: AUROC}, the same values as `classification_metrics` /
+    `multilabel_metrics` (None for a class without both positives and negatives, which gets no curve).
     """
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
-    classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
+    multilabel = labels.ndim == 2
+    classes = [1] if probs.shape[1] == 2 and not multilabel else range(probs.shape[1])
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     aurocs = {}
     for c in classes:
-        name, is_positive = class_names[c], labels == c
+        name, is_positive = class_names[c], labels[:, c].astype(bool) if multilabel else labels == c
         auroc = binary_auroc(is_positive, probs[:, c])
         aurocs[name] = None if math.isnan(auroc) else auroc
         if aurocs[name] is not None:
@@ -46,7 +48,7 @@ def plot_roc(labels, probs, class_names, path, title="ROC"):
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate", ylabel="True positive rate",
            title=title)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="lower right", fontsize="small" if len(aurocs) <= 6 else "x-small")
     _save(fig, path)
     return aurocs
 

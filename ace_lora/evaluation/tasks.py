@@ -13,6 +13,7 @@ Each task reads the CSV that `dataset_prep/` writes (or, for CheXpert, the offic
 | lc25000  | Path                          | label = class folder (lung_aca, ...)     | softmax          |
 | mhist    | Path                          | label HP / SSA                           | softmax (binary) |
 """
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
@@ -86,8 +87,15 @@ def siim_image_paths(table: pd.DataFrame, data_root: str) -> List[Optional[str]]
 # --------------------------------------------------------------------------- labels
 
 
-def _row_name(table: pd.DataFrame, row: int, id_column: str) -> str:
+def row_name(table: pd.DataFrame, row: int, id_column: str) -> str:
+    """How user-facing messages name a CSV row (zero-shot and dense splits alike): 'row N (<id> X)', N
+    counting data rows from 1 (the header is not a row) for the 0-based position `row`."""
     return f"row {row + 1} ({id_column} {table[id_column].iloc[row]})"
+
+
+def shown_value(value) -> str:
+    """repr of a cell value for messages, numpy scalars as plain Python values (2, not np.int64(2))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def binary_column(column: str, id_column: str) -> Callable[[pd.DataFrame, str], np.ndarray]:
@@ -96,8 +104,8 @@ def binary_column(column: str, id_column: str) -> Callable[[pd.DataFrame, str], 
         values = pd.to_numeric(table[column], errors="coerce")
         bad = np.flatnonzero(~values.isin([0, 1]).to_numpy())
         if len(bad):
-            raise UserInputError(f"{csv_path}: {_row_name(table, bad[0], id_column)}: {column} must be 0 or 1, "
-                                 f"not {table[column].iloc[bad[0]]!r}")
+            raise UserInputError(f"{csv_path}: {row_name(table, bad[0], id_column)}: {column} must be 0 or 1, "
+                                 f"not {shown_value(table[column].iloc[bad[0]])}")
         return values.to_numpy().astype(int)
     return read
 
@@ -110,7 +118,7 @@ def one_hot_columns(columns: Tuple[str, ...], id_column: str) -> Callable[[pd.Da
         if len(bad):
             row = bad[0]
             set_names = [name for name, on in zip(columns, is_set[row]) if on]
-            raise UserInputError(f"{csv_path}: {_row_name(table, row, id_column)} must have exactly one of "
+            raise UserInputError(f"{csv_path}: {row_name(table, row, id_column)} must have exactly one of "
                                  f"{', '.join(columns)} set to 1, has {len(set_names)}"
                                  f"{' (' + ', '.join(set_names) + ')' if set_names else ''}"
                                  f"; {len(bad)} such row(s) in all")
@@ -124,7 +132,7 @@ def multilabel_columns(columns: Tuple[str, ...], id_column: str) -> Callable[[pd
         values = table[list(columns)].apply(pd.to_numeric, errors="coerce")
         bad = np.flatnonzero(~values.isin([0, 1]).all(axis=1).to_numpy())
         if len(bad):
-            raise UserInputError(f"{csv_path}: {_row_name(table, bad[0], id_column)}: the label columns must be "
+            raise UserInputError(f"{csv_path}: {row_name(table, bad[0], id_column)}: the label columns must be "
                                  f"0 or 1")
         return values.to_numpy().astype(int)
     return read
@@ -137,8 +145,8 @@ def categorical_column(column: str, values: Tuple[str, ...], id_column: str
         labels = table[column].astype(str).str.strip()
         bad = np.flatnonzero(~labels.isin(values).to_numpy())
         if len(bad):
-            raise UserInputError(f"{csv_path}: {_row_name(table, bad[0], id_column)}: {column} "
-                                 f"{table[column].iloc[bad[0]]!r} is not one of {', '.join(values)}")
+            raise UserInputError(f"{csv_path}: {row_name(table, bad[0], id_column)}: {column} "
+                                 f"{shown_value(table[column].iloc[bad[0]])} is not one of {', '.join(values)}")
         return labels.map({value: i for i, value in enumerate(values)}).to_numpy().astype(int)
     return read
 
@@ -146,9 +154,9 @@ def categorical_column(column: str, values: Tuple[str, ...], id_column: str
 # --------------------------------------------------------------------------- the tasks
 
 
-def _readable(name: str) -> str:
-    """NIH's label spelling in prompts: 'Pleural_Thickening' -> 'Pleural Thickening'."""
-    return name.replace("_", " ")
+# What fills {} in the NIH prompts: the data set's raw label names, as the released evaluation
+# ('Pleural_Thickening'), or a readable spelling ('Pleural Thickening').
+NIH_PROMPT_NAMES = {"raw": NIH_LABELS, "readable": tuple(name.replace("_", " ") for name in NIH_LABELS)}
 
 
 TASKS = {
@@ -170,7 +178,7 @@ TASKS = {
             read_labels=binary_column("Label", "ImageId"), image_paths=siim_image_paths),
         ZeroShotTask(
             name="nih", title="NIH ChestX-ray14", class_names=NIH_LABELS,
-            prompt_names=tuple(_readable(name) for name in NIH_LABELS), templates=CHEST_XRAY_TEMPLATES,
+            prompt_names=NIH_PROMPT_NAMES["raw"], templates=CHEST_XRAY_TEMPLATES,
             id_column="Path", image_column="Path", label_columns=NIH_LABELS,
             read_labels=multilabel_columns(NIH_LABELS, "Path"), image_paths=path_column_images,
             multilabel=True, scorings=(NIH_RELEASED, COSINE)),
@@ -188,7 +196,12 @@ TASKS = {
 }
 
 
-def get_task(name: str) -> ZeroShotTask:
+def get_task(name: str, nih_prompt_names: str = "raw") -> ZeroShotTask:
+    """The task called `name`; for NIH, with the prompt spelling `nih_prompt_names` (see NIH_PROMPT_NAMES)."""
     if name not in TASKS:
         raise UserInputError(f"unknown zero-shot task {name!r}; choose from {', '.join(TASKS)}")
+    if nih_prompt_names not in NIH_PROMPT_NAMES:
+        raise UserInputError(f"NIH prompt names must be one of {', '.join(NIH_PROMPT_NAMES)}, not {nih_prompt_names!r}")
+    if name == "nih":
+        return dataclasses.replace(TASKS[name], prompt_names=NIH_PROMPT_NAMES[nih_prompt_names])
     return TASKS[name]

@@ -78,7 +78,8 @@ def score(cosine: torch.Tensor, scoring: str, scale: float) -> torch.Tensor:
     if scoring == NIH_RELEASED:
         e = cosine.exp()
         low, high = e.min(dim=-1, keepdim=True).values, e.max(dim=-1, keepdim=True).values
-        return (e - low) / (high - low)
+        # All classes equal (max == min): every score is 0 instead of 0/0 = NaN.
+        return (e - low) / (high - low).clamp_min(torch.finfo(e.dtype).tiny)
     if scoring == COSINE:
         return cosine
     raise ValueError(f"unknown scoring {scoring!r}")
@@ -231,10 +232,23 @@ def strict_json(value):
     return value
 
 
+def prepare_output_dir(output_dir: str) -> str:
+    """Create `output_dir` (and parents) if needed; a path that cannot be a folder (an existing file,
+    no permission) is a one-line UserInputError. Call it before the long work, not after."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserInputError(f"output folder {output_dir} exists and is not a folder")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(f"cannot use {output_dir} as the output folder: {error.strerror or error}") from None
+    return output_dir
+
+
 def write_outputs(result: ZeroShotResult, output_dir: str, config: Optional[dict] = None) -> Dict[str, str]:
-    """predictions.csv, metrics.json (metrics, resolved settings, `config`), and for single-label tasks
-    roc.png and confusion_matrix.png (over the readable images). Returns {file kind: path}."""
-    os.makedirs(output_dir, exist_ok=True)
+    """predictions.csv, metrics.json (metrics, resolved settings, `config`), roc.png (multi-label: one
+    curve per class) and, for single-label tasks, confusion_matrix.png (figures over the readable
+    images). Returns {file kind: path}."""
+    prepare_output_dir(output_dir)
     paths = {name: os.path.join(output_dir, file) for name, file in
              (("predictions", "predictions.csv"), ("metrics", "metrics.json"))}
     result.predictions.to_csv(paths["predictions"], index=False)
@@ -242,11 +256,11 @@ def write_outputs(result: ZeroShotResult, output_dir: str, config: Optional[dict
                 "config": json.loads(json.dumps(config or {}, default=str))}
     with open(paths["metrics"], "w", encoding="utf-8") as f:
         json.dump(strict_json(document), f, indent=2, allow_nan=False)
+    labels, probs = result.labels[result.readable], result.probabilities[result.readable]
+    title = TASKS[result.task].title
+    paths["roc"] = os.path.join(output_dir, "roc.png")
+    plot_roc(labels, probs, result.class_names, paths["roc"], title=f"{title}: ROC")
     if not TASKS[result.task].multilabel:
-        labels, probs = result.labels[result.readable], result.probabilities[result.readable]
-        title = TASKS[result.task].title
-        paths["roc"] = os.path.join(output_dir, "roc.png")
-        plot_roc(labels, probs, result.class_names, paths["roc"], title=f"{title}: ROC")
         paths["confusion_matrix"] = os.path.join(output_dir, "confusion_matrix.png")
         plot_confusion_matrix(labels, probs.argmax(axis=1), result.class_names, paths["confusion_matrix"],
                               title=f"{title}: confusion matrix")
@@ -262,7 +276,7 @@ def format_summary(result: ZeroShotResult) -> str:
     """A short table: per-class AUROC, accuracy and AUROC with CIs, counts and throughput."""
     metrics, title = result.metrics, TASKS[result.task].title
     lines = [f"{title}: {metrics['n']} images scored, {metrics['n_unreadable']} unreadable skipped"]
-    width = max(len(name) for name in result.class_names) + 2
+    width = max(len(name) for name in [*result.class_names, "AUROC as released"]) + 2
     per_class = metrics.get("per_class_auroc") or {}
     if per_class:
         lines.append(f"{'class':<{width}}AUROC")
@@ -270,6 +284,8 @@ def format_summary(result: ZeroShotResult) -> str:
     if "accuracy" in metrics:
         lines.append(f"{'accuracy':<{width}}{_with_ci(metrics, 'accuracy')}")
     lines.append(f"{'AUROC':<{width}}{_with_ci(metrics, 'auroc')}")
+    if "auroc_released" in metrics:
+        lines.append(f"{'AUROC as released':<{width}}{metrics['auroc_released']:.4f}  (flattened one-hot table)")
     for entry in metrics["unreadable"][:5]:
         lines.append(f"unreadable row {entry['row']}: {entry['error']}")
     lines.append(f"{metrics['images_per_second']:.1f} images/s")
