@@ -142,7 +142,7 @@ def test_rsna_errors(rsna_root, tmp_path, capsys):
     half_box = tmp_path / "half_box.csv"
     half_box.write_text("patientId,x,y,width,height,Target\na,,,,,0\nb,1,2,,4,1\n")
     assert_user_error(script, ["--labels-csv", str(half_box), "--output-dir", out], capsys,
-                      "half_box.csv: row 3 (patientId b)")
+                      "half_box.csv: row 2 (patientId b)")  # 2nd data row, as every message counts rows
 
 
 # SIIM -----------------------------------------------------------------------------------------------

@@ -170,8 +170,20 @@ def test_bad_boxes_name_the_row(tmp_path, boxes, problem):
     table = pd.read_csv(csvs["train"])
     table.loc[1, "boxes"] = boxes
     table.to_csv(csvs["train"], index=False)
-    with pytest.raises(UserInputError, match=rf"row 3 \(patientId rsna_demo_0001\): .*{problem.replace(' ', '.*')}"):
+    with pytest.raises(UserInputError, match=rf"row 2 \(patientId rsna_demo_0001\): .*{problem.replace(' ', '.*')}"):
         read_split(RSNA_DETECTION, csvs["train"])
+
+
+def test_bad_label_names_the_row_like_the_zero_shot_messages(tmp_path):
+    """Rows are counted from 1 over data rows (header excluded) everywhere; values print as plain ints."""
+    csvs = write_siim_demo(str(tmp_path), split_sizes=(3, 1, 1), seed=1)
+    table = pd.read_csv(csvs["train"])
+    table.loc[2, "has_pneumothorax"] = 2
+    table.to_csv(csvs["train"], index=False)
+    with pytest.raises(UserInputError) as error:
+        read_split(SIIM_SEGMENTATION, csvs["train"])
+    assert str(error.value).endswith(f"row 3 (ImageId {table.loc[2, 'ImageId']}): has_pneumothorax must be 0 or 1, "
+                                     f"got 2")
 
 
 def test_repeated_ids_and_missing_columns_are_user_errors(tmp_path):

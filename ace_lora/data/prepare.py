@@ -120,7 +120,7 @@ def aggregate_rsna_boxes(labels: pd.DataFrame, source: str) -> pd.DataFrame:
     bad = ~target.isin([0, 1]) | (target.eq(1) & ~has_box) | (target.eq(0) & box.notna().any(axis=1))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise UserInputError(f"{source}: row {row + 2} (patientId {labels['patientId'].iloc[row]}): Target must be "
+        raise UserInputError(f"{source}: row {row + 1} (patientId {labels['patientId'].iloc[row]}): Target must be "
                              f"1 with a full box (x, y, width, height) or 0 with an empty box")
     boxes = {}
     for patient, x, y, w, h in zip(labels["patientId"][has_box], *box[has_box].to_numpy(float).T):

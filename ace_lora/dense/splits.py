@@ -16,7 +16,7 @@ import pandas as pd
 
 from ace_lora.data.prepare import read_table
 from ace_lora.errors import UserInputError
-from ace_lora.evaluation.tasks import resolve_path
+from ace_lora.evaluation.tasks import resolve_path, row_name, shown_value
 
 SPLITS = ("train", "val", "test")
 IMAGE_FILE = "image_file"  # resolved image path column added by `read_split`
@@ -103,13 +103,13 @@ def read_split(layout: SplitLayout, csv_path: str, data_root: Optional[str] = No
         bad = ~labels.isin([0, 1])
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise UserInputError(f"{csv_path}: row {row + 2}: {layout.label_column} must be 0 or 1, "
-                                 f"got {table[layout.label_column].iloc[row]!r}")
+            raise UserInputError(f"{csv_path}: {row_name(table, row, layout.id_column)}: {layout.label_column} "
+                                 f"must be 0 or 1, got {shown_value(table[layout.label_column].iloc[row])}")
         table[layout.label_column] = labels.astype(int)
     if layout.boxes_column:
         table[layout.boxes_column] = [
-            _parse_boxes(text, f"{csv_path}: row {row + 2} ({layout.id_column} {image_id})")
-            for row, (image_id, text) in enumerate(zip(table[layout.id_column], table[layout.boxes_column]))]
+            _parse_boxes(text, f"{csv_path}: {row_name(table, row, layout.id_column)}")
+            for row, text in enumerate(table[layout.boxes_column])]
     return table.reset_index(drop=True)
 
 
