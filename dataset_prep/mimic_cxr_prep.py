@@ -2,9 +2,10 @@
 
 Columns: image_path (relative to --mimic-root, e.g. files/p10/p10000032/s50414267/<dicom_id>.jpg),
 report (FINDINGS + IMPRESSION), subject_id, study_id, dicom_id, split (train/validate/test), then the 14
-CheXpert labels as 1/0, with uncertain labels kept as -1 by default so that train.py's --uncertain-policy
-decides what they become (empty labels are written as 0). Lateral and empty views, images without a split or an image file, and images
-whose report is missing or empty are left out; every exclusion is counted in the printed summary.
+CheXpert labels as 1/0, with uncertain labels kept as -1 by default so that train.py's
+--uncertain-policy decides what they become (empty labels are written as 0). Lateral and empty views,
+images without a split or an image file, and images whose report is missing or empty are left out;
+every exclusion is counted in the printed summary.
 Train with --data-root set to --mimic-root (or write the CSV into --mimic-root).
 """
 import argparse
