@@ -7,7 +7,7 @@ then be exported by the job script. NCCL is used on CUDA, gloo on CPU. Rank 0 lo
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -117,3 +117,27 @@ def broadcast_object(obj: Any, context: DistributedContext) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class StoppedByMainRank(UserInputError):
+    """Raised on ranks > 0 when the work that rank 0 ran alone failed (rank 0 raises the real error)."""
+
+
+def run_on_main(work: Callable[[], Any], context: DistributedContext, what: str) -> Any:
+    """`work()` on rank 0 only; every rank then learns whether it succeeded, so a failure ends every
+    rank at once instead of leaving the others waiting in the next collective until the timeout.
+
+    Returns work's result on rank 0 and None elsewhere. On failure rank 0 re-raises the error and
+    the other ranks raise StoppedByMainRank. Collective: call it on every rank.
+    """
+    result, error = None, None
+    if context.is_main:
+        try:
+            result = work()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks know
+            error = err
+    if not all_ranks_true(error is None, context):
+        if error is not None:
+            raise error
+        raise StoppedByMainRank(f"rank {context.rank}: stopping because {what} failed on rank 0 (see its error)")
+    return result

@@ -17,6 +17,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -27,7 +28,8 @@ from .checkpoint import (atomic_save, load_resume_checkpoint, load_trainable_sta
                          rng_state, save_released_checkpoint, trainable_state_dict)
 from .data.train_dataset import (TokenizingCollate, build_training_dataset, epoch_loader, iterate_batches,
                                  steps_per_epoch)
-from .distributed import DistributedContext, all_ranks_true, barrier, gather_objects, sum_over_ranks
+from .distributed import (DistributedContext, all_ranks_true, barrier, gather_objects, run_on_main,
+                          sum_over_ranks)
 from .errors import UserInputError
 from .evaluation.figures import plot_training_curves
 from .factory import build_model
@@ -39,6 +41,7 @@ METRICS_FILE = "metrics.jsonl"  # one record per epoch (and epoch 0 / a final pa
 STEPS_FILE = "steps.jsonl"  # mean loss and learning rate every --log-every-steps
 CURVES_FILE = "training_curves.png"
 RELEASED_NAME = "ACE-LoRA_weights_{}.pt"
+RELEASED_LOSS_TYPES = {"label_guided": "clip_loss_ace_hgnn", "clip": "clip_loss"}  # --loss -> metadata loss_type
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -125,6 +128,32 @@ def parse_eval_specs(specs: List[str]) -> List[Tuple[str, str, Optional[str]]]:
     return parsed
 
 
+def check_eval_inputs(args, eval_specs: List[Tuple[str, str, Optional[str]]]) -> None:
+    """Every validation / --eval-datasets CSV and image folder exists and each CSV has its task's columns.
+
+    Checked at start-up (the CSV header only): a wrong path would otherwise surface after the first epoch.
+    """
+    from .evaluation.tasks import TASKS
+    sets = ([("--val-csv", "--val-data-root", args.val_dataset, args.val_csv, args.val_data_root)]
+            if args.val_dataset else [])
+    sets += [(f"--eval-datasets {task}", f"--eval-datasets {task} root", task, csv, root)
+             for task, csv, root in eval_specs]
+    for csv_flag, root_flag, task, csv, root in sets:
+        if not os.path.isfile(csv):
+            raise UserInputError(f"{csv_flag} {csv}: file not found")
+        root = os.path.dirname(os.path.abspath(csv)) if root is None else root
+        if not os.path.isdir(root):
+            raise UserInputError(f"{root_flag} {root}: folder not found")
+        try:
+            header = [str(name).strip() for name in pd.read_csv(csv, nrows=0).columns]
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise UserInputError(f"{csv_flag} {csv}: not a readable CSV file ({str(error).splitlines()[0]})") from None
+        missing = [name for name in TASKS[task].required_columns if name not in header]
+        if missing:
+            raise UserInputError(f"{csv_flag} {csv}: missing column(s) {', '.join(map(repr, missing))} that the "
+                                 f"{task} task needs (found: {', '.join(header)})")
+
+
 def check_training_args(args) -> None:
     if not args.train_csv:
         raise UserInputError("--train-csv is required (or --demo, or --dry-run)")
@@ -168,6 +197,8 @@ class Trainer:
         if args.precision == "fp16" and self.device.type != "cuda":
             raise UserInputError("--precision fp16 needs CUDA; use fp32 (or bf16) on the CPU")
         self.eval_specs = parse_eval_specs(args.eval_datasets)
+        check_eval_inputs(args, self.eval_specs)
+        self.has_eval = bool(args.val_dataset or self.eval_specs)
         self.out_dir = args.output_dir
         self.checkpoint_dir = os.path.join(self.out_dir, "checkpoints")
         seed_everything(args.seed + context.rank)
@@ -179,7 +210,7 @@ class Trainer:
             self.model = wrap_ddp(self.raw_model, self.device)
 
         self.dataset = build_training_dataset(args.train_csv, self.raw_model.preprocess, args.data_root, args.label_csv,
-                                              args.split, args.uncertain_policy)
+                                              args.split, args.uncertain_policy, quiet=not context.is_main)
         self.collate = TokenizingCollate(self.raw_model.tokenizer)
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), args.batch_size, context.world_size)
         if self.steps_per_epoch == 0:
@@ -238,11 +269,10 @@ class Trainer:
         rng_states = gather_objects(rng_state(), self.context)
         if self.context.is_main:
             state = self._state(rng_states)
-            atomic_save(state, os.path.join(self.checkpoint_dir, "last.pt"))
-            save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format("last")))
-            if best:
-                atomic_save(state, os.path.join(self.checkpoint_dir, "best.pt"))
-                save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format("best")))
+            loss_type = RELEASED_LOSS_TYPES[self.args.loss]
+            for name in ("last", "best") if best else ("last",):
+                atomic_save(state, os.path.join(self.checkpoint_dir, f"{name}.pt"))
+                save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format(name)), loss_type=loss_type)
 
     def resume(self, path: str) -> None:
         if path == "latest":
@@ -257,6 +287,10 @@ class Trainer:
         if differs:
             raise UserInputError(f"{path} was trained with a different model: "
                                  + ", ".join(f"{k}={saved.get(k)} (now {getattr(self.config, k)})" for k in differs))
+        if len(state["rng"]) != self.context.world_size:
+            raise UserInputError(f"{path} was written by {len(state['rng'])} process(es), this run has "
+                                 f"{self.context.world_size}: resume with the same number of processes (each rank "
+                                 "restores its own RNG state)")
         if state["step_in_epoch"] and state["steps_per_epoch"] != self.steps_per_epoch:
             raise UserInputError(f"{path} stopped mid-epoch with {state['steps_per_epoch']} steps per epoch, this run "
                                  f"has {self.steps_per_epoch}: keep the data, --batch-size and the number of processes")
@@ -270,8 +304,7 @@ class Trainer:
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         self.epoch_loss, self.log_loss = list(state["epoch_loss"]), list(state["log_loss"])
         self.best = state["best"]
-        rngs = state["rng"]
-        restore_rng_state(rngs[self.context.rank] if self.context.rank < len(rngs) else rngs[0])
+        restore_rng_state(state["rng"][self.context.rank])
         if self.context.is_main:
             self._truncate_logs(self.step)
             print(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step} "
@@ -293,6 +326,10 @@ class Trainer:
             if "accuracy" in result.metrics:
                 out[f"{prefix}_accuracy"] = _finite_or_none(result.metrics["accuracy"])
         return out
+
+    def _evaluate_on_main(self) -> dict:
+        """`evaluate()` on rank 0 ({} elsewhere); a failure there stops every rank (collective)."""
+        return run_on_main(self.evaluate, self.context, "evaluation") or {}
 
     def _is_improvement(self, record: dict) -> bool:
         metric = "val_auroc" if self.args.val_dataset else "train_loss"
@@ -362,18 +399,21 @@ class Trainer:
                   "lr": self.scheduler.get_last_lr()[0], "time_s": seconds,
                   "images_per_s": steps_run * self.images_per_step / seconds if seconds > 0 else None}
         self.step_in_epoch, self.epoch_loss = 0, [0.0, 0]
+        if self.has_eval:
+            self.save()  # last.pt BEFORE evaluating: a failing evaluation loses no training
+        record.update(self._evaluate_on_main())
         improved = False
         if self.context.is_main:
-            record.update(self.evaluate())
             improved = self._is_improvement(record)
             record["best"] = improved
             _append_jsonl(self._path(METRICS_FILE), record)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        self.save(best=improved)
+            self._plot_curves()
+        self.save(best=improved)  # last.pt again (the best so far, the RNG after evaluating), best.pt if improved
         return record
 
     def _validate_partial_epoch(self) -> None:
-        """Stopped mid-epoch by --max-steps: validate the final weights too (once)."""
+        """Stopped mid-epoch by --max-steps: validate the final weights too (once). Rank 0 only."""
         records = read_jsonl(self._path(METRICS_FILE))
         if not records or records[-1]["step"] != self.step:
             _append_jsonl(self._path(METRICS_FILE), {"epoch": self.epoch + self.step_in_epoch / self.steps_per_epoch,
@@ -391,12 +431,13 @@ class Trainer:
             write_resolved_config(args, self.out_dir)
         if args.resume:
             self.resume(args.resume)
-        elif ctx.is_main:
-            for name in (METRICS_FILE, STEPS_FILE):  # a fresh run starts fresh logs
-                if os.path.exists(self._path(name)):
-                    os.remove(self._path(name))
-            if args.val_before_training and (args.val_dataset or self.eval_specs):
-                self._write_record(METRICS_FILE, {"epoch": 0, "step": 0, **self.evaluate()})
+        else:
+            if ctx.is_main:
+                for name in (METRICS_FILE, STEPS_FILE):  # a fresh run starts fresh logs
+                    if os.path.exists(self._path(name)):
+                        os.remove(self._path(name))
+            if args.val_before_training and self.has_eval:
+                self._write_record(METRICS_FILE, {"epoch": 0, "step": 0, **self._evaluate_on_main()})
         barrier(ctx)
         if ctx.is_main:
             print(f"training {self.raw_model.num_trainable()} parameters on {len(self.dataset)} image-report pairs: "
@@ -406,9 +447,9 @@ class Trainer:
             epoch_done, seconds, steps_run = self._train_epoch()
             if epoch_done:
                 self._end_epoch(seconds, steps_run)
+        if self.step_in_epoch and self.has_eval:
+            run_on_main(self._validate_partial_epoch, ctx, "evaluation")
         if ctx.is_main:
-            if self.step_in_epoch and (args.val_dataset or self.eval_specs):
-                self._validate_partial_epoch()
             self._plot_curves()
         barrier(ctx)
         return {"epoch": self.epoch, "step": self.step, "best": self.best}

@@ -88,3 +88,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_name, demo
     assert len(err) == 1 and err[0].startswith("error: the training loss became nan")
     assert "at step 2 (epoch 1)" in err[0] and "last good checkpoint" in err[0]
     assert (out / "checkpoints/last.pt").read_bytes() == before
+
+
+def test_resume_refuses_a_different_number_of_processes(tiny_model_name, demo_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(run_args(tiny_model_name, demo_data, out, "--max-steps", "3", "--save-every-steps", "0"))
+    state = load(out / "checkpoints/last.pt")
+    assert len(state["rng"]) == 1 and state["step_in_epoch"] == 0  # an epoch end: the data order would fit
+    state["rng"] = state["rng"] * 2  # as if written by two DDP processes
+    torch.save(state, out / "checkpoints/last.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(run_args(tiny_model_name, demo_data, out, "--resume", "latest"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("last.pt was written by 2 process(es), this run has 1: resume with the "
+                                             "same number of processes (each rank restores its own RNG state)")

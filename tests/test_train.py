@@ -13,6 +13,7 @@ from ace_lora.checkpoint import read_released_checkpoint, save_released_checkpoi
 from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.data.train_dataset import TokenizingCollate, build_training_dataset, epoch_loader
 from ace_lora.distributed import single_process
+from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model, load_model_for_eval
 from ace_lora.model import AceLoRAConfig
 from ace_lora.training import train_step, warmup_cosine_schedule
@@ -121,6 +122,7 @@ def test_training_run_writes_every_output(tiny_model_name, demo_data, tmp_path):
     assert last["model_config"] == AceLoRAConfig().to_dict() and last["config"]["lr"] == 1e-3
     # the training checkpoint and the released-format file hold the same weights, and both load for evaluation
     released = read_released_checkpoint(str(out / "ACE-LoRA_weights_last.pt"))
+    assert released["metadata"]["loss_type"] == "clip_loss_ace_hgnn"  # --loss label_guided (the default)
     assert torch.equal(released["weights"]["logit_scale"], last["trainable"]["logit_scale"])
     from_training = load_model_for_eval(tiny_model_name, str(out / "checkpoints/last.pt"), merge=False)
     from_released = load_model_for_eval(tiny_model_name, str(out / "ACE-LoRA_weights_last.pt"), merge=False)
@@ -165,6 +167,8 @@ def test_example_config_holds_the_released_hyperparameters():
 def test_demo_defaults_yield_to_explicit_flags():
     args = parse_training_args(["--demo", "--epochs", "2"], "", distributed=True)
     assert (args.epochs, args.output_dir, args.num_workers, args.gather_negatives) == (2, "demo_output", 0, False)
+    from ace_lora.demo import DEMO_DEFAULTS  # kept with the other demo settings
+    assert (args.batch_size, args.lr) == (DEMO_DEFAULTS["batch_size"], DEMO_DEFAULTS["lr"]) != (64, 1e-3)
 
 
 @pytest.mark.parametrize("problem, expected", [
@@ -203,3 +207,53 @@ def test_bad_resume_checkpoints_give_one_line_errors(tiny_model_name, demo_data,
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"nonsense")
     assert "cannot read checkpoint" in error_line(capsys, argv + ["--resume", str(garbage)])
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("val_csv", r"^error: --val-csv \S*nope\.csv: file not found$"),
+    ("val_root", r"^error: --val-data-root \S*nowhere: folder not found$"),
+    ("val_columns", r"^error: --val-csv \S*train\.csv: missing column\(s\) 'Path' that the chexpert task needs "
+                    r"\(found: image_path, report, "),
+    ("eval_csv", r"^error: --eval-datasets nih \S*nope\.csv: file not found$"),
+])
+def test_bad_validation_inputs_fail_before_training(problem, expected, tiny_model_name, demo_data, tmp_path, capsys):
+    val = {"val_csv": ["--val-csv", str(tmp_path / "nope.csv")],
+           "val_root": ["--val-data-root", str(tmp_path / "nowhere")],
+           "val_columns": ["--val-csv", demo_data.train_csv]}.get(problem, [])
+    argv = ["--val-dataset", "chexpert", "--val-csv", demo_data.test_csv, "--val-data-root", demo_data.data_root]
+    argv += val + (["--eval-datasets", f"nih:{tmp_path / 'nope.csv'}"] if problem == "eval_csv" else [])
+    out = tmp_path / "run"
+    assert re.search(expected, error_line(capsys, run_args(tiny_model_name, demo_data, out, *argv)))
+    assert not (out / "steps.jsonl").exists() and not (out / "checkpoints" / "last.pt").exists()  # no step trained
+
+
+def test_failed_evaluation_keeps_the_epoch_checkpoint(tiny_model_name, demo_data, tmp_path, capsys, monkeypatch):
+    import ace_lora.evaluation.zero_shot as zero_shot
+
+    def broken(*args, **kwargs):
+        raise UserInputError("cannot read image x.jpg")
+    monkeypatch.setattr(zero_shot, "evaluate", broken)
+    out = tmp_path / "run"
+    argv = run_args(tiny_model_name, demo_data, out, "--val-dataset", "chexpert", "--val-csv", demo_data.test_csv)
+    assert error_line(capsys, argv) == "error: cannot read image x.jpg"
+    last = torch.load(out / "checkpoints/last.pt", weights_only=True)  # saved before the evaluation failed
+    assert (last["epoch"], last["step"], last["step_in_epoch"]) == (1, 3, 0)
+    assert (out / "ACE-LoRA_weights_last.pt").is_file() and not (out / "checkpoints/best.pt").exists()
+
+
+def test_curves_refreshed_every_epoch_and_loss_type_recorded(tiny_model_name, demo_data, tmp_path, monkeypatch):
+    import ace_lora.training as training
+
+    plotted = []  # the number of step records each time the curves are drawn
+
+    def plot(records, path):
+        plotted.append(len(records))
+        return real_plot(records, path)
+    real_plot = training.plot_training_curves
+    monkeypatch.setattr(training, "plot_training_curves", plot)
+    out = tmp_path / "run"
+    train.main(run_args(tiny_model_name, demo_data, out, "--log-every-steps", "1", "--loss", "clip"))
+    assert plotted[:2] == [3, 6] and (out / "training_curves.png").is_file()  # after epoch 1, not only at the end
+    for name in ("last", "best"):
+        metadata = read_released_checkpoint(str(out / f"ACE-LoRA_weights_{name}.pt"))["metadata"]
+        assert metadata["loss_type"] == "clip_loss"  # plain InfoNCE, not the label-guided ACE-HGNN loss
