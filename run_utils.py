@@ -11,10 +11,6 @@ from ace_lora.runtime import PRECISIONS, autocast, resolve_precision, write_reso
 
 
 # ---- training (train.py and train_multi_gpu.py share one command line) ----------------------
-# Settings the demo uses unless given on the command line or in --config (chosen for a robust,
-# < 3 minute CPU run; see ace_lora/demo.py).
-DEMO_DEFAULTS = dict(output_dir="demo_output", epochs=12, batch_size=25, lr=2e-3, warmup_epochs=1, num_workers=0,
-                     val_before_training=True, log_every_steps=1)
 
 
 class TrainingHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -106,11 +102,13 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
 
 
 def parse_training_args(argv: Optional[Sequence[str]], description: str, distributed: bool) -> argparse.Namespace:
-    """The training command line; with --demo, DEMO_DEFAULTS replace the defaults (flags and config still win)."""
+    """The training command line; with --demo, ace_lora.demo.DEMO_DEFAULTS replace the defaults (flags and
+    config still win)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=TrainingHelpFormatter)
     add_training_args(parser, distributed)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--demo", action="store_true")
     if pre.parse_known_args(argv)[0].demo:
+        from ace_lora.demo import DEMO_DEFAULTS
         parser.set_defaults(**DEMO_DEFAULTS)
     return parse_with_config(parser, argv)
