@@ -10,7 +10,7 @@ from PIL import Image
 
 from ace_lora.dense import features as F
 from ace_lora.dense.splits import (IMAGE_FILE, MASK_FILE, RSNA_DETECTION, SIIM_SEGMENTATION, balanced_subset,
-                                   fraction_subset, read_split, split_csv_paths)
+                                   check_decodable, decode_error, fraction_subset, read_split, split_csv_paths)
 from ace_lora.dense.synthetic import write_rsna_demo, write_siim_demo
 from ace_lora.errors import UserInputError
 from ace_lora.factory import load_model_for_eval
@@ -184,6 +184,24 @@ def test_bad_label_names_the_row_like_the_zero_shot_messages(tmp_path):
         read_split(SIIM_SEGMENTATION, csvs["train"])
     assert str(error.value).endswith(f"row 3 (ImageId {table.loc[2, 'ImageId']}): has_pneumothorax must be 0 or 1, "
                                      f"got 2")
+
+
+def test_decode_check_names_damaged_images_and_masks_and_passes_good_ones(tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    csvs = write_siim_demo(str(tmp_path), split_sizes=(3, 1, 1), size=32, seed=1)
+    table = read_split(SIIM_SEGMENTATION, csvs["train"])
+    check_decodable(table, csvs["train"], progress=False)  # PNG images and masks that open
+    assert decode_error(get_testdata_file("CT_small.dcm")) is None
+    header_only = tmp_path / "no_image.dcm"
+    pydicom.dcmread(get_testdata_file("rtplan.dcm")).save_as(header_only)  # a DICOM that holds no image
+    assert "no Rows/Columns" in decode_error(str(header_only))
+    with open(table[MASK_FILE].iloc[2], "wb") as f:
+        f.write(b"not a png")
+    with pytest.raises(UserInputError, match=rf"1 of 6 files cannot be decoded, first: .*{table['ImageId'].iloc[2]}"
+                                             r"\.png \(UnidentifiedImageError"):
+        check_decodable(table, csvs["train"], progress=False)
 
 
 def test_repeated_ids_and_missing_columns_are_user_errors(tmp_path):

@@ -171,5 +171,5 @@ def test_validation_without_boxes_is_a_user_error(tmp_path, capsys):
     table.to_csv(val, index=False)
     with pytest.raises(SystemExit):
         detection_main(["--split-dir", str(tmp_path / "demo_data"), "--model", f"local-dir:{tmp_path / 'demo_model'}",
-                        "--device", "cpu", "--output-dir", str(tmp_path / "out")])
+                        "--device", "cpu", "--output-dir", str(tmp_path / "out"), "--no-progress"])
     assert capsys.readouterr().err.strip() == "error: the val split has no boxes: mAP is undefined there"

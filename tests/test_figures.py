@@ -90,6 +90,19 @@ def test_plot_training_curves_draws_both_panels(tmp_path):
     assert _count(pixels[:, half:], line_blue, tol=20) > 50   # learning-rate panel
 
 
+def test_plot_training_curves_adds_a_validation_panel(tmp_path):
+    records = [{"epoch": 0, "val_score": 0.1}] + [
+        {"epoch": e, "loss": 1.0 / e, "lr": 1e-3, "val_score": 0.1 * e} for e in range(1, 6)]
+    plotted = plot_training_curves(records, tmp_path / "curves.png", validation_key="val_score",
+                                   validation_label="validation Dice")
+    assert plotted["val_score"] == [(0, 0.1)] + [(e, 0.1 * e) for e in range(1, 6)]
+    assert plotted["loss"] == [(e, 1.0 / e) for e in range(1, 6)]
+    pixels = _read_png(tmp_path / "curves.png")
+    third = pixels[:, 2 * pixels.shape[1] // 3:]
+    assert _count(third, (31, 119, 180), tol=20) > 50  # the validation curve is drawn in the third panel
+    assert "val_score" not in plot_training_curves(records, tmp_path / "two.png")
+
+
 def _black_images(n, size=32):
     return np.zeros((n, size, size), dtype=np.uint8)
 

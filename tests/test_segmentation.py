@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from ace_lora.checkpoint import save_released_checkpoint
 from ace_lora.dense import benchmark
@@ -100,6 +101,9 @@ def test_trained_run_writes_every_output(demo):
     assert predictions["dice"].mean() == pytest.approx(metrics["dice"])
     positives = predictions["has_pneumothorax"] == 1
     assert predictions.loc[positives, "dice"].mean() == pytest.approx(metrics["dice_positive"])
+    # training_curves.png has a third panel with the validation score early stopping used (10 x 4 in -> 15 x 4 in).
+    with Image.open(os.path.join(out, "training_curves.png")) as curves:
+        assert curves.width > 3 * curves.height
 
 
 def test_test_split_is_encoded_once_after_the_best_head_is_saved(demo):
@@ -192,6 +196,29 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'siim_segmentation_train.csv'}: file not found"
+
+
+def test_damaged_image_stops_the_run_before_the_model_loads_or_a_head_trains(tmp_path, capsys):
+    csvs = write_siim_demo(str(tmp_path / "data"), split_sizes=(4, 2, 2), size=32)
+    damaged = os.path.join(tmp_path / "data", pd.read_csv(csvs["test"])["image_path"].iloc[1])
+    with open(damaged, "r+b") as f:  # a truncated PNG: the header is fine, the data is not
+        f.truncate(60)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:  # the model cannot load: the check must come first
+        segmentation_main(["--split-dir", str(tmp_path / "data"), "--model", f"local-dir:{tmp_path / 'none'}",
+                           "--output-dir", str(out), "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {csvs['test']}: 1 of 4 files cannot be decoded, first: {damaged} (")
+    assert "\n" not in err and not (out / "best_head.pt").exists()
+
+
+def test_output_dir_that_is_a_file_is_a_one_line_error_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        segmentation_main(["--demo", "--output-dir", str(tmp_path / "taken")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: output folder {tmp_path / 'taken'} exists and is not a folder"
 
 
 def test_help_documents_every_flag():

@@ -2,8 +2,8 @@
 zero_shot_eval/detection_rsna.py (one command line, `build_parser(task)`, and `run(task, argv)`).
 
 Order of work, which keeps the test split untouched until the end:
- 1. the CSVs are read and checked up front (columns, labels, boxes, every file exists); zero-shot
-    runs need no training CSV;
+ 1. the output folder and the CSVs are checked up front (columns, labels, boxes, every file exists
+    and opens: `check_decodable`), before the model loads; zero-shot runs need no training CSV;
  2. trained mode: the training subset (fraction, balanced set) is drawn and its ids saved; train and
     val are encoded once by the frozen encoder; the head is fitted on the cached features with early
     stopping on val and the best head saved. Zero-shot mode: val is encoded and the threshold chosen on it;
@@ -43,14 +43,15 @@ from ace_lora.dense.localisation import (choose_threshold, class_text_embedding,
                                          similarity_maps, threshold_candidates, threshold_masks)
 from ace_lora.dense.segmentation import ProgressiveUpsamplingDecoder, predict_masks, train_decoder
 from ace_lora.dense.splits import (IMAGE_FILE, MASK_FILE, RSNA_DETECTION, SIIM_SEGMENTATION, SPLITS, SplitLayout,
-                                   balanced_subset, fraction_subset, read_split, split_csv_paths)
+                                   balanced_subset, check_decodable, fraction_subset, read_split,
+                                   split_csv_paths)
 from ace_lora.dense.synthetic import demo_vocabulary, write_rsna_demo, write_siim_demo
 from ace_lora.dense.training import FitResult, FitSettings
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_box_overlays, plot_mask_overlays, plot_training_curves
 from ace_lora.evaluation.metrics import detection_metrics, dice_per_image, iou_per_image, segmentation_metrics
 from ace_lora.evaluation.tasks import CHEST_XRAY_TEMPLATES
-from ace_lora.evaluation.zero_shot import strict_json
+from ace_lora.evaluation.zero_shot import prepare_output_dir, strict_json
 from ace_lora.factory import load_model_for_eval
 from ace_lora.tiny_model import write_tiny_biomedclip
 from ..cli import add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device
@@ -79,6 +80,7 @@ TASKS = {
         demo_defaults=dict(epochs=20, lr=1e-3, patience=10, head_channels=64, head_convs=2, num_workers=0,
                            device="cpu", bootstrap=50, output_dir="demo_output/rsna_detection")),
 }
+VALIDATION_SCORES = {"siim_segmentation": "mean Dice", "rsna_detection": "mAP@[.40:.75]"}  # what fit_head stops on
 DEMO_IMAGE_SIZE = 64  # tiny model input: a 4 x 4 patch grid
 DEMO_DATA, DEMO_MODEL = "demo_data", "demo_model"
 DEMO_THREADS = 1
@@ -240,15 +242,17 @@ class DenseRun:
 def start_run(task_name: str, argv: Optional[Sequence[str]]) -> DenseRun:
     task = TASKS[task_name]
     args = parse_args(task_name, argv)
+    prepare_output_dir(args.output_dir)  # a bad --output-dir fails now, not after training
     if args.demo:
         prepare_demo(task, args)
     needed = ("val", "test") if args.zero_shot else SPLITS  # zero-shot learns nothing from a training split
     csvs = split_csv_paths(task.layout, args.split_dir, {s: getattr(args, f"{s}_csv") for s in SPLITS}, needed)
     tables = {split: read_split(task.layout, csvs[split], args.data_root) for split in needed}
+    for split in needed:  # a damaged test image must not surface only after the head is trained
+        check_decodable(tables[split], csvs[split], progress=not args.no_progress)
     device = runtime_device(args)
     torch.manual_seed(args.seed)
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
-    os.makedirs(args.output_dir, exist_ok=True)
     write_resolved_config(args, args.output_dir)
     return DenseRun(task, args, model, input_spec(model), device, tables)
 
@@ -276,7 +280,8 @@ def save_head(run: DenseRun, head: torch.nn.Module, fit: FitResult) -> None:
                  "head": type(head).__name__, "features": run.args.features, "model": run.args.model,
                  "checkpoint": run.args.checkpoint}, run.path("best_head.pt"))
     pd.DataFrame(fit.records).to_csv(run.path("training_log.csv"), index=False)
-    plot_training_curves(fit.records, run.path("training_curves.png"))
+    plot_training_curves(fit.records, run.path("training_curves.png"), validation_key="val_score",
+                         validation_label=f"Validation {VALIDATION_SCORES[run.task.name]} (early stopping)")
 
 
 def write_metrics(run: DenseRun, metrics: dict, settings: dict) -> str:

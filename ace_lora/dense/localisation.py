@@ -1,7 +1,7 @@
 """Training-free localisation: cosine similarity between patch tokens and a class text embedding.
 
-The class embedding comes from the released chest X-ray prompt ensemble (the zero-shot evaluator's
-`CHEST_XRAY_TEMPLATES`, through `model.encode_prompt_ensemble`). Similarity maps (h, w) are upsampled
+The class embedding comes from the released chest X-ray prompt ensemble, computed by the zero-shot
+evaluator's own `prompt_ensemble_embeddings` (`CHEST_XRAY_TEMPLATES`). Similarity maps (h, w) are upsampled
 bilinearly to the S x S input; a threshold chosen on the validation split turns them into masks, or,
 through connected regions (scipy.ndimage.label), into boxes scored by their mean similarity.
 """
@@ -15,6 +15,7 @@ from scipy import ndimage
 from ace_lora.dense.detection import scale_boxes
 from ace_lora.evaluation.metrics import dice_per_image
 from ace_lora.evaluation.tasks import CHEST_XRAY_TEMPLATES
+from ace_lora.evaluation.zero_shot import prompt_ensemble_embeddings
 
 N_THRESHOLDS = 20
 THRESHOLD_QUANTILES = np.linspace(0.5, 0.995, N_THRESHOLDS)  # of the validation similarities
@@ -24,8 +25,7 @@ THRESHOLD_QUANTILES = np.linspace(0.5, 0.995, N_THRESHOLDS)  # of the validation
 def class_text_embedding(model, class_name: str, device: torch.device,
                          templates: Sequence[str] = CHEST_XRAY_TEMPLATES) -> torch.Tensor:
     """(D,) normalised embedding of `class_name` from the prompt ensemble."""
-    ids = model.tokenize([template.format(class_name) for template in templates]).to(device)  # (T, L)
-    return F.normalize(model.encode_prompt_ensemble(ids, len(templates)).float()[0], dim=-1).cpu()
+    return F.normalize(prompt_ensemble_embeddings(model, [class_name], templates, device)[0], dim=-1).cpu()
 
 
 def similarity_maps(features: torch.Tensor, text: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

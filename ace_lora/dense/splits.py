@@ -4,6 +4,8 @@ SIIM `siim_segmentation_{train,val,test}.csv`: ImageId, image_path, mask_path, h
 RSNA `rsna_detection_{train,val,test}.csv`: patientId, Path, boxes (JSON [[x1, y1, x2, y2], ...] in
 pixels of the original image). Relative paths start at the data root (default: the CSV's folder).
 Every listed file must exist: a benchmark on silently fewer images would not be comparable.
+`check_decodable` also opens every file cheaply (headers, not pixels) so that a damaged one stops
+the run before any encoding or training.
 """
 import json
 import math
@@ -13,7 +15,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+import pydicom
+from PIL import Image
+from tqdm import tqdm
 
+from ace_lora.data.images import is_dicom
 from ace_lora.data.prepare import read_table
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.tasks import resolve_path, row_name, shown_value
@@ -111,6 +117,36 @@ def read_split(layout: SplitLayout, csv_path: str, data_root: Optional[str] = No
             _parse_boxes(text, f"{csv_path}: {row_name(table, row, layout.id_column)}")
             for row, text in enumerate(table[layout.boxes_column])]
     return table.reset_index(drop=True)
+
+
+def decode_error(path: str) -> Optional[str]:
+    """None if `path` looks decodable, else a one-line reason. Cheap: DICOM header only (it must name
+    Rows and Columns, as every image does), PIL's verify() for PNG/JPEG (structure and checksums)."""
+    try:
+        if is_dicom(path):
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            if "Rows" not in header or "Columns" not in header:
+                return "DICOM header has no Rows/Columns (not an image)"
+        else:
+            with Image.open(path) as image:
+                image.verify()
+    except Exception as error:  # PIL and pydicom raise many types for damaged or foreign files
+        return " ".join(f"{type(error).__name__}: {error}".split())
+    return None
+
+
+def check_decodable(table: pd.DataFrame, csv_path: str, progress: bool = True) -> None:
+    """UserInputError (one line, with a count and the first file) if any image or mask of a
+    `read_split` table cannot be opened; see `decode_error`."""
+    columns = [column for column in (IMAGE_FILE, MASK_FILE) if column in table]
+    paths = [path for column in columns for path in table[column]]
+    errors = [(path, reason) for path in tqdm(paths, desc=f"checking {os.path.basename(csv_path)}", unit="file",
+                                              disable=not progress)
+              if (reason := decode_error(path)) is not None]
+    if errors:
+        path, reason = errors[0]
+        raise UserInputError(f"{csv_path}: {len(errors)} of {len(paths)} files cannot be decoded, first: {path} "
+                             f"({reason})")
 
 
 def _seeded_sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

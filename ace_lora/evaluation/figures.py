@@ -65,23 +65,29 @@ def plot_confusion_matrix(labels, preds, class_names, path, title="Confusion mat
     return matrix
 
 
-def plot_training_curves(records, path):
-    """Loss and learning rate against step (or epoch, if records have no step), in two panels.
+def plot_training_curves(records, path, validation_key=None, validation_label="Validation score"):
+    """Loss and learning rate against step (or epoch, if records have no step), in two panels, and with
+    `validation_key` a third panel of that validation score (e.g. the early-stopping score per epoch).
 
     records: dicts like {"step": .., "epoch": .., "loss": .., "lr": ..}; records lacking a key are left
-    out of that panel (e.g. validation records without a training loss).
+    out of that panel (e.g. validation records without a training loss). Returns {panel key: [(x, y)]}.
     """
     x_key = "step" if all("step" in r for r in records) else "epoch"
-    fig = Figure(figsize=(10, 4))
-    loss_ax, lr_ax = fig.subplots(1, 2)
-    for ax, key, label in ((loss_ax, "loss", "Training loss"), (lr_ax, "lr", "Learning rate")):
-        points = [(r[x_key], r[key]) for r in records if key in r and x_key in r]
-        if points:
-            ax.plot(*zip(*points))
+    panels = [("loss", "Training loss"), ("lr", "Learning rate")]
+    if validation_key is not None:
+        panels.append((validation_key, validation_label))
+    fig = Figure(figsize=(5 * len(panels), 4))
+    plotted = {}
+    for ax, (key, label) in zip(fig.subplots(1, len(panels)), panels):
+        plotted[key] = [(r[x_key], r[key]) for r in records if key in r and x_key in r]
+        if plotted[key]:
+            ax.plot(*zip(*plotted[key]), marker="o" if key == validation_key else None, markersize=3)
         ax.set(xlabel=x_key, ylabel=label, title=label)
         ax.grid(alpha=0.3)
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        if key == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     _save(fig, path)
+    return plotted
 
 
 def _display_image(image):

@@ -16,7 +16,7 @@ Each task reads the CSV that `dataset_prep/` writes (or, for CheXpert, the offic
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -51,12 +51,16 @@ class ZeroShotTask:
 
     @property
     def prompts(self) -> List[str]:
-        """Class-major prompts: for each class, each template (the order encode_prompt_ensemble expects)."""
-        return [template.format(name) for name in self.prompt_names for template in self.templates]
+        return class_major_prompts(self.prompt_names, self.templates)
 
     @property
     def required_columns(self) -> Tuple[str, ...]:
         return tuple(dict.fromkeys((self.id_column, self.image_column, *self.label_columns)))
+
+
+def class_major_prompts(names: Sequence[str], templates: Sequence[str]) -> List[str]:
+    """For each class name, each template filled with it (the order encode_prompt_ensemble expects)."""
+    return [template.format(name) for name in names for template in templates]
 
 
 # --------------------------------------------------------------------------- image paths

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,8 @@ from ace_lora.data.prepare import read_table
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_confusion_matrix, plot_roc
 from ace_lora.evaluation.metrics import classification_metrics, multilabel_metrics
-from ace_lora.evaluation.tasks import COSINE, NIH_RELEASED, SOFTMAX, TASKS, ZeroShotTask, get_task
+from ace_lora.evaluation.tasks import (COSINE, NIH_RELEASED, SOFTMAX, TASKS, ZeroShotTask, class_major_prompts,
+                                      get_task)
 from ..runtime import autocast, resolve_precision
 
 LOGIT_SCALES = ("base", "learned")
@@ -57,10 +58,16 @@ class ZeroShotResult:
 # --------------------------------------------------------------------------- scoring
 
 
+def prompt_ensemble_embeddings(model, names: Sequence[str], templates: Sequence[str],
+                               device: torch.device) -> torch.Tensor:
+    """(C, D) float32 normalised embeddings of the class `names`, each from its prompts `templates`."""
+    ids = model.tokenize(class_major_prompts(names, templates)).to(device)  # (C * T, L), class-major
+    return model.encode_prompt_ensemble(ids, len(templates)).float()
+
+
 def class_embeddings(model, task: ZeroShotTask, device: torch.device) -> torch.Tensor:
     """(C, D) float32 normalised class embeddings from the task's prompt ensemble."""
-    ids = model.tokenize(task.prompts).to(device)  # (C * T, L), class-major
-    return model.encode_prompt_ensemble(ids, len(task.templates)).float()
+    return prompt_ensemble_embeddings(model, task.prompt_names, task.templates, device)
 
 
 def temperature(model, logit_scale: str) -> float:
