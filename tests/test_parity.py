@@ -3,7 +3,10 @@
 CheXpert: the script must reproduce the released evaluation's outputs stored in
 `shared/parity/expected_chexpert_A.json`. RSNA (8-bit DICOM) and SIIM (PNG) have no stored outputs:
 the scripts must agree with a straightforward computation written here (pixels -> open_clip
-preprocess -> encode_image; prompts -> class embeddings; softmax at the base scale).
+preprocess -> encode_image; prompts -> class embeddings; softmax at the base scale). That reference
+calls the same `encode_image` / `encode_prompt_ensemble` as the engine, so the RSNA/SIIM tests check
+loading (DICOM/PNG pixels), preprocessing, row ordering and scoring, not the model's forward pass:
+that is covered against the released outputs by the CheXpert test.
 The fake model is conftest's session fixture `fake_biomedclip_dir`, built once for the whole suite.
 """
 import json
