@@ -8,7 +8,7 @@ Boxes are evaluated in original pixels: mAP over IoU 0.40:0.05:0.75 (MGCA-style)
 and mAP@.50.
 
     python zero_shot_eval/detection_rsna.py --checkpoint ACE_LoRA.pt --split-dir prepared/rsna \\
-        --data-root /data/rsna --train-fraction 0.01 --output-dir results/rsna_det_ace_lora_1pct
+        --train-fraction 0.01 --output-dir results/rsna_det_ace_lora_1pct
     python zero_shot_eval/detection_rsna.py --demo          # synthetic data, tiny model, CPU
 
 See --help for every flag; the work is done by ace_lora.dense.benchmark.

@@ -3,7 +3,7 @@
 Reads lc25000.csv from dataset_prep/lc25000_prep.py (Path, label = class folder).
 
     python zero_shot_eval/zero_shot_eval_ace_lora_lc25000.py --checkpoint ACE_LoRA.pt \\
-        --csv prepared/lc25000.csv --data-root /data/lc25000
+        --csv prepared/lc25000.csv
 
 See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
 """

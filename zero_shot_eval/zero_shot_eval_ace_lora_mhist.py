@@ -3,7 +3,7 @@
 Reads mhist_test.csv from dataset_prep/mhist_prep.py (Path, label HP|SSA).
 
     python zero_shot_eval/zero_shot_eval_ace_lora_mhist.py --checkpoint ACE_LoRA.pt \\
-        --csv prepared/mhist_test.csv --data-root /data/mhist
+        --csv prepared/mhist_test.csv
 
 See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
 """

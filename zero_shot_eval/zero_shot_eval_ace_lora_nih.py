@@ -3,7 +3,7 @@
 Reads chestxray14_test.csv from dataset_prep/chestx-ray_14_prep.py (Path, 14 label columns).
 
     python zero_shot_eval/zero_shot_eval_ace_lora_nih.py --checkpoint ACE_LoRA.pt \\
-        --csv prepared/chestxray14_test.csv --data-root /data/nih
+        --csv prepared/chestxray14_test.csv
 
 See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
 """

@@ -3,7 +3,7 @@
 Reads rsna_test.csv from dataset_prep/rsna_dataset_create.py (Path to DICOM, Target).
 
     python zero_shot_eval/zero_shot_eval_ace_lora_rsna.py --checkpoint ACE_LoRA.pt \\
-        --csv prepared/rsna_test.csv --data-root /data/rsna
+        --csv prepared/rsna_test.csv
 
 See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
 """
