@@ -26,6 +26,7 @@ from .runtime import autocast, resolve_precision, write_resolved_config
 
 from .checkpoint import (atomic_save, load_resume_checkpoint, load_trainable_state_dict, restore_rng_state,
                          rng_state, save_released_checkpoint, trainable_state_dict)
+from .data.paths import data_root_for
 from .data.train_dataset import (TokenizingCollate, build_training_dataset, epoch_loader, iterate_batches,
                                  steps_per_epoch)
 from .distributed import (DistributedContext, all_ranks_true, barrier, gather_objects, run_on_main,
@@ -141,7 +142,7 @@ def check_eval_inputs(args, eval_specs: List[Tuple[str, str, Optional[str]]]) ->
     for csv_flag, root_flag, task, csv, root in sets:
         if not os.path.isfile(csv):
             raise UserInputError(f"{csv_flag} {csv}: file not found")
-        root = os.path.dirname(os.path.abspath(csv)) if root is None else root
+        root = data_root_for(csv, root)
         if not os.path.isdir(root):
             raise UserInputError(f"{root_flag} {root}: folder not found")
         try:

@@ -18,6 +18,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from ace_lora.data.paths import data_root_for, resolve_path
 from ace_lora.data.prepare import read_table
 from ace_lora.errors import UserInputError
 
@@ -228,12 +229,12 @@ def read_training_csv(path, data_root=None, label_csv=None, quiet=False):
     missing = [label for label in CHEXPERT_LABELS if label not in table]
     if missing:
         raise UserInputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} (or give a label CSV)")
-    data_root = os.path.dirname(os.path.abspath(path)) if data_root is None else data_root
+    data_root = data_root_for(path, data_root)
     if not os.path.isdir(data_root):
         raise UserInputError(f"data root not found: {data_root}")
     empty = table["image_path"].isna() | (table["image_path"].astype(str).str.strip() == "")
     if empty.any():
         raise UserInputError(f"{path}: column 'image_path' is empty in {int(empty.sum())} rows "
                              f"(first: row {int(empty.to_numpy().nonzero()[0][0]) + 2})")
-    table["image_path"] = [os.path.join(data_root, p) for p in table["image_path"].astype(str)]  # keeps absolute p
+    table["image_path"] = [resolve_path(p, data_root) for p in table["image_path"].astype(str)]
     return table

@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
+from ace_lora.data.paths import data_root_for
 from ace_lora.data.rle import merge_rles
 from ace_lora.errors import UserInputError
 
@@ -143,7 +144,7 @@ def prepare_rsna(labels_csv: str, output_dir: str, data_root: str | None = None,
     """
     labels = read_table(labels_csv, RSNA_COLUMNS, dtype={"patientId": str})
     patients = aggregate_rsna_boxes(labels, labels_csv)
-    data_root = os.path.dirname(os.path.abspath(labels_csv)) if data_root is None else data_root
+    data_root = data_root_for(labels_csv, data_root)
     on_disk = [os.path.join(data_root, image_dir, f"{patient}.dcm") for patient in patients["patientId"]]
     patients["Path"] = [os.path.abspath(path) if absolute_paths else path_from(output_dir, path) for path in on_disk]
     if check_images:

@@ -54,8 +54,8 @@ from ace_lora.evaluation.tasks import CHEST_XRAY_TEMPLATES
 from ace_lora.evaluation.zero_shot import prepare_output_dir, strict_json
 from ace_lora.factory import load_model_for_eval
 from ace_lora.tiny_model import write_tiny_biomedclip
-from ..cli import add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device
-from ..runtime import write_resolved_config
+from ace_lora.cli import add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device
+from ace_lora.runtime import write_resolved_config
 
 
 @dataclass(frozen=True)

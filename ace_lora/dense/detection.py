@@ -25,7 +25,7 @@ from ace_lora.dense.features import CachedSplit, LayerNorm2d
 from ace_lora.dense.training import FitResult, FitSettings, fit_head
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.metrics import detection_metrics
-from ..runtime import autocast
+from ace_lora.runtime import autocast
 
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # ViTDet: strides p/4, p/2, p, 2p for patch size p
 VALIDATION_KEY = "map_40_75"  # early-stopping score: the benchmark's headline metric

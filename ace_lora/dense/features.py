@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ace_lora.checkpoint import atomic_save
 from ace_lora.data.images import load_image
 from ace_lora.errors import UserInputError
-from ..runtime import autocast
+from ace_lora.runtime import autocast
 
 FEATURE_KINDS = ("last-layer", "hgnn")
 CACHE_FORMAT = 1  # bump when the cached content changes

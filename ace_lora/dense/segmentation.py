@@ -12,7 +12,7 @@ from torchvision.ops import sigmoid_focal_loss
 from ace_lora.dense.features import CachedSplit, LayerNorm2d
 from ace_lora.dense.training import FitResult, FitSettings, fit_head
 from ace_lora.evaluation.metrics import dice_per_image
-from ..runtime import autocast
+from ace_lora.runtime import autocast
 
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0  # RetinaNet's focal loss constants
 

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ace_lora.data.images import is_dicom
 from ace_lora.data.prepare import read_table
 from ace_lora.errors import UserInputError
-from ace_lora.evaluation.tasks import resolve_path, row_name, shown_value
+from ace_lora.data.paths import data_root_for, resolve_path
+from ace_lora.evaluation.tasks import row_name, shown_value
 
 SPLITS = ("train", "val", "test")
 IMAGE_FILE = "image_file"  # resolved image path column added by `read_split`
@@ -93,7 +94,7 @@ def read_split(layout: SplitLayout, csv_path: str, data_root: Optional[str] = No
     repeated = table[layout.id_column][table[layout.id_column].duplicated()]
     if len(repeated):
         raise UserInputError(f"{csv_path}: {layout.id_column} {repeated.iloc[0]} appears more than once")
-    root = os.path.dirname(os.path.abspath(csv_path)) if data_root is None else data_root
+    root = data_root_for(csv_path, data_root)
     table[IMAGE_FILE] = [resolve_path(p, root) for p in table[layout.image_column]]
     file_columns = [IMAGE_FILE]
     if layout.mask_column:

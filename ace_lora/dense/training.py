@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..runtime import autocast
+from ace_lora.runtime import autocast
 
 
 @dataclass

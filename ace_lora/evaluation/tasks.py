@@ -21,6 +21,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from ace_lora.data.paths import resolve_path
 from ace_lora.data.prepare import LC25000_CLASSES, MHIST_CLASSES, NIH_LABELS, index_siim_images
 from ace_lora.errors import UserInputError
 
@@ -64,12 +65,6 @@ def class_major_prompts(names: Sequence[str], templates: Sequence[str]) -> List[
 
 
 # --------------------------------------------------------------------------- image paths
-
-
-def resolve_path(path: str, data_root: str) -> str:
-    """A relative path joined to `data_root`; an absolute path as it is."""
-    path = os.path.expanduser(str(path))
-    return path if os.path.isabs(path) else os.path.join(data_root, path)
 
 
 def path_column_images(table: pd.DataFrame, data_root: str) -> List[Optional[str]]:

@@ -27,15 +27,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..runtime import resolve_device
 from ace_lora.data.eval_dataset import ImageListDataset, collate_eval_items
+from ace_lora.data.paths import data_root_for
 from ace_lora.data.prepare import read_table
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_confusion_matrix, plot_roc
 from ace_lora.evaluation.metrics import classification_metrics, multilabel_metrics
 from ace_lora.evaluation.tasks import (COSINE, NIH_RELEASED, SOFTMAX, TASKS, ZeroShotTask, class_major_prompts,
                                       get_task)
-from ..runtime import autocast, resolve_precision
+from ace_lora.runtime import autocast, resolve_device, resolve_precision
 
 LOGIT_SCALES = ("base", "learned")
 LABEL_COLUMN = "label"  # true class name in predictions.csv (multi-label: positives joined by '|')
@@ -162,7 +162,7 @@ def evaluate(model, task: Union[str, ZeroShotTask], csv_path: str, data_root: Op
     if table.empty:
         raise UserInputError(f"{csv_path}: no rows to evaluate")
     labels = task.read_labels(table, csv_path)
-    data_root = os.path.dirname(os.path.abspath(csv_path)) if data_root is None else data_root
+    data_root = data_root_for(csv_path, data_root)
     if not os.path.isdir(data_root):
         raise UserInputError(f"data root not found: {data_root}")
     ids = table[task.id_column].astype(str).tolist()
