@@ -33,6 +33,10 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     add_config_arg(parser)
     model = parser.add_argument_group("model")
     add_model_args(model)
+    model.add_argument("--init-from", metavar="PATH",
+                       help="start from the trained tensors of a weight file (e.g. the released ACE_LoRA.pt) or one of "
+                            "our checkpoints; fresh optimiser, schedule and step counter; the LoRA/ACE-HGNN flags must "
+                            "match the file")
     model.add_argument("--dry-run", action="store_true",
                        help="build the model, print 'trainable parameters: N' and exit (no data needed)")
     model.add_argument("--demo", action="store_true",
@@ -50,10 +54,11 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
                            "top3 = last three)")
     lora.add_argument("--topk", type=int, default=5, help="hyperedge size: top-k related tokens per token")
     lora.add_argument("--hidden-features", type=int, default=128, help="hidden width of the ACE-HGNN adapters")
-    lora.add_argument("--apply-gnn-encoders", default="both", choices=[c for c in GNN_CHOICES if c != "none"],
-                      help="towers that get the hypergraph adapter")
+    lora.add_argument("--apply-gnn-encoders", default="both", choices=GNN_CHOICES,
+                      help="towers that get the ACE-HGNN adapters; none = LoRA only (the CLIP-LoRA baseline)")
     lora.add_argument("--loss", default="label_guided", choices=LOSS_CHOICES,
-                      help="label_guided: same-label pairs are not negatives (needs labels); clip: plain InfoNCE")
+                      help="label_guided: same-label pairs are not negatives (needs labels); clip: plain InfoNCE. "
+                           "Independent of the hypergraph (--apply-gnn-encoders)")
 
     data = parser.add_argument_group("data and runtime")
     data.add_argument("--train-csv", help="training CSV: image_path, report, the 14 CheXpert labels, optional split")

@@ -6,7 +6,9 @@ Released format (`torch.save` dict, loads with weights_only=True):
   weights['img_edge_adapter' | 'img_node_adapter' | 'text_edge_adapter' | 'text_node_adapter']:
       adapter state_dicts (down.weight/bias, up.weight/bias).
   weights['logit_scale']: the learned scale, linear (already exponentiated).
-  metadata: {'r', 'topk', 'params', 'position', 'loss_type', ...}.
+  metadata: {'r', 'topk', 'params', 'position', 'loss_type', 'use_labels', ...}. As released, `loss_type`
+      says whether the hypergraph exists ('clip_loss_ace_hgnn', or '_hgat' in the published file: adapters
+      present; 'clip_loss': LoRA only); `use_labels` says whether same-label negatives were masked.
 Every write is atomic: a temporary file in the same folder, then os.replace.
 """
 import os
@@ -72,7 +74,10 @@ def _adapters(model: AceLoRAModel) -> Dict[str, torch.nn.Module]:
     return out
 
 
-def released_state(model: AceLoRAModel, loss_type: str = "clip_loss_ace_hgnn") -> dict:
+HGNN_LOSS_TYPE, LORA_ONLY_LOSS_TYPE = "clip_loss_ace_hgnn", "clip_loss"
+
+
+def released_state(model: AceLoRAModel, use_labels: bool = True) -> dict:
     """The model's trainables in the released format (fp32, CPU)."""
     weights: Dict[str, Any] = {}
     for layer, proj, factors in _lora_entries(model):
@@ -84,15 +89,16 @@ def released_state(model: AceLoRAModel, loss_type: str = "clip_loss_ace_hgnn") -
         weights[name] = {k: v.detach().float().cpu().clone() for k, v in adapter.state_dict().items()}
     weights["logit_scale"] = model.logit_scale.detach().float().cpu().clone()
     cfg = model.config
+    loss_type = HGNN_LOSS_TYPE if _adapters(model) else LORA_ONLY_LOSS_TYPE
     metadata = {"r": cfg.r, "topk": cfg.topk, "k_nearest": cfg.topk, "params": list(cfg.params),
-                "position": cfg.position, "loss_type": loss_type, "alpha": cfg.alpha,
+                "position": cfg.position, "loss_type": loss_type, "use_labels": bool(use_labels), "alpha": cfg.alpha,
                 "dropout_rate": cfg.dropout, "hidden_features": cfg.hidden_features,
                 "apply_gnn_encoders": cfg.apply_gnn_encoders}
     return {"weights": weights, "metadata": metadata}
 
 
-def save_released_checkpoint(model: AceLoRAModel, path: str, loss_type: str = "clip_loss_ace_hgnn") -> None:
-    atomic_save(released_state(model, loss_type), path)
+def save_released_checkpoint(model: AceLoRAModel, path: str, use_labels: bool = True) -> None:
+    atomic_save(released_state(model, use_labels), path)
 
 
 def read_released_checkpoint(path: str) -> dict:
@@ -100,6 +106,13 @@ def read_released_checkpoint(path: str) -> dict:
     if not isinstance(state, dict) or "weights" not in state:
         raise UserInputError(f"{path} is not an ACE-LoRA weight file (no 'weights' entry)")
     return state
+
+
+def gnn_encoders_from_metadata(metadata: dict) -> str:
+    """Towers with a hypergraph: our files record it; in the authors' files `loss_type` decides."""
+    if "apply_gnn_encoders" in metadata:
+        return metadata["apply_gnn_encoders"]
+    return "none" if metadata.get("loss_type") == LORA_ONLY_LOSS_TYPE else "both"
 
 
 def config_from_metadata(metadata: dict, **overrides) -> AceLoRAConfig:
@@ -110,7 +123,7 @@ def config_from_metadata(metadata: dict, **overrides) -> AceLoRAConfig:
         params=list(metadata.get("params", ["q", "k", "v"])), position=metadata.get("position", "all"),
         topk=int(metadata.get("topk", metadata.get("k_nearest", 5))),
         hidden_features=int(metadata.get("hidden_features", 128)),
-        apply_gnn_encoders=metadata.get("apply_gnn_encoders", "both"))
+        apply_gnn_encoders=gnn_encoders_from_metadata(metadata))
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
@@ -195,11 +208,64 @@ def trainable_state_dict(model: AceLoRAModel) -> Dict[str, torch.Tensor]:
 
 
 def load_trainable_state_dict(model: AceLoRAModel, state: Dict[str, torch.Tensor], path: str) -> None:
+    """Copy our checkpoint's trainables into the model: every one, and nothing else, with its shape."""
     params = dict(model.named_parameters())
     for name, tensor in state.items():
         if name not in params:
             raise UserInputError(f"{path}: parameter {name} does not exist in this model")
         _copy_checked(params[name].data, tensor, name, path)
+    missing = [name for name, p in params.items() if p.requires_grad and name not in state]
+    if missing:
+        raise UserInputError(f"{path}: has no value for {missing[0]}" + (f" and {len(missing) - 1} more trained "
+                                                                        "tensors" if len(missing) > 1 else ""))
+
+
+def checkpoint_config(state: Any, path: str) -> AceLoRAConfig:
+    """The model configuration that a released weight file or one of our training checkpoints describes."""
+    if isinstance(state, dict) and "weights" in state:
+        return config_from_metadata(state.get("metadata", {}))
+    if isinstance(state, dict) and "trainable" in state:
+        return AceLoRAConfig(**state["model_config"])
+    raise UserInputError(f"{path} is neither an ACE-LoRA weight file nor a training checkpoint")
+
+
+def load_trainables(model: AceLoRAModel, state: dict, path: str) -> None:
+    """Copy the trained tensors of either format (see `checkpoint_config`) into the model."""
+    if "weights" in state:
+        load_released_weights(model, state, path)
+    else:
+        load_trainable_state_dict(model, state["trainable"], path)
+
+
+# The architecture keys of AceLoRAConfig and the flags that set them (dropout is a training setting).
+ARCHITECTURE_FLAGS = {"r": "--lora-r", "alpha": "--lora-alpha", "params": "--params", "position": "--position",
+                      "topk": "--topk", "hidden_features": "--hidden-features",
+                      "apply_gnn_encoders": "--apply-gnn-encoders"}
+# Released metadata records only some of them; the others are not compared for such a file.
+RELEASED_METADATA_KEYS = {"r": "r", "alpha": "alpha", "params": "params", "position": "position",
+                          "topk": "topk", "hidden_features": "hidden_features", "apply_gnn_encoders": "loss_type"}
+
+
+def init_trainables_from(model: AceLoRAModel, path: str) -> None:
+    """Start from the trained tensors of a weight file or a training checkpoint (--init-from).
+
+    The file's configuration must be the model's (each differing setting is named with its flag);
+    shapes are checked tensor by tensor.
+    """
+    state = load_checkpoint_file(path)
+    saved = checkpoint_config(state, path)
+    recorded = set(ARCHITECTURE_FLAGS)
+    if "weights" in state:
+        metadata = state.get("metadata", {})
+        recorded = {key for key, meta_key in RELEASED_METADATA_KEYS.items()
+                    if meta_key in metadata or key in metadata}
+    differs = [f"{flag} {getattr(saved, key)} (this run: {getattr(model.config, key)})"
+               for key, flag in ARCHITECTURE_FLAGS.items()
+               if key in recorded and getattr(saved, key) != getattr(model.config, key)]
+    if differs:
+        raise UserInputError(f"--init-from {path} was trained with " + ", ".join(differs)
+                             + "; set the same flags to start from it")
+    load_trainables(model, state, path)
 
 
 def load_resume_checkpoint(path: str) -> dict:

@@ -2,9 +2,7 @@
 from typing import Optional
 
 from .backbone import BIOMEDCLIP_HUB, load_backbone
-from .checkpoint import (config_from_metadata, load_checkpoint_file, load_released_weights,
-                         load_trainable_state_dict)
-from .errors import UserInputError
+from .checkpoint import checkpoint_config, load_checkpoint_file, load_trainables
 from .model import AceLoRAConfig, AceLoRAModel
 
 # The zero-shot baseline: BiomedCLIP itself (no LoRA, no hypergraph; token 0 is open_clip's embedding).
@@ -28,14 +26,8 @@ def load_model_for_eval(model_name: str = BIOMEDCLIP_HUB, checkpoint: Optional[s
         model = build_model(model_name, AceLoRAConfig(**BARE_BACKBONE.to_dict()))
     else:
         state = load_checkpoint_file(checkpoint)
-        if isinstance(state, dict) and "weights" in state:
-            model = build_model(model_name, config_from_metadata(state.get("metadata", {})))
-            load_released_weights(model, state, checkpoint)
-        elif isinstance(state, dict) and "trainable" in state:
-            model = build_model(model_name, AceLoRAConfig(**state["model_config"]))
-            load_trainable_state_dict(model, state["trainable"], checkpoint)
-        else:
-            raise UserInputError(f"{checkpoint} is neither an ACE-LoRA weight file nor a training checkpoint")
+        model = build_model(model_name, checkpoint_config(state, checkpoint))
+        load_trainables(model, state, checkpoint)
     model.eval().requires_grad_(False)
     if merge:
         model.merge_lora(True)

@@ -13,6 +13,9 @@ attention to the other tokens (global-to-local); patch/word rows use token-token
 X is the L2-normalised token features, or for a prompt ensemble the average of each template's
 normalised features: that average is propagated as it is (not re-normalised), while the similarities
 in step 1 are cosines. This matches the released zero-shot class embeddings to 1e-7.
+
+The hypergraph always runs in fp32, also under bf16/fp16 autocast: the top-k over cosine similarities
+flips near-ties in low precision, which would change the neighbourhoods.
 """
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,10 @@ from torch import nn
 
 
 class Adapter(nn.Module):
-    """Linear(dim -> hidden) -> LeakyReLU(0.2) -> Linear(hidden -> dim); keys `down`, `up` as released."""
+    """Linear(dim -> hidden) -> LeakyReLU(0.2) -> Linear(hidden -> dim); keys `down`, `up` as released.
+
+    Weights are kaiming-normal; biases keep nn.Linear's default (uniform) initialisation, as released.
+    """
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -29,20 +35,29 @@ class Adapter(nn.Module):
         self.up = nn.Linear(hidden, dim)
         for layer in (self.down, self.up):
             nn.init.kaiming_normal_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(x)))
 
 
+def fp32_region(x: torch.Tensor):
+    """A region where autocast is off, so the computations inside run in the tensors' own dtype."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def hypergraph_incidence(x: torch.Tensor, cls_attention: torch.Tensor, topk: int) -> torch.Tensor:
-    """Incidence matrix A (B, N, N) from token features x (B, N, D) and CLS weights (B, N-1)."""
+    """Incidence matrix A (B, N, N), fp32, from token features x (B, N, D) and CLS weights (B, N-1)."""
+    with fp32_region(x):
+        return _incidence(x.float(), cls_attention.float(), topk)
+
+
+def _incidence(x: torch.Tensor, cls_attention: torch.Tensor, topk: int) -> torch.Tensor:
     b, n, _ = x.shape
     eye = torch.eye(n - 1, dtype=torch.bool, device=x.device)
     unit = F.normalize(x[:, 1:], dim=-1)
     local = (unit @ unit.transpose(1, 2)).masked_fill(eye, float("-inf"))  # (B, N-1, N-1) cosines
     neg_inf_col = x.new_full((b, n - 1, 1), float("-inf"))
-    top_row = torch.cat([x.new_full((b, 1, 1), float("-inf")), cls_attention.to(x.dtype).unsqueeze(1)], dim=2)
+    top_row = torch.cat([x.new_full((b, 1, 1), float("-inf")), cls_attention.unsqueeze(1)], dim=2)
     scores = torch.cat([top_row, torch.cat([neg_inf_col, local], dim=2)], dim=1)  # (B, N, N)
 
     values, index = scores.topk(min(topk, n - 1), dim=-1)
@@ -65,7 +80,10 @@ class AceHgnn(nn.Module):
         self.topk = topk
 
     def forward(self, x: torch.Tensor, cls_attention: torch.Tensor) -> torch.Tensor:
-        incidence = hypergraph_incidence(x, cls_attention, self.topk)
-        edges = self.edge_adapter(incidence @ x)  # (B, N, D) hyperedge features
-        nodes = self.node_adapter(incidence.transpose(1, 2) @ edges)  # (B, N, D)
-        return F.normalize(nodes, dim=-1)
+        """Refined, normalised tokens (B, N, D) in fp32 whatever the autocast state."""
+        with fp32_region(x):
+            x = x.float()
+            incidence = hypergraph_incidence(x, cls_attention, self.topk)
+            edges = self.edge_adapter(incidence @ x)  # (B, N, D) hyperedge features
+            nodes = self.node_adapter(incidence.transpose(1, 2) @ edges)  # (B, N, D)
+            return F.normalize(nodes, dim=-1)

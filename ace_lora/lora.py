@@ -6,7 +6,7 @@ Update of a frozen weight W (out, in): W + s * B @ A with A (r, in), B (out, r),
 update low-rank, `dropout(x) @ A^T @ B^T`: B @ A is only formed when merging for inference/export.
 """
 import math
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +87,8 @@ class LoRALinear(nn.Module):
 class FusedQKVLoRA(nn.Module):
     """timm's fused qkv Linear (in -> 3 * dim) with separate (A, B) pairs for the chosen of q, k, v.
 
-    The dropout mask on the input is shared by q, k and v (one pass over x; each projection still
-    sees inputs dropped with probability p). The three A matrices run as one stacked matmul.
+    Each of q, k and v has its own dropout on the input, so the three see independent masks, as the
+    released per-projection LoRA layers do.
     """
 
     def __init__(self, base: nn.Linear, parts: Sequence[str], r: int, alpha: float, dropout: float):
@@ -98,20 +98,16 @@ class FusedQKVLoRA(nn.Module):
         self.parts = [p for p in ("q", "k", "v") if p in parts]
         scaling = alpha / math.sqrt(r)
         self.lora = nn.ModuleDict({p: LoRAFactors(base.in_features, self.dim, r, scaling) for p in self.parts})
-        self.dropout = nn.Dropout(dropout)
-        self.r = r
+        self.dropout = nn.ModuleDict({p: nn.Dropout(dropout) for p in self.parts})
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)  # (B, N, 3 * dim)
         if self.merged or not self.parts:
             return y
-        x = self.dropout(x)
-        a_stacked = torch.cat([self.lora[p].lora_A for p in self.parts])  # (len(parts) * r, in)
-        z = F.linear(x, a_stacked).split(self.r, dim=-1)  # each (B, N, r)
-        deltas = {p: F.linear(zp, self.lora[p].lora_B) * self.lora[p].scaling for p, zp in zip(self.parts, z)}
-        full = [deltas[p] if p in deltas else y.new_zeros(*y.shape[:-1], self.dim) for p in ("q", "k", "v")]
-        return y + torch.cat(full, dim=-1)
+        deltas = [self.lora[p](self.dropout[p](x)) if p in self.parts else y.new_zeros(*y.shape[:-1], self.dim)
+                  for p in ("q", "k", "v")]  # each (B, N, dim)
+        return y + torch.cat(deltas, dim=-1)
 
     def _slices(self) -> Iterable[Tuple[slice, LoRAFactors]]:
         for p in self.parts:
@@ -133,86 +129,31 @@ class FusedQKVLoRA(nn.Module):
             self.merged = False
 
 
-class SharedInputLoRA(nn.Module):
-    """LoRA factors of several projections that read the same input (BERT's query, key and value).
-
-    The first projection called with a new input computes `dropout(x) @ [A_q; A_k; A_v]^T` once (one
-    dropout mask, one stacked matmul, as FusedQKVLoRA does for timm); the others reuse it. The cache is
-    keyed by the input tensor's identity and dropped once every projection has read it.
-    """
-
-    def __init__(self, in_features: int, out_features: int, parts: Sequence[str], r: int, alpha: float,
-                 dropout: float):
-        super().__init__()
-        scaling = alpha / math.sqrt(r)
-        self.lora = nn.ModuleDict({p: LoRAFactors(in_features, out_features, r, scaling) for p in parts})
-        self.dropout = nn.Dropout(dropout)
-        self.r = r
-        self._input: Optional[torch.Tensor] = None
-        self._low_rank: Dict[str, torch.Tensor] = {}
-
-    def delta(self, x: torch.Tensor, part: str) -> torch.Tensor:
-        if x is not self._input:
-            a_stacked = torch.cat([f.lora_A for f in self.lora.values()])  # (parts * r, in)
-            z = F.linear(self.dropout(x), a_stacked).split(self.r, dim=-1)  # each (..., r)
-            self._input, self._low_rank = x, dict(zip(self.lora.keys(), z))
-        z = self._low_rank.pop(part)
-        if not self._low_rank:
-            self._input = None
-        factors = self.lora[part]
-        return F.linear(z, factors.lora_B) * factors.scaling
-
-
-class SharedInputLoRALinear(nn.Module):
-    """One frozen projection (e.g. BERT's `key`) whose LoRA update comes from a SharedInputLoRA."""
-
-    def __init__(self, base: nn.Linear, shared: SharedInputLoRA, part: str):
-        super().__init__()
-        self.base = base
-        self.shared = shared
-        self.part = part
-        self.merged = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        if self.merged:
-            return y
-        return y + self.shared.delta(x, self.part)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base.weight += self.shared.lora[self.part].delta_weight().to(self.base.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight -= self.shared.lora[self.part].delta_weight().to(self.base.weight.dtype)
-            self.merged = False
-
-
-LoRAModule = (LoRALinear, FusedQKVLoRA, SharedInputLoRALinear)
+LoRAModule = (LoRALinear, FusedQKVLoRA)
 
 
 def inject_text_lora(bert_layers: nn.ModuleList, params: Sequence[str], position: str, r: int, alpha: float,
                      dropout: float) -> Dict[int, Dict[str, LoRAFactors]]:
-    """Wrap query/key/value (one SharedInputLoRA) and attention.output.dense ('o') of the chosen layers.
+    """Wrap query/key/value and attention.output.dense ('o') of the chosen layers in LoRALinear.
 
+    In those layers the attention-probability dropout and the dropout after the attention output
+    projection are switched off (replaced by Dropout(0)), as in the released attention module that
+    computes LayerNorm(proj(context) + hidden); embedding and feed-forward dropout stay.
     Returns {layer index: {'q': factors, ...}} for checkpoint I/O.
     """
     names = {"q": "query", "k": "key", "v": "value"}
     found: Dict[int, Dict[str, LoRAFactors]] = {}
+    if not params:
+        return found
     for i in select_layers(position, len(bert_layers)):
         attn = bert_layers[i].attention
+        attn.self.dropout = nn.Dropout(0.0)  # BertSelfAttention reads self.dropout.p in training
+        attn.output.dropout = nn.Dropout(0.0)
         found[i] = {}
-        qkv_parts = [p for p in ("q", "k", "v") if p in params]
-        if qkv_parts:
-            query = attn.self.query
-            shared = SharedInputLoRA(query.in_features, query.out_features, qkv_parts, r, alpha, dropout)
-            for p in qkv_parts:
-                setattr(attn.self, names[p], SharedInputLoRALinear(getattr(attn.self, names[p]), shared, p))
-                found[i][p] = shared.lora[p]
+        for p in (p for p in ("q", "k", "v") if p in params):
+            wrapped = LoRALinear(getattr(attn.self, names[p]), r, alpha, dropout)
+            setattr(attn.self, names[p], wrapped)
+            found[i][p] = wrapped.lora
         if "o" in params:
             attn.output.dense = LoRALinear(attn.output.dense, r, alpha, dropout)
             found[i]["o"] = attn.output.dense.lora

@@ -148,11 +148,11 @@ class AceLoRAModel(nn.Module):
 
     # ---- embeddings ---------------------------------------------------------------------------
     def embed_image_tokens(self, tokens: torch.Tensor, cls_attention: torch.Tensor) -> torch.Tensor:
-        """Refined, normalised tokens (B, N, D): the hypergraph output, or the plain normalised tokens."""
-        return self._refine(self.image_hgnn, F.normalize(tokens, dim=-1), cls_attention)
+        """Refined, normalised fp32 tokens (B, N, D): the hypergraph output, or the plain normalised tokens."""
+        return self._refine(self.image_hgnn, F.normalize(tokens.float(), dim=-1), cls_attention)
 
     def embed_text_tokens(self, tokens: torch.Tensor, cls_attention: torch.Tensor) -> torch.Tensor:
-        return self._refine(self.text_hgnn, F.normalize(tokens, dim=-1), cls_attention)
+        return self._refine(self.text_hgnn, F.normalize(tokens.float(), dim=-1), cls_attention)
 
     @staticmethod
     def _refine(hgnn: Optional[AceHgnn], x: torch.Tensor, cls_attention: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,7 @@ class AceLoRAModel(nn.Module):
         then the text hypergraph runs once per class (the released zero-shot protocol).
         """
         tokens, attention = self.text_tokens(input_ids)
-        x = F.normalize(tokens, dim=-1)
+        x = F.normalize(tokens.float(), dim=-1)
         x = x.reshape(-1, num_templates, *x.shape[1:]).mean(dim=1)  # (C, L, D), not re-normalised
         attention = attention.reshape(-1, num_templates, attention.shape[-1]).mean(dim=1)  # (C, L-1)
         return self._refine(self.text_hgnn, x, attention)[:, 0]

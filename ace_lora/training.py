@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from .runtime import autocast, resolve_precision, write_resolved_config
 
-from .checkpoint import (atomic_save, load_resume_checkpoint, load_trainable_state_dict, restore_rng_state,
-                         rng_state, save_released_checkpoint, trainable_state_dict)
+from .checkpoint import (atomic_save, init_trainables_from, load_resume_checkpoint, load_trainable_state_dict,
+                         restore_rng_state, rng_state, save_released_checkpoint, trainable_state_dict)
 from .data.paths import data_root_for
 from .data.train_dataset import (TokenizingCollate, build_training_dataset, epoch_loader, iterate_batches,
                                  steps_per_epoch)
@@ -42,7 +42,6 @@ METRICS_FILE = "metrics.jsonl"  # one record per epoch (and epoch 0 / a final pa
 STEPS_FILE = "steps.jsonl"  # mean loss and learning rate every --log-every-steps
 CURVES_FILE = "training_curves.png"
 RELEASED_NAME = "ACE-LoRA_weights_{}.pt"
-RELEASED_LOSS_TYPES = {"label_guided": "clip_loss_ace_hgnn", "clip": "clip_loss"}  # --loss -> metadata loss_type
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -167,6 +166,10 @@ def check_training_args(args) -> None:
         raise UserInputError("--val-dataset needs --val-csv")
     if args.val_csv and not args.val_dataset:
         raise UserInputError("--val-csv needs --val-dataset (which zero-shot task it is)")
+    if args.init_from and args.resume:
+        raise UserInputError("--init-from starts a new run from trained weights, --resume continues a run: give one")
+    if args.init_from and not os.path.isfile(args.init_from):
+        raise UserInputError(f"--init-from {args.init_from}: file not found")
 
 
 def _append_jsonl(path: str, record: dict) -> None:
@@ -206,6 +209,8 @@ class Trainer:
 
         self.config = model_config(args)
         self.raw_model: AceLoRAModel = build_model(args.model, self.config, self.device)
+        if args.init_from:
+            init_trainables_from(self.raw_model, args.init_from)  # trainables only: a fresh optimiser and schedule
         self.model = self.raw_model
         if context.is_distributed:
             self.model = wrap_ddp(self.raw_model, self.device)
@@ -270,10 +275,10 @@ class Trainer:
         rng_states = gather_objects(rng_state(), self.context)
         if self.context.is_main:
             state = self._state(rng_states)
-            loss_type = RELEASED_LOSS_TYPES[self.args.loss]
+            use_labels = self.args.loss == "label_guided"
             for name in ("last", "best") if best else ("last",):
                 atomic_save(state, os.path.join(self.checkpoint_dir, f"{name}.pt"))
-                save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format(name)), loss_type=loss_type)
+                save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format(name)), use_labels=use_labels)
 
     def resume(self, path: str) -> None:
         if path == "latest":

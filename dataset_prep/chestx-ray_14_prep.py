@@ -1,8 +1,8 @@
 """NIH ChestX-ray14: one-hot test CSV for the first part of the official test list.
 
-Writes chestxray14_test.csv with columns Image Index, Path (images/<Image Index>) and one 0/1 column per
-label (Atelectasis ... Hernia; 'No Finding' is all zeros), for the first --fraction of test_list.txt in
-its file order.
+Writes chestxray14_test.csv with columns Image Index, Path (relative to the CSV's folder) and one 0/1
+column per label (Atelectasis ... Hernia; 'No Finding' is all zeros) for int(--fraction x the test
+list's length) images: as released, the first test-list images in the data-entry CSV's order.
 """
 import argparse
 import os
@@ -20,7 +20,8 @@ def parse_args(argv):
     parser.add_argument("--test-list", required=True, help="path to test_list.txt (one image file name a line)")
     parser.add_argument("--output-dir", required=True, help="folder to write chestxray14_test.csv to")
     parser.add_argument("--fraction", type=float, default=0.2,
-                        help="leading fraction of the test list to keep, as in the paper (default: 0.2; 1.0 for all)")
+                        help="how many test images to keep, as a fraction of the test list's length, taken in "
+                             "data-entry order as in the paper (default: 0.2; 1.0 for all)")
     return parser.parse_args(argv)
 
 

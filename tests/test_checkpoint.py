@@ -130,3 +130,30 @@ def test_eval_loader_rebuilds_config_from_metadata(tiny_model_name, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images))
     assert not list(tmp_path.glob(".tmp_*"))  # atomic write left no temporary file
+
+
+@pytest.mark.parametrize("gnn", ["both", "none"])
+@pytest.mark.parametrize("use_labels", [True, False])
+def test_hypergraph_and_label_mask_round_trip_independently(tiny_model_name, tmp_path, gnn, use_labels):
+    """loss_type records the hypergraph (as released), use_labels the mask; the loader rebuilds the model."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_name, AceLoRAConfig(apply_gnn_encoders=gnn)).eval()
+    for parts in model.text_lora.values():
+        for factors in parts.values():
+            torch.nn.init.normal_(factors.lora_B, std=0.05)
+    path = tmp_path / "weights.pt"
+    save_released_checkpoint(model, str(path), use_labels=use_labels)
+    metadata = read_released_checkpoint(str(path))["metadata"]
+    assert metadata["loss_type"] == ("clip_loss_ace_hgnn" if gnn == "both" else "clip_loss")
+    assert metadata["use_labels"] is use_labels
+    del metadata["apply_gnn_encoders"]  # as in the authors' files: loss_type alone must decide
+    state = read_released_checkpoint(str(path))
+    state["metadata"] = metadata
+    atomic_save(state, str(path))
+    loaded = load_model_for_eval(tiny_model_name, str(path), merge=False)
+    assert (loaded.image_hgnn is None) == (loaded.text_hgnn is None) == (gnn == "none")
+    ids = model.tokenize(["findings suggesting edema", "a chest x-ray image of pneumonia"])
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(ids), model.encode_text(ids), rtol=0, atol=0)
+        torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images), rtol=0, atol=0)

@@ -319,16 +319,17 @@ def test_nih_first_fraction_one_hot(tmp_path, capsys):
     script = load_script("chestx-ray_14_prep.py")
     raw = write_nih(tmp_path / "nih")
     out = tmp_path / "out"
-    assert script.main(raw + ["--output-dir", str(out)]) == 0  # first int(0.2 * 15) = 3 of the test list
+    assert script.main(raw + ["--output-dir", str(out)]) == 0  # int(0.2 * 15) = 3 images
     table = pd.read_csv(out / "chestxray14_test.csv")
     assert list(table.columns) == ["Image Index", "Path", *NIH_LABELS]
-    assert list(table["Image Index"]) == ["00000004_000.png", "00000001_000.png"]  # test-list order
-    assert table.loc[1, "Path"] == os.path.join("..", "nih", "images", "00000001_000.png")  # relative to out/
-    effusion_mass = table.loc[1, list(NIH_LABELS)]
+    # As released: the first 3 test images in data-entry order, not test_list.txt's 00000004, 00000001, ...
+    assert list(table["Image Index"]) == ["00000001_000.png", "00000002_000.png", "00000003_000.png"]
+    assert table.loc[0, "Path"] == os.path.join("..", "nih", "images", "00000001_000.png")  # relative to out/
+    effusion_mass = table.loc[0, list(NIH_LABELS)]
     assert effusion_mass[effusion_mass == 1].index.tolist() == ["Effusion", "Mass"]
-    assert table.loc[0, list(NIH_LABELS)].sum() == 3
+    assert table.loc[1, list(NIH_LABELS)].sum() == 0 and table.loc[2, "Hernia"] == 1
     printed = capsys.readouterr().out
-    assert "selected the first 3 of 15 images" in printed
+    assert "selected 3 images: the first 3 (0.2 of the 15 in" in printed
     assert "excluded 1 test-list images missing from" in printed and "00000099_000.png" in printed
 
     assert script.main(raw + ["--output-dir", str(out), "--fraction", "1.0"]) == 0

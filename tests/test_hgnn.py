@@ -48,3 +48,29 @@ def test_adapter_layout_matches_released_keys():
     adapter = Adapter(512, 128)
     shapes = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
     assert shapes == {"down.weight": (128, 512), "down.bias": (128,), "up.weight": (512, 128), "up.bias": (512,)}
+
+
+def test_adapter_init_as_released_kaiming_normal_weights_default_linear_biases():
+    torch.manual_seed(0)
+    adapter = Adapter(512, 128)
+    for layer in (adapter.down, adapter.up):
+        fan_in = layer.in_features
+        bound = fan_in ** -0.5  # nn.Linear's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert layer.bias.abs().max() <= bound and layer.bias.abs().max() > 0.9 * bound
+        assert abs(layer.weight.std().item() - (2.0 / fan_in) ** 0.5) < 0.05 * (2.0 / fan_in) ** 0.5
+
+
+def test_hypergraph_runs_in_fp32_under_autocast():
+    """Under bf16 autocast the incidence (and so the top-k neighbourhoods) equals the fp32 one."""
+    torch.manual_seed(0)
+    hg = AceHgnn(dim=64, hidden=16, topk=5)
+    x = F.normalize(torch.randn(4, 50, 64), dim=-1)
+    attn = torch.randn(4, 49)
+    reference_incidence, reference_out = hypergraph_incidence(x, attn, 5), hg(x, attn)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        incidence, out = hypergraph_incidence(x, attn, 5), hg(x, attn)
+        unprotected = F.normalize(x[:, 1:]) @ F.normalize(x[:, 1:]).transpose(1, 2)
+    assert unprotected.dtype == torch.bfloat16  # autocast is really on in this block
+    assert incidence.dtype == out.dtype == torch.float32
+    torch.testing.assert_close(incidence, reference_incidence, rtol=0, atol=0)
+    torch.testing.assert_close(out, reference_out, rtol=0, atol=0)

@@ -6,8 +6,7 @@ from torch import nn
 
 from ace_lora.backbone import load_backbone
 from ace_lora.errors import UserInputError
-from ace_lora.lora import (FusedQKVLoRA, LoRAFactors, LoRALinear, SharedInputLoRA, SharedInputLoRALinear,
-                           select_layers)
+from ace_lora.lora import FusedQKVLoRA, LoRAFactors, LoRALinear, select_layers
 from ace_lora.model import AceLoRAConfig, AceLoRAModel
 
 
@@ -112,12 +111,10 @@ def _delta_weight_calls(module):
 
 
 def test_lora_forward_is_low_rank_in_every_wrapper():
-    """The training forward never forms B @ A, for plain, fused-qkv and shared-input LoRA alike."""
+    """The training forward never forms B @ A, for plain and fused-qkv LoRA alike."""
     torch.manual_seed(0)
-    shared = SharedInputLoRA(64, 64, ["q", "k", "v"], r=4, alpha=1.0, dropout=0.1)
     wrappers = [LoRALinear(nn.Linear(64, 64), r=4, alpha=1.0, dropout=0.1),
                 FusedQKVLoRA(nn.Linear(64, 192), ["q", "k", "v"], r=4, alpha=1.0, dropout=0.1)]
-    wrappers += [SharedInputLoRALinear(nn.Linear(64, 64), shared, p) for p in ("q", "k", "v")]
     calls = _delta_weight_calls(nn.ModuleList(wrappers))
     x = torch.randn(2, 5, 64)
     sum(w(x).sum() for w in wrappers).backward()
@@ -125,28 +122,56 @@ def test_lora_forward_is_low_rank_in_every_wrapper():
     assert all(p.grad is not None for w in wrappers for n, p in w.named_parameters() if "lora_" in n)
 
 
-def test_shared_input_lora_matches_separate_updates_and_shares_one_dropout_mask():
+def _lora_inputs(factors_by_part):
+    """Record the (dropped) input each LoRAFactors receives."""
+    seen = {}
+    for part, factors in factors_by_part.items():
+        factors.register_forward_hook(lambda m, i, o, part=part: seen.__setitem__(part, i[0]))
+    return seen
+
+
+@pytest.mark.parametrize("tower", ["vision", "text"])
+def test_q_k_v_see_independent_dropout_masks_at_rate_p(tiny_model_name, tower):
+    """As released, each projection has its own dropout: three different masks, each keeping 1 - p."""
     torch.manual_seed(0)
-    bases = {p: nn.Linear(16, 16) for p in "qkv"}
-    shared = SharedInputLoRA(16, 16, ["q", "k", "v"], r=2, alpha=1.0, dropout=0.0)
-    for factors in shared.lora.values():
-        nn.init.normal_(factors.lora_B)
-    wrapped = {p: SharedInputLoRALinear(bases[p], shared, p) for p in "qkv"}
-    x = torch.randn(3, 16)
-    for p in "qkv":
-        f = shared.lora[p]
-        expected = bases[p](x) + (x @ f.lora_A.T @ f.lora_B.T) / math.sqrt(2)
-        torch.testing.assert_close(wrapped[p](x), expected)
-    assert shared._input is None  # cache released once q, k and v have read it
-    # A new input recomputes; with dropout, q, k and v see the same mask (one dropout call per input).
-    shared.dropout.p = 0.5
-    shared.train()
-    y = torch.randn(3, 16)
-    masks = []
-    shared.dropout.register_forward_hook(lambda m, i, o: masks.append(o))
-    for p in "qkv":
-        wrapped[p](y)
-    assert len(masks) == 1
+    model = AceLoRAModel(load_backbone(tiny_model_name), AceLoRAConfig(dropout=0.3, apply_gnn_encoders="none"))
+    model.train()
+    model.clip.text.transformer.embeddings.dropout.p = 0.0  # so zeros in layer 0's input are LoRA dropout's
+    layers = model.vision_lora if tower == "vision" else model.text_lora
+    seen = _lora_inputs(layers[0])
+    with torch.no_grad():
+        if tower == "vision":
+            model.image_tokens(torch.randn(8, 3, 64, 64))
+        else:
+            model.text_tokens(model.tokenize(["findings suggesting edema there is"] * 8))
+    masks = {p: seen[p] != 0 for p in "qkv"}
+    for p, q in (("q", "k"), ("k", "v"), ("q", "v")):
+        assert (masks[p] != masks[q]).float().mean() > 0.2  # independent masks differ in ~2p(1-p) = 42%
+    for mask in masks.values():
+        assert mask.float().mean().item() == pytest.approx(0.7, abs=0.03)
+    kept = seen["q"][masks["q"]]
+    assert kept.abs().min() > 0  # kept entries are rescaled inputs, dropped ones exactly zero
+
+
+def test_lora_layers_of_bert_train_without_attention_dropout(tiny_model_name):
+    """Train-mode text forward: with LoRA and feed-forward/embedding dropout at 0, two forwards agree,
+    although BERT's own attention dropout is 0.9; with feed-forward dropout on they differ."""
+    torch.manual_seed(0)
+    backbone = load_backbone(tiny_model_name)
+    for layer in backbone.clip.text.transformer.encoder.layer:
+        layer.attention.self.dropout.p = 0.9
+        layer.attention.output.dropout.p = 0.9
+        layer.output.dropout.p = 0.0
+    backbone.clip.text.transformer.embeddings.dropout.p = 0.0
+    model = AceLoRAModel(backbone, AceLoRAConfig(dropout=0.0, apply_gnn_encoders="none")).train()
+    for layer in model.clip.text.transformer.encoder.layer:
+        assert layer.attention.self.dropout.p == 0.0 and layer.attention.output.dropout.p == 0.0
+    ids = model.tokenize(["findings suggesting edema", "a chest x-ray image of pneumonia"])
+    with torch.no_grad():
+        first, second = model.text_tokens(ids)[0], model.text_tokens(ids)[0]
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
+        model.clip.text.transformer.encoder.layer[0].output.dropout.p = 0.5  # feed-forward dropout stays
+        assert not torch.allclose(model.text_tokens(ids)[0], first)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -256,4 +256,5 @@ def test_curves_refreshed_every_epoch_and_loss_type_recorded(tiny_model_name, de
     assert plotted[:2] == [3, 6] and (out / "training_curves.png").is_file()  # after epoch 1, not only at the end
     for name in ("last", "best"):
         metadata = read_released_checkpoint(str(out / f"ACE-LoRA_weights_{name}.pt"))["metadata"]
-        assert metadata["loss_type"] == "clip_loss"  # plain InfoNCE, not the label-guided ACE-HGNN loss
+        # As released: loss_type says the hypergraph exists; use_labels says the label mask is off.
+        assert metadata["loss_type"] == "clip_loss_ace_hgnn" and metadata["use_labels"] is False

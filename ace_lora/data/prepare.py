@@ -4,7 +4,8 @@ One `prepare_*` function per data set (the scripts in `dataset_prep/` only parse
 them). Every output goes through `write_split_csvs`, which prints what it wrote. Split fractions and
 seeds follow the released ACE-LoRA preparation code so that the test sets are the paper's:
 RSNA 15% test and 70/15/15 detection (random_state=0, patients sorted by patientId, not stratified),
-SIIM 30% test sample (random_state=42, unique images in file order), NIH first 20% of test_list.txt.
+SIIM 30% test sample (random_state=42, unique images in file order), NIH: of the data-entry rows whose
+image is in test_list.txt, the first (in data-entry order) 20% of the test list's length.
 
 Image and mask paths in the CSVs are relative to the folder the CSV is written to (`output_dir`),
 whatever the working directory of the preparation run and whether the inputs were given as relative
@@ -276,10 +277,11 @@ def nih_one_hot(finding_labels: pd.Series, source: str) -> pd.DataFrame:
 
 def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: float = 0.2,
                 image_dir: str | None = None) -> list[str]:
-    """chestxray14_test.csv: the first `fraction` of test_list.txt in its file order, one-hot labelled.
+    """chestxray14_test.csv: int(fraction * len(test_list)) test images, one-hot labelled.
 
-    Images are `<image_dir>/<Image Index>` (default image_dir: images/ next to the data-entry CSV, the
-    download's layout); Path is relative to `output_dir`."""
+    As released, the images are the first data-entry rows (in data-entry CSV order) whose image is in
+    test_list.txt, not the first lines of test_list.txt. Images are `<image_dir>/<Image Index>` (default
+    image_dir: images/ next to the data-entry CSV, the download's layout); Path is relative to `output_dir`."""
     if not 0 < fraction <= 1:
         raise UserInputError(f"fraction must be in (0, 1], not {fraction}")
     entries = read_table(data_entry_csv, ("Image Index", "Finding Labels"), dtype=str)
@@ -287,13 +289,15 @@ def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: 
         raise UserInputError(f"{test_list}: file not found")
     with open(test_list) as handle:
         names = [line.strip() for line in handle if line.strip()]
-    selected = names[:int(len(names) * fraction)]
-    print(f"selected the first {len(selected)} of {len(names)} images in {test_list}")
-    entries = entries.drop_duplicates("Image Index").set_index("Image Index")
-    report_excluded([name for name in selected if name not in entries.index],
-                    f"test-list images missing from {data_entry_csv}")
-    selected = [name for name in selected if name in entries.index]
-    labels = nih_one_hot(entries.loc[selected, "Finding Labels"], data_entry_csv)
+    entries = entries.drop_duplicates("Image Index")
+    known = set(entries["Image Index"])
+    report_excluded([name for name in names if name not in known], f"test-list images missing from {data_entry_csv}")
+    count = int(len(names) * fraction)
+    in_test = entries[entries["Image Index"].isin(set(names))]
+    selected = in_test["Image Index"].tolist()[:count]
+    print(f"selected {len(selected)} images: the first {count} ({fraction:g} of the {len(names)} in {test_list}) "
+          f"in {data_entry_csv} order")
+    labels = nih_one_hot(in_test["Finding Labels"].iloc[:count].reset_index(drop=True), data_entry_csv)
     if image_dir is None:
         image_dir = os.path.join(os.path.dirname(os.path.abspath(data_entry_csv)), "images")
     paths = [path_from(output_dir, os.path.join(image_dir, name)) for name in selected]
