@@ -258,3 +258,58 @@ def test_curves_refreshed_every_epoch_and_loss_type_recorded(tiny_model_name, de
         metadata = read_released_checkpoint(str(out / f"ACE-LoRA_weights_{name}.pt"))["metadata"]
         # As released: loss_type says the hypergraph exists; use_labels says the label mask is off.
         assert metadata["loss_type"] == "clip_loss_ace_hgnn" and metadata["use_labels"] is False
+
+
+def test_init_from_loads_trainables_with_a_fresh_schedule(tiny_model_name, demo_data, tmp_path):
+    """--init-from copies the file's tensors (lr 0 keeps them exactly) and starts at step 1, epoch 1."""
+    first = tmp_path / "first"
+    train.main(run_args(tiny_model_name, demo_data, first, "--epochs", "1", "--log-every-steps", "1"))
+    again = tmp_path / "again"
+    for start in (first / "checkpoints" / "last.pt", first / "ACE-LoRA_weights_last.pt"):
+        train.main(run_args(tiny_model_name, demo_data, again, "--init-from", str(start), "--lr", "0",
+                            "--max-steps", "1", "--log-every-steps", "1"))
+        before = read_released_checkpoint(str(first / "ACE-LoRA_weights_last.pt"))["weights"]
+        after = read_released_checkpoint(str(again / "ACE-LoRA_weights_last.pt"))["weights"]
+        assert torch.equal(after["logit_scale"], before["logit_scale"])
+        assert torch.equal(after["layer_0"]["q_proj"]["w_lora_B"], before["layer_0"]["q_proj"]["w_lora_B"])
+        assert torch.equal(after["img_node_adapter"]["up.bias"], before["img_node_adapter"]["up.bias"])
+        assert before["layer_0"]["q_proj"]["w_lora_B"].abs().sum() > 0  # the first run trained B away from 0
+        steps = [json.loads(line) for line in (again / "steps.jsonl").read_text().splitlines()]
+        assert [s["step"] for s in steps] == [1] and steps[0]["epoch"] == 1
+
+
+def test_init_from_mismatches_give_one_line_errors(tiny_model_name, demo_data, tmp_path, capsys):
+    model = build_model(tiny_model_name, AceLoRAConfig(r=2, topk=3))
+    weights = tmp_path / "r2.pt"
+    save_released_checkpoint(model, str(weights))
+    out = tmp_path / "out"
+    line = error_line(capsys, run_args(tiny_model_name, demo_data, out, "--init-from", str(weights)))
+    assert line == (f"error: --init-from {weights} was trained with --lora-r 2 (this run: 4), --topk 3 (this run: 5); "
+                    "set the same flags to start from it")
+    state = read_released_checkpoint(str(weights))
+    state["metadata"]["r"] = 4  # metadata that lies about the shapes: the tensor is named
+    torch.save(state, weights)
+    line = error_line(capsys, run_args(tiny_model_name, demo_data, out, "--init-from", str(weights), "--topk", "3"))
+    assert "weights['layer_0']['q_proj']['w_lora_A'] has shape (2, 64), the model expects (4, 64)" in line
+    plain = tmp_path / "plain.pt"
+    save_released_checkpoint(build_model(tiny_model_name, AceLoRAConfig(apply_gnn_encoders="none")), str(plain))
+    line = error_line(capsys, run_args(tiny_model_name, demo_data, out, "--init-from", str(plain)))
+    assert "--apply-gnn-encoders none (this run: both)" in line
+    assert error_line(capsys, run_args(tiny_model_name, demo_data, out, "--init-from", str(tmp_path / "no.pt"))) \
+        == f"error: --init-from {tmp_path / 'no.pt'}: file not found"
+    assert "give one" in error_line(capsys, run_args(tiny_model_name, demo_data, out, "--init-from", str(plain),
+                                                     "--resume", "latest"))
+    assert not out.exists() or not (out / "checkpoints" / "last.pt").exists()
+
+
+def test_lora_only_training_without_hypergraph(tiny_model_name, demo_data, tmp_path, capsys):
+    """--apply-gnn-encoders none: LoRA and the scale train; the weight file says clip_loss (LoRA only)."""
+    argv = run_args(tiny_model_name, demo_data, tmp_path, "--apply-gnn-encoders", "none", "--dry-run")
+    train.main(argv)
+    # 2 BERT layers + 6 ViT blocks, q/k/v, width 64, r 4: 8 * 3 * 512 LoRA numbers + the scale
+    assert capsys.readouterr().out.strip() == f"trainable parameters: {8 * 3 * 512 + 1}"
+    train.main(run_args(tiny_model_name, demo_data, tmp_path, "--apply-gnn-encoders", "none", "--epochs", "1"))
+    weights = read_released_checkpoint(str(tmp_path / "ACE-LoRA_weights_last.pt"))
+    assert weights["metadata"]["loss_type"] == "clip_loss" and weights["metadata"]["use_labels"] is True
+    assert not any("adapter" in key for key in weights["weights"])
+    assert load_model_for_eval(tiny_model_name, str(tmp_path / "ACE-LoRA_weights_last.pt")).image_hgnn is None
