@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from ace_lora.cli import (add_config_arg, add_model_args, add_runtime_args, main_guard,  # noqa: F401
                           parse_with_config, runtime_device)
-from ace_lora.runtime import PRECISIONS, autocast, resolve_precision, write_resolved_config  # noqa: F401
+from ace_lora.runtime import PRECISIONS, autocast, resolve_precision  # noqa: F401
 
 
 # ---- training (train.py and train_multi_gpu.py share one command line) ----------------------
@@ -92,7 +92,11 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     logs.add_argument("--log-every-steps", type=int, default=20,
                       help="append the mean loss and the learning rate to steps.jsonl every N steps")
     logs.add_argument("--resume",
-                      help="resume checkpoint to continue from, or 'latest' = <output-dir>/checkpoints/last.pt")
+                      help="continue a run: a resume checkpoint, 'latest' (= <output-dir>/checkpoints/last.pt) or "
+                           "'auto' (latest if it exists, else a new run; for requeued cluster jobs). Every setting that "
+                           "shapes the run must be the same")
+    logs.add_argument("--overwrite", action="store_true",
+                      help="start a new run in an --output-dir that holds another one (its run files are deleted)")
     logs.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
 
     val = parser.add_argument_group("validation")

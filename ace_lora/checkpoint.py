@@ -12,34 +12,15 @@ Released format (`torch.save` dict, loads with weights_only=True):
 Every write is atomic: a temporary file in the same folder, then os.replace.
 """
 import os
-import tempfile
 from typing import Any, Dict, Iterator, Tuple
 
 import torch
 
 from .errors import UserInputError
+from .io import atomic_save
 from .lora import LoRAFactors
 from .model import AceLoRAConfig, AceLoRAModel
 
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_checkpoint_file(path: str) -> dict:
@@ -115,26 +96,46 @@ def gnn_encoders_from_metadata(metadata: dict) -> str:
     return "none" if metadata.get("loss_type") == LORA_ONLY_LOSS_TYPE else "both"
 
 
-def config_from_metadata(metadata: dict, **overrides) -> AceLoRAConfig:
+def config_from_metadata(metadata: dict, source: str = "checkpoint", **overrides) -> AceLoRAConfig:
     """The AceLoRAConfig a released checkpoint was trained with (alpha 1 and dropout 0.1 if absent)."""
-    cfg = AceLoRAConfig(
-        r=int(metadata.get("r", 4)), alpha=float(metadata.get("alpha", 1.0)),
-        dropout=float(metadata.get("dropout_rate", 0.1)),
-        params=list(metadata.get("params", ["q", "k", "v"])), position=metadata.get("position", "all"),
-        topk=int(metadata.get("topk", metadata.get("k_nearest", 5))),
-        hidden_features=int(metadata.get("hidden_features", 128)),
-        apply_gnn_encoders=gnn_encoders_from_metadata(metadata))
+    try:
+        cfg = _config_from_metadata(metadata)
+    except (TypeError, ValueError) as err:
+        raise UserInputError(f"{source}: invalid metadata, {err}") from None
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def _integer(metadata: dict, key: str, default: int) -> int:
+    value = metadata.get(key, default)
+    try:
+        whole = not isinstance(value, bool) and float(value).is_integer()
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _config_from_metadata(metadata: dict) -> AceLoRAConfig:
+    return AceLoRAConfig(
+        r=_integer(metadata, "r", 4), alpha=float(metadata.get("alpha", 1.0)),
+        dropout=float(metadata.get("dropout_rate", 0.1)),
+        params=list(metadata.get("params", ["q", "k", "v"])), position=str(metadata.get("position", "all")),
+        topk=_integer(metadata, "topk", metadata.get("k_nearest", 5)),
+        hidden_features=_integer(metadata, "hidden_features", 128),
+        apply_gnn_encoders=gnn_encoders_from_metadata(metadata))
 
 
 def _copy_checked(dst: torch.Tensor, src: Any, where: str, path: str) -> None:
     if not isinstance(src, torch.Tensor):
         raise UserInputError(f"{path}: {where} is missing or not a tensor")
     if tuple(src.shape) != tuple(dst.shape):
-        raise UserInputError(f"{path}: {where} has shape {tuple(src.shape)}, the model expects {tuple(dst.shape)}"
-                             " (check --lora-r, --position, --params and the backbone)")
+        raise UserInputError(f"{path}: {where} has shape {tuple(src.shape)}, the model expects {tuple(dst.shape)} "
+                             "(the file was trained with another rank, position, projections or backbone)")
+    if src.is_floating_point() and not torch.isfinite(src).all():
+        raise UserInputError(f"{path}: {where} holds NaN or infinite values (a diverged or damaged checkpoint)")
     with torch.no_grad():
         dst.copy_(src.to(dst.dtype))
 
@@ -223,7 +224,7 @@ def load_trainable_state_dict(model: AceLoRAModel, state: Dict[str, torch.Tensor
 def checkpoint_config(state: Any, path: str) -> AceLoRAConfig:
     """The model configuration that a released weight file or one of our training checkpoints describes."""
     if isinstance(state, dict) and "weights" in state:
-        return config_from_metadata(state.get("metadata", {}))
+        return config_from_metadata(state.get("metadata", {}), source=path)
     if isinstance(state, dict) and "trainable" in state:
         return AceLoRAConfig(**state["model_config"])
     raise UserInputError(f"{path} is neither an ACE-LoRA weight file nor a training checkpoint")

@@ -13,12 +13,13 @@ import torch
 import yaml
 
 from .backbone import BIOMEDCLIP_HUB
-from .errors import UserInputError
+from .errors import RunInterrupted, UserInputError
 from .runtime import PRECISIONS, resolve_device, resolve_precision
 
 
 def main_guard(main: Callable) -> Callable:
-    """Run `main`, turning a UserInputError into `error: <message>` on stderr and exit status 2."""
+    """Run `main`, turning a UserInputError into `error: <message>` on stderr and exit status 2, an
+    interrupted training run into its one line and 128 + signal, and Ctrl-C elsewhere into one line and 130."""
     @functools.wraps(main)
     def guarded(*args, **kwargs):
         try:
@@ -26,6 +27,12 @@ def main_guard(main: Callable) -> Callable:
         except UserInputError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except RunInterrupted as err:
+            print(str(err), file=sys.stderr)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
     return guarded
 
 

@@ -16,7 +16,8 @@ import torch
 from .data.synthetic import DemoDataset, write_demo_dataset
 from .distributed import DistributedContext, barrier, broadcast_object
 from .tiny_model import write_tiny_biomedclip
-from .training import METRICS_FILE, RELEASED_NAME, Trainer, print_trainable_count, read_jsonl
+from .io import read_jsonl
+from .training import METRICS_FILE, RELEASED_NAME, print_trainable_count, train_in_run_folder
 
 # Flag defaults of a --demo run unless given on the command line or in --config (chosen for a robust,
 # < 3 minute CPU run); run_utils.parse_training_args applies them.
@@ -96,7 +97,7 @@ def run_demo(args, context: DistributedContext):
         if args.dry_run:
             print_trainable_count(args, context)
             return None
-        summary = Trainer(args, context).fit()
-    if context.is_main:
+        summary = train_in_run_folder(args, context)
+    if context.is_main and summary is not None:
         write_demo_metrics(args, data, time.perf_counter() - start)
     return summary

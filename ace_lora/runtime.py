@@ -1,23 +1,31 @@
-"""Where and how computations run: device, autocast precision, and the resolved configuration file."""
-import argparse
+"""Where and how computations run: device and autocast precision."""
 import contextlib
-import json
-import os
+import re
 
 import torch
-import yaml
 
 from .errors import UserInputError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps)")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else CPU."""
+    """'auto' picks CUDA when available, else CPU; otherwise cpu, cuda, cuda:N or mps, checked here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"--device {name} requested but CUDA is not available on this machine")
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise UserInputError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserInputError(f"--device {name} requested but CUDA is not available on this machine")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UserInputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError("--device mps requested but MPS is not available on this machine")
     return torch.device(name)
 
 
@@ -33,11 +41,3 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def write_resolved_config(args: argparse.Namespace, output_dir: str, name: str = "config.yaml") -> str:
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, name)
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(json.loads(json.dumps(vars(args), default=str)), f, sort_keys=True)
-    return path

@@ -8,11 +8,15 @@ Reproducibility: Python, NumPy and torch are seeded with seed + rank; the data o
 scaler, counters, the running loss sums and every rank's RNG states, so an interrupted CPU run resumed
 from `checkpoints/last.pt` ends bit-identical to an uninterrupted one.
 """
+import hashlib
 import inspect
 import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -22,26 +26,34 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .runtime import autocast, resolve_precision, write_resolved_config
+from .io import append_jsonl, atomic_save, prepare_output_dir, read_jsonl, write_resolved_config
+from .runtime import autocast, resolve_precision
 
-from .checkpoint import (atomic_save, init_trainables_from, load_resume_checkpoint, load_trainable_state_dict,
+from .checkpoint import (init_trainables_from, load_resume_checkpoint, load_trainable_state_dict,
                          restore_rng_state, rng_state, save_released_checkpoint, trainable_state_dict)
 from .data.paths import data_root_for
 from .data.train_dataset import (TokenizingCollate, build_training_dataset, epoch_loader, iterate_batches,
                                  steps_per_epoch)
 from .distributed import (DistributedContext, all_ranks_true, barrier, gather_objects, run_on_main,
                           sum_over_ranks)
-from .errors import UserInputError
+from .errors import RunInterrupted, UserInputError
 from .evaluation.figures import plot_training_curves
 from .factory import build_model
 from .loss import gather_batch, label_guided_info_nce
 from .model import AceLoRAConfig, AceLoRAModel
+from .run_folder import RunLock, check_run_folder, clear_run_files
 
 CHECKPOINT_FORMAT = "ace-lora-training-1"
 METRICS_FILE = "metrics.jsonl"  # one record per epoch (and epoch 0 / a final partial epoch)
 STEPS_FILE = "steps.jsonl"  # mean loss and learning rate every --log-every-steps
 CURVES_FILE = "training_curves.png"
 RELEASED_NAME = "ACE-LoRA_weights_{}.pt"
+# Flags that shape a run (model, optimisation, schedule): a resumed run must keep every one. The data is
+# compared by identity (CSV path, row count, fingerprint of the image paths), see `data_identity`.
+RUN_SHAPING_FLAGS = ("model", "lora_r", "lora_alpha", "lora_dropout", "params", "position", "topk",
+                     "hidden_features", "apply_gnn_encoders", "loss", "init_from", "split", "uncertain_policy",
+                     "batch_size", "epochs", "lr", "weight_decay", "betas", "warmup_epochs", "seed",
+                     "gather_negatives")
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -155,6 +167,7 @@ def check_eval_inputs(args, eval_specs: List[Tuple[str, str, Optional[str]]]) ->
 
 
 def check_training_args(args) -> None:
+    """Flag values that torch or NumPy would otherwise reject late, or accept and misuse."""
     if not args.train_csv:
         raise UserInputError("--train-csv is required (or --demo, or --dry-run)")
     for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs)):
@@ -162,6 +175,13 @@ def check_training_args(args) -> None:
             raise UserInputError(f"{flag} must be >= 1, got {value}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UserInputError(f"--max-steps must be >= 1, got {args.max_steps}")
+    for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay),
+                        ("--warmup-epochs", args.warmup_epochs), ("--num-workers", args.num_workers),
+                        ("--save-every-steps", args.save_every_steps), ("--log-every-steps", args.log_every_steps)):
+        if not value >= 0:  # also NaN
+            raise UserInputError(f"{flag} must be >= 0, got {value}")
+    if not all(0 <= beta < 1 for beta in args.betas):
+        raise UserInputError(f"--betas must both be in [0, 1), got {' '.join(map(str, args.betas))}")
     if args.val_dataset and not args.val_csv:
         raise UserInputError("--val-dataset needs --val-csv")
     if args.val_csv and not args.val_dataset:
@@ -172,20 +192,94 @@ def check_training_args(args) -> None:
         raise UserInputError(f"--init-from {args.init_from}: file not found")
 
 
-def _append_jsonl(path: str, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+def data_identity(csv_path: str, image_paths: List[str]) -> dict:
+    """What makes a training set the same one: its CSV, its size and the images it lists, in order."""
+    digest = hashlib.sha256("\n".join(os.path.abspath(p) for p in image_paths).encode("utf-8")).hexdigest()
+    return {"csv": os.path.abspath(csv_path), "rows": len(image_paths), "images_sha256": digest[:16]}
 
 
-def read_jsonl(path: str) -> List[dict]:
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def compare_run_settings(path: str, saved: dict, args) -> None:
+    """A resumed run must be the same run: every shaping flag as saved (one error naming each)."""
+    current = json.loads(json.dumps(vars(args), default=str))
+    differs = [f"--{key.replace('_', '-')} {_shown(saved.get(key))} (now {_shown(current.get(key))})"
+               for key in RUN_SHAPING_FLAGS if key in saved and saved.get(key) != current.get(key)]
+    if differs:
+        raise UserInputError(f"--resume {path}: the run was started with other settings: {', '.join(differs)}; "
+                             "resume with the same flags, or start a new run from its weights with --init-from")
+
+
+class RunFinished(Exception):
+    """--resume of a run that has nothing left to do (not an error)."""
+
+
+def resume_path(args) -> Optional[str]:
+    """The checkpoint --resume names: a path, 'latest' (<output-dir>/checkpoints/last.pt, which must exist)
+    or 'auto' (last.pt when there is one, else a new run: what a requeued job wants)."""
+    if not args.resume:
+        return None
+    if args.resume in ("latest", "auto"):
+        path = os.path.join(args.output_dir, "checkpoints", "last.pt")
+        if os.path.isfile(path):
+            return path
+        if args.resume == "latest":
+            raise UserInputError(f"--resume latest: no checkpoint at {path}")
+        return None
+    return args.resume
+
+
+def read_resume_state(args) -> Optional[dict]:
+    """The checkpoint to continue from, checked against the flags before anything is built or written.
+
+    Raises RunFinished when the run already reached --epochs (or --max-steps)."""
+    path = resume_path(args)
+    if path is None:
+        return None
+    state = load_resume_checkpoint(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserInputError(f"{path} is not an ACE-LoRA training checkpoint (format {state.get('format')!r})")
+    compare_run_settings(path, state.get("config", {}), args)
+    if state["epoch"] >= args.epochs or (args.max_steps is not None and state["step"] >= args.max_steps):
+        limit = f"--max-steps {args.max_steps}" if state["epoch"] < args.epochs else f"{args.epochs} epochs"
+        raise RunFinished(f"{path}: this run is finished ({limit} reached at step {state['step']}); nothing to do")
+    state["path"] = path
+    return state
 
 
 def _finite_or_none(value):
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+class StopRequest:
+    """SIGINT / SIGTERM during training (Ctrl-C, SLURM preemption): the trainer finishes the current step,
+    saves checkpoints/last.pt and stops; a second signal stops at once. Handlers are installed only in
+    the main thread and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"{signal.Signals(signum).name}: finishing this step, then saving checkpoints/last.pt (send it again "
+              "to stop at once)", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -194,14 +288,11 @@ def _finite_or_none(value):
 class Trainer:
     """Holds the model, optimiser and counters of one training run; `fit()` runs it."""
 
-    def __init__(self, args, context: DistributedContext):
-        check_training_args(args)
+    def __init__(self, args, context: DistributedContext, resume_state: Optional[dict] = None):
+        """`args` passed `check_run_args`; `resume_state` is `read_resume_state`'s checkpoint (or None)."""
         self.args, self.context, self.device = args, context, context.device
-        args.precision = resolve_precision(args.precision, self.device)
-        if args.precision == "fp16" and self.device.type != "cuda":
-            raise UserInputError("--precision fp16 needs CUDA; use fp32 (or bf16) on the CPU")
+        self.resume_state = resume_state
         self.eval_specs = parse_eval_specs(args.eval_datasets)
-        check_eval_inputs(args, self.eval_specs)
         self.has_eval = bool(args.val_dataset or self.eval_specs)
         self.out_dir = args.output_dir
         self.checkpoint_dir = os.path.join(self.out_dir, "checkpoints")
@@ -217,6 +308,13 @@ class Trainer:
 
         self.dataset = build_training_dataset(args.train_csv, self.raw_model.preprocess, args.data_root, args.label_csv,
                                               args.split, args.uncertain_policy, quiet=not context.is_main)
+        self.data = data_identity(args.train_csv, self.dataset.image_paths)
+        saved_data = (resume_state or {}).get("data")
+        if saved_data and saved_data != self.data:
+            differs = ", ".join(f"{k} {saved_data.get(k)} (now {v})" for k, v in self.data.items()
+                                if saved_data.get(k) != v)
+            raise UserInputError(f"--resume {resume_state['path']}: the run was trained on other data: {differs}; "
+                                 "resume on the same training CSV and images")
         self.collate = TokenizingCollate(self.raw_model.tokenizer)
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), args.batch_size, context.world_size)
         if self.steps_per_epoch == 0:
@@ -237,6 +335,7 @@ class Trainer:
         self.log_loss = [0.0, 0]  # (sum, count) since the last steps.jsonl record
         self.best: Optional[dict] = None  # {"metric", "value", "epoch"}
         self.images_per_step = args.batch_size * context.world_size
+        self.stop = StopRequest()
 
     # ---- paths and files ------------------------------------------------------------------
     def _path(self, name: str) -> str:
@@ -244,7 +343,7 @@ class Trainer:
 
     def _write_record(self, name: str, record: dict) -> None:
         if self.context.is_main:
-            _append_jsonl(self._path(name), record)
+            append_jsonl(self._path(name), record)
 
     def _truncate_logs(self, step: int) -> None:
         """Drop log records after the checkpoint we resume from (written before an interruption)."""
@@ -267,6 +366,7 @@ class Trainer:
             "epoch_loss": list(self.epoch_loss), "log_loss": list(self.log_loss),
             "rng": rng_states,  # one per rank
             "best": self.best,
+            "data": self.data,
             "config": json.loads(json.dumps(vars(self.args), default=str)),
         }
 
@@ -280,14 +380,8 @@ class Trainer:
                 atomic_save(state, os.path.join(self.checkpoint_dir, f"{name}.pt"))
                 save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format(name)), use_labels=use_labels)
 
-    def resume(self, path: str) -> None:
-        if path == "latest":
-            path = os.path.join(self.checkpoint_dir, "last.pt")
-            if not os.path.isfile(path):
-                raise UserInputError(f"--resume latest: no checkpoint at {path}")
-        state = load_resume_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserInputError(f"{path} is not an ACE-LoRA training checkpoint (format {state.get('format')!r})")
+    def resume(self) -> None:
+        state, path = self.resume_state, self.resume_state["path"]
         saved = state["model_config"]
         differs = sorted(k for k, v in self.config.to_dict().items() if saved.get(k) != v)
         if differs:
@@ -366,6 +460,9 @@ class Trainer:
                    desc=f"epoch {self.epoch + 1}/{args.epochs}", disable=not (ctx.is_main and args.progress))
         start, steps_run = time.perf_counter(), 0
         for batch in iterate_batches(loader):
+            if self._stop_requested():
+                bar.close()
+                self._save_and_stop()
             try:
                 loss, lr = train_step(self.model, batch, self.optimizer, self.scheduler, self.scaler,
                                       device=self.device, precision=args.precision,
@@ -398,6 +495,15 @@ class Trainer:
         bar.close()
         return True, time.perf_counter() - start, steps_run
 
+    def _stop_requested(self) -> bool:
+        """A signal reached this or another rank (collective: every rank stops at the same step)."""
+        return not all_ranks_true(self.stop.signum is None, self.context)
+
+    def _save_and_stop(self) -> None:
+        self.save()
+        signum = self.stop.signum or signal.SIGTERM
+        raise RunInterrupted(f"interrupted at step {self.step}; resume with --resume latest", 128 + int(signum))
+
     def _end_epoch(self, seconds: float, steps_run: int) -> dict:
         loss_sum, count = sum_over_ranks(self.epoch_loss, self.context)
         self.epoch += 1
@@ -412,7 +518,7 @@ class Trainer:
         if self.context.is_main:
             improved = self._is_improvement(record)
             record["best"] = improved
-            _append_jsonl(self._path(METRICS_FILE), record)
+            append_jsonl(self._path(METRICS_FILE), record)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             self._plot_curves()
         self.save(best=improved)  # last.pt again (the best so far, the RNG after evaluating), best.pt if improved
@@ -422,7 +528,7 @@ class Trainer:
         """Stopped mid-epoch by --max-steps: validate the final weights too (once). Rank 0 only."""
         records = read_jsonl(self._path(METRICS_FILE))
         if not records or records[-1]["step"] != self.step:
-            _append_jsonl(self._path(METRICS_FILE), {"epoch": self.epoch + self.step_in_epoch / self.steps_per_epoch,
+            append_jsonl(self._path(METRICS_FILE), {"epoch": self.epoch + self.step_in_epoch / self.steps_per_epoch,
                                                      "step": self.step, "partial_epoch": True, **self.evaluate()})
 
     def _plot_curves(self) -> None:
@@ -435,24 +541,20 @@ class Trainer:
         if ctx.is_main:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
             write_resolved_config(args, self.out_dir)
-        if args.resume:
-            self.resume(args.resume)
-        else:
-            if ctx.is_main:
-                for name in (METRICS_FILE, STEPS_FILE):  # a fresh run starts fresh logs
-                    if os.path.exists(self._path(name)):
-                        os.remove(self._path(name))
-            if args.val_before_training and self.has_eval:
-                self._write_record(METRICS_FILE, {"epoch": 0, "step": 0, **self._evaluate_on_main()})
+        if self.resume_state is not None:
+            self.resume()
+        elif args.val_before_training and self.has_eval:
+            self._write_record(METRICS_FILE, {"epoch": 0, "step": 0, **self._evaluate_on_main()})
         barrier(ctx)
         if ctx.is_main:
             print(f"training {self.raw_model.num_trainable()} parameters on {len(self.dataset)} image-report pairs: "
                   f"{self.steps_per_epoch} steps/epoch x {args.epochs} epochs, {ctx.world_size} process(es), "
                   f"batch {args.batch_size} per process, {args.precision} on {self.device}")
-        while self.epoch < args.epochs and not self._max_steps_reached():
-            epoch_done, seconds, steps_run = self._train_epoch()
-            if epoch_done:
-                self._end_epoch(seconds, steps_run)
+        with self.stop:
+            while self.epoch < args.epochs and not self._max_steps_reached():
+                epoch_done, seconds, steps_run = self._train_epoch()
+                if epoch_done:
+                    self._end_epoch(seconds, steps_run)
         if self.step_in_epoch and self.has_eval:
             run_on_main(self._validate_partial_epoch, ctx, "evaluation")
         if ctx.is_main:
@@ -469,6 +571,26 @@ def print_trainable_count(args, context: DistributedContext) -> int:
     return count
 
 
+def check_run_args(args, context: DistributedContext) -> None:
+    """Every check that needs neither the model nor the data: flags, precision, validation inputs."""
+    check_training_args(args)
+    args.precision = resolve_precision(args.precision, context.device)
+    if args.precision == "fp16" and context.device.type != "cuda":
+        raise UserInputError("--precision fp16 needs CUDA; use fp32 (or bf16) on the CPU")
+    check_eval_inputs(args, parse_eval_specs(args.eval_datasets))
+
+
+def open_run_folder(args, resuming: bool, lock: RunLock) -> None:
+    """Refuse to mix runs (nothing touched), then create the folder and take its lock (rank 0)."""
+    fresh_auto = args.resume == "auto" and not resuming  # a requeued job before its first checkpoint
+    lock.check_free()
+    check_run_folder(args.output_dir, resume=resuming, overwrite=args.overwrite or fresh_auto)
+    prepare_output_dir(args.output_dir)
+    lock.acquire()
+    if not resuming:
+        clear_run_files(args.output_dir)
+
+
 def run_training(args, context: DistributedContext) -> Optional[Dict]:
     """What train.py and train_multi_gpu.py run once their process group (if any) is set up."""
     if args.demo:
@@ -477,4 +599,21 @@ def run_training(args, context: DistributedContext) -> Optional[Dict]:
     if args.dry_run:
         print_trainable_count(args, context)
         return None
-    return Trainer(args, context).fit()
+    return train_in_run_folder(args, context)
+
+
+def train_in_run_folder(args, context: DistributedContext) -> Optional[Dict]:
+    """Checks, resume state, the output folder and its lock, then the run (None if it was finished)."""
+    check_run_args(args, context)
+    try:
+        state = read_resume_state(args)
+    except RunFinished as finished:
+        if context.is_main:
+            print(finished)
+        return None
+    lock = RunLock(args.output_dir)
+    run_on_main(lambda: open_run_folder(args, state is not None, lock), context, "opening the output folder")
+    try:
+        return Trainer(args, context, state).fit()
+    finally:
+        lock.release()

@@ -1,11 +1,30 @@
 """Resume: an interrupted CPU run ends bit-identical to an uninterrupted one; a NaN keeps the last good checkpoint."""
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
+import pandas as pd
 import pytest
 import torch
 
 import train
 from ace_lora.data.synthetic import write_demo_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def wait_for(condition, process, timeout=120):
+    """Poll until `condition()` holds; fail if `process` ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +82,114 @@ def test_resume_from_an_epoch_end_and_from_best(tiny_model_name, demo_data, tmp_
         assert torch.equal(tensor, resumed["trainable"][name]), name
 
 
-def test_resume_refuses_a_different_model(tiny_model_name, demo_data, tmp_path, capsys):
+def snapshot(folder):
+    """Every file under `folder` with its bytes and mtime: what "nothing was touched" compares."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.fixture()
+def stopped_run(tiny_model_name, demo_data, tmp_path):
+    """A run stopped by --max-steps inside epoch 1, and a snapshot of its folder."""
     out = tmp_path / "run"
     train.main(run_args(tiny_model_name, demo_data, out, "--max-steps", "2"))
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(run_args(tiny_model_name, demo_data, out, "--resume", "latest", "--lora-r", "8"))
-    assert exit_info.value.code == 2
-    assert "was trained with a different model: r=4 (now 8)" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # mid-epoch checkpoint, other batch size: the skipped batches would differ
-        train.main(run_args(tiny_model_name, demo_data, out, "--resume", "latest", "--batch-size", "2"))
-    assert "stopped mid-epoch with 3 steps per epoch, this run has 6" in capsys.readouterr().err
+    return out, snapshot(out)
+
+
+def test_a_new_run_never_replaces_an_existing_one(tiny_model_name, demo_data, stopped_run, capsys):
+    out, before = stopped_run
+    line = one_error_line(capsys, run_args(tiny_model_name, demo_data, out))
+    assert line.startswith(f"error: --output-dir {out} holds a run (config.yaml, steps.jsonl")
+    assert "continue it with --resume latest, start over with --overwrite" in line
+    assert snapshot(out) == before
+    train.main(run_args(tiny_model_name, demo_data, out, "--epochs", "1", "--overwrite"))  # explicit: start over
+    steps = read_jsonl(out / "steps.jsonl")
+    assert [r["step"] for r in steps] == [1, 2, 3] and load(out / "checkpoints/last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--lora-r", "8"], "--lora-r 4 (now 8)"),
+    (["--lr", "0.002", "--epochs", "3"], "--epochs 2 (now 3), --lr 0.001 (now 0.002)"),
+    (["--warmup-epochs", "0"], "--warmup-epochs 1.0 (now 0.0)"),
+    (["--batch-size", "2"], "--batch-size 4 (now 2)"),
+])
+def test_resume_refuses_other_settings_naming_each(tiny_model_name, demo_data, stopped_run, capsys, flags, named):
+    out, before = stopped_run
+    line = one_error_line(capsys, run_args(tiny_model_name, demo_data, out, "--resume", "latest", *flags))
+    assert f"the run was started with other settings: {named};" in line
+    assert snapshot(out) == before
+
+
+def test_resume_refuses_other_data(tiny_model_name, demo_data, stopped_run, tmp_path, capsys):
+    out, before = stopped_run
+    table = pd.read_csv(demo_data.train_csv)
+    other = tmp_path / "other.csv"
+    table.iloc[::-1].to_csv(other, index=False)  # the same images in another order, elsewhere
+    argv = run_args(tiny_model_name, demo_data, out, "--resume", "latest")
+    argv[argv.index("--train-csv") + 1] = str(other)
+    line = one_error_line(capsys, argv + ["--data-root", os.path.dirname(demo_data.train_csv)])
+    assert "the run was trained on other data: csv " in line and "images_sha256" in line
+    assert snapshot(out) == before
+
+
+def test_resuming_a_finished_run_does_nothing(tiny_model_name, demo_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(run_args(tiny_model_name, demo_data, out))
+    before = snapshot(out)
+    capsys.readouterr()
+    assert train.main(run_args(tiny_model_name, demo_data, out, "--resume", "latest")) is None
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [f"{out / 'checkpoints' / 'last.pt'}: this run is finished (2 epochs reached at step 6); "
+                       "nothing to do"]
+    assert snapshot(out) == before
+
+
+def test_a_second_run_on_a_locked_folder_refuses_and_stale_locks_are_reported(tiny_model_name, demo_data, tmp_path,
+                                                                               capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(f"{sleeper.pid} {socket.gethostname()}\n")  # a live run holds the folder
+        line = one_error_line(capsys, run_args(tiny_model_name, demo_data, out))
+        assert line.startswith(f"error: another run (process {sleeper.pid} on this machine) is using this output")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    line = one_error_line(capsys, run_args(tiny_model_name, demo_data, out))  # its process is gone now
+    assert f"stale lock of process {sleeper.pid}" in line and "remove the file and start again" in line
+    assert (out / ".lock").is_file() and sorted(p.name for p in out.iterdir()) == [".lock"]  # not taken over
+    (out / ".lock").unlink()
+    train.main(run_args(tiny_model_name, demo_data, out, "--epochs", "1"))
+    assert not (out / ".lock").exists()  # released at the end of the run
+
+
+def test_two_concurrent_runs_on_one_folder(tiny_model_name, demo_data, tmp_path):
+    """Through the real entry point: the second process refuses at once; the first one is unaffected."""
+    out = tmp_path / "run"
+    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run_args(tiny_model_name, demo_data, out, "--epochs",
+                                                                        "1000")
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    wait_for(lambda: (out / ".lock").is_file(), first)
+    second = subprocess.run(argv, capture_output=True, text=True, env=ENV)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"error: another run (process {first.pid} on this machine) is using this output folder ({out / '.lock'}); "
+        "wait for it or choose another --output-dir"]
+    assert first.poll() is None  # still training
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 130
+    step = load(out / "checkpoints/last.pt")["step"]
+    assert [r["step"] for r in read_jsonl(out / "steps.jsonl")] == list(range(1, step + 1))  # one run's log only
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_name, demo_data, tmp_path, capsys):
@@ -103,3 +220,30 @@ def test_resume_refuses_a_different_number_of_processes(tiny_model_name, demo_da
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("last.pt was written by 2 process(es), this run has 1: resume with the "
                                              "same number of processes (each rank restores its own RNG state)")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_step_and_resuming_ends_bit_identical(tiny_model_name, demo_data, tmp_path, signum):
+    """Ctrl-C / SLURM's SIGTERM through the real entry point: finish the step, save, one line, exit 128 + N."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    epochs = ["--epochs", "12", "--save-every-steps", "0"]  # 36 steps; without the signal nothing is saved mid-epoch
+    train.main(run_args(tiny_model_name, demo_data, straight, *epochs))
+    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run_args(tiny_model_name, demo_data, interrupted, *epochs)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    steps = interrupted / "steps.jsonl"
+    wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 4, process)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum
+    lines = err.strip().splitlines()
+    stopped = load(interrupted / "checkpoints/last.pt")
+    assert lines[-1] == f"interrupted at step {stopped['step']}; resume with --resume latest"
+    assert "Traceback" not in err and 4 <= stopped["step"] < 36
+    assert [r["step"] for r in read_jsonl(steps)][-1] == stopped["step"]  # nothing logged past the saved step
+
+    train.main(run_args(tiny_model_name, demo_data, interrupted, *epochs, "--resume", "latest"))
+    expected, resumed = load(straight / "checkpoints/last.pt"), load(interrupted / "checkpoints/last.pt")
+    assert resumed["step"] == expected["step"] == 36
+    for name, tensor in expected["trainable"].items():
+        assert torch.equal(tensor, resumed["trainable"][name]), name
+    assert read_jsonl(interrupted / "steps.jsonl") == read_jsonl(straight / "steps.jsonl")

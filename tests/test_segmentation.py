@@ -218,7 +218,7 @@ def test_output_dir_that_is_a_file_is_a_one_line_error_before_anything_runs(tmp_
     with pytest.raises(SystemExit) as exit_info:
         segmentation_main(["--demo", "--output-dir", str(tmp_path / "taken")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == f"error: output folder {tmp_path / 'taken'} exists and is not a folder"
+    assert capsys.readouterr().err.strip() == f"error: --output-dir {tmp_path / 'taken'}: exists and is not a folder"
 
 
 def test_help_documents_every_flag():

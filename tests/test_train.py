@@ -267,7 +267,7 @@ def test_init_from_loads_trainables_with_a_fresh_schedule(tiny_model_name, demo_
     again = tmp_path / "again"
     for start in (first / "checkpoints" / "last.pt", first / "ACE-LoRA_weights_last.pt"):
         train.main(run_args(tiny_model_name, demo_data, again, "--init-from", str(start), "--lr", "0",
-                            "--max-steps", "1", "--log-every-steps", "1"))
+                            "--max-steps", "1", "--log-every-steps", "1", "--overwrite"))
         before = read_released_checkpoint(str(first / "ACE-LoRA_weights_last.pt"))["weights"]
         after = read_released_checkpoint(str(again / "ACE-LoRA_weights_last.pt"))["weights"]
         assert torch.equal(after["logit_scale"], before["logit_scale"])

@@ -237,7 +237,7 @@ def test_output_dir_that_is_a_file_fails_before_the_model_is_loaded(tmp_path, ca
                                           "--device", "cpu", "--output-dir", str(tmp_path / "taken")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: output folder {tmp_path / 'taken'} exists and is not a folder"
+    assert err == f"error: --output-dir {tmp_path / 'taken'}: exists and is not a folder"
 
 
 def test_nih_is_scored_per_image_as_released_or_by_cosine(model, tmp_path):

@@ -8,11 +8,10 @@ from typing import Optional, Sequence
 
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.tasks import NIH_PROMPT_NAMES, get_task
-from ace_lora.evaluation.zero_shot import (LOGIT_SCALES, ZeroShotResult, evaluate, format_summary, prepare_output_dir,
-                                           write_outputs)
+from ace_lora.evaluation.zero_shot import LOGIT_SCALES, ZeroShotResult, evaluate, format_summary, write_outputs
 from ace_lora.factory import load_model_for_eval
-from run_utils import (add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device,
-                       write_resolved_config)
+from ace_lora.io import prepare_output_dir, write_resolved_config
+from run_utils import add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device
 
 
 def build_parser(task_name: str) -> argparse.ArgumentParser:

@@ -35,7 +35,6 @@ import pandas as pd
 import torch
 from torchvision.ops import box_iou
 
-from ace_lora.checkpoint import atomic_save
 from ace_lora.data.images import load_image
 from ace_lora.dense.detection import TokenGridFCOS, box_targets, input_boxes, predict_boxes, train_detector
 from ace_lora.dense.features import FEATURE_KINDS, CachedSplit, InputSpec, cache_file, extract_split, input_spec
@@ -51,11 +50,10 @@ from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_box_overlays, plot_mask_overlays, plot_training_curves
 from ace_lora.evaluation.metrics import detection_metrics, dice_per_image, iou_per_image, segmentation_metrics
 from ace_lora.evaluation.tasks import CHEST_XRAY_TEMPLATES
-from ace_lora.evaluation.zero_shot import prepare_output_dir, strict_json
+from ace_lora.io import atomic_save, prepare_output_dir, strict_json, write_resolved_config
 from ace_lora.factory import load_model_for_eval
 from ace_lora.tiny_model import write_tiny_biomedclip
 from ace_lora.cli import add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device
-from ace_lora.runtime import write_resolved_config
 
 
 @dataclass(frozen=True)

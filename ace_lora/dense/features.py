@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, Normalize
 from tqdm import tqdm
 
-from ace_lora.checkpoint import atomic_save
+from ace_lora.io import atomic_save
 from ace_lora.data.images import load_image
 from ace_lora.errors import UserInputError
 from ace_lora.runtime import autocast

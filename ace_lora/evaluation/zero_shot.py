@@ -35,6 +35,7 @@ from ace_lora.evaluation.figures import plot_confusion_matrix, plot_roc
 from ace_lora.evaluation.metrics import classification_metrics, multilabel_metrics
 from ace_lora.evaluation.tasks import (COSINE, NIH_RELEASED, SOFTMAX, TASKS, ZeroShotTask, class_major_prompts,
                                       get_task)
+from ace_lora.io import prepare_output_dir, strict_json
 from ace_lora.runtime import autocast, resolve_device, resolve_precision
 
 LOGIT_SCALES = ("base", "learned")
@@ -224,31 +225,6 @@ def evaluate(model, task: Union[str, ZeroShotTask], csv_path: str, data_root: Op
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-def strict_json(value):
-    """`value` with every non-finite float replaced by None (so json.dump(allow_nan=False) accepts it)."""
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def prepare_output_dir(output_dir: str) -> str:
-    """Create `output_dir` (and parents) if needed; a path that cannot be a folder (an existing file,
-    no permission) is a one-line UserInputError. Call it before the long work, not after."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise UserInputError(f"output folder {output_dir} exists and is not a folder")
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as error:
-        raise UserInputError(f"cannot use {output_dir} as the output folder: {error.strerror or error}") from None
-    return output_dir
 
 
 def write_outputs(result: ZeroShotResult, output_dir: str, config: Optional[dict] = None) -> Dict[str, str]:
