@@ -5,8 +5,8 @@ command-line overrides, the common model/runtime flags and the one-line error gu
 import argparse
 from typing import Optional, Sequence
 
-from ace_lora.cli import (add_config_arg, add_model_args, add_runtime_args, main_guard,  # noqa: F401
-                          parse_with_config, runtime_device)
+from ace_lora.cli import (add_config_arg, add_model_args, add_runtime_args, check_runtime_args,  # noqa: F401
+                          main_guard, parse_with_config, runtime_device)
 from ace_lora.runtime import PRECISIONS, autocast, resolve_precision  # noqa: F401
 
 

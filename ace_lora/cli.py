@@ -112,6 +112,14 @@ def add_runtime_args(group, batch_size: int = 64) -> None:
     group.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
 
 
+def check_runtime_args(args: argparse.Namespace) -> None:
+    """--batch-size >= 1 and --num-workers >= 0, checked before any model is loaded."""
+    if args.batch_size < 1:
+        raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise UserInputError(f"--num-workers must be >= 0, got {args.num_workers}")
+
+
 def runtime_device(args: argparse.Namespace) -> torch.device:
     device = resolve_device(args.device)
     args.precision = resolve_precision(args.precision, device)

@@ -14,11 +14,25 @@ import yaml
 from .errors import UserInputError
 
 
+def check_output_dir(output_dir: str, flag: str = "--output-dir") -> str:
+    """Without creating anything: `output_dir` is a writable folder, or one could be created there (its
+    nearest existing ancestor is a writable folder). A one-line UserInputError otherwise."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserInputError(f"{flag} {output_dir}: exists and is not a folder")
+    ancestor = os.path.abspath(output_dir)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise UserInputError(f"{flag} {output_dir}: cannot create the folder ({ancestor} is not a folder)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserInputError(f"{flag} {output_dir}: cannot create the folder ({ancestor} is not writable)")
+    return output_dir
+
+
 def prepare_output_dir(output_dir: str, flag: str = "--output-dir") -> str:
     """Create `output_dir` (and parents) if needed; a path that cannot be a folder (an existing file, a
     path under a file, no permission) is a one-line UserInputError. Call it before the long work."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise UserInputError(f"{flag} {output_dir}: exists and is not a folder")
+    check_output_dir(output_dir, flag)
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as error:
@@ -26,6 +40,14 @@ def prepare_output_dir(output_dir: str, flag: str = "--output-dir") -> str:
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise UserInputError(f"{flag} {output_dir}: the folder is not writable")
     return output_dir
+
+
+def check_output_file(path: str, flag: str = "--output") -> str:
+    """Check before the long work, creating nothing, that `path` can be written as a file."""
+    if os.path.isdir(path):
+        raise UserInputError(f"{flag} {path}: is a folder; give a file name, e.g. {os.path.join(path, 'out.csv')}")
+    check_output_dir(os.path.dirname(os.path.abspath(path)), flag=f"{flag} {path}: its folder")
+    return path
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -18,6 +18,7 @@ from ace_lora.data.mimic import (  # noqa: E402
     CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, UNCERTAIN_POLICIES, build_training_table,
 )
 from ace_lora.errors import UserInputError  # noqa: E402
+from ace_lora.io import check_output_file  # noqa: E402
 from run_utils import main_guard  # noqa: E402
 
 SPLITS = ("train", "validate", "test")
@@ -71,6 +72,7 @@ def print_summary(stats):
 @main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_output_file(args.output)  # before the work, not after it
     root = args.mimic_root
     table, stats = build_training_table(
         root, args.metadata or default_csv(root, METADATA_CSV), args.split or default_csv(root, SPLIT_CSV),

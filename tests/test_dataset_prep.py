@@ -438,3 +438,80 @@ def test_mhist_errors(tmp_path, capsys):
                             MHIST_ROWS + [("MHIST_x.png", "TA", 3, "test")])
     assert_user_error(script, ["--annotations-csv", bad_label] + out, capsys,
                       "b.csv: unknown label value(s) TA (expected HP or SSA)")
+
+
+# Refusals: one line, exit 2, nothing written ------------------------------------------------------
+
+def unchanged_after_error(script, argv, capsys, folder, *fragments):
+    """The script refuses with one line and leaves `folder` exactly as it was (or absent)."""
+    before = read_outputs(folder) if os.path.isdir(folder) else None
+    assert_user_error(script, argv, capsys, *fragments)
+    assert (read_outputs(folder) if os.path.isdir(folder) else None) == before
+
+
+def test_prep_refuses_empty_ids_invalid_boxes_and_malformed_rle(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    rsna = load_script("rsna_dataset_create.py")
+    no_id = tmp_path / "no_id.csv"
+    no_id.write_text("patientId,x,y,width,height,Target\na,,,,,0\n,1,2,3,4,1\n")
+    unchanged_after_error(rsna, ["--labels-csv", str(no_id), "--output-dir", out], capsys, out,
+                          "no_id.csv: row 2: empty patientId (1 such row(s))")
+    flat = tmp_path / "flat.csv"
+    flat.write_text("patientId,x,y,width,height,Target\na,,,,,0\nb,10,20,-5,40,1\n")
+    unchanged_after_error(rsna, ["--labels-csv", str(flat), "--output-dir", out], capsys, out,
+                          "flat.csv: row 2 (patientId b): the box needs x, y >= 0 and width, height > 0, got x 10, "
+                          "y 20, width -5, height 40")
+    mhist = load_script("mhist_prep.py")
+    unnamed = write_mhist(tmp_path / "annotations.csv", "Image Name,Majority Vote Label,Votes,Partition",
+                          MHIST_ROWS + [("", "HP", 0, "test")])
+    unchanged_after_error(mhist, ["--annotations-csv", unnamed, "--output-dir", out], capsys, out,
+                          "annotations.csv: row 7: empty Image Name")
+    siim = load_script("SIIM_generate_class_labels.py")
+    rle = tmp_path / "stage_2_train.csv"
+    rle.write_text("ImageId,EncodedPixels\n1.2.1,-1\n1.2.2,abc def\n1.2.3,5 10\n")
+    unchanged_after_error(siim, ["--rle-csv", str(rle), "--output-dir", out], capsys, out,
+                          "stage_2_train.csv: row 2 (ImageId 1.2.2): EncodedPixels 'abc def' is neither -1 nor "
+                          "run-length pairs")
+    rle.write_text("ImageId,EncodedPixels\n1.2.1,-1\n1.2.3,5 10 7\n")  # an odd count is no list of pairs
+    unchanged_after_error(siim, ["--rle-csv", str(rle), "--output-dir", out], capsys, out, "row 2 (ImageId 1.2.3)")
+
+
+def test_prep_refuses_empty_selections(tmp_path, capsys):
+    nih = load_script("chestx-ray_14_prep.py")
+    raw = write_nih(tmp_path / "nih")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "chestxray14_test.csv").write_text("kept\n")  # an earlier file is not replaced by an empty one
+    unchanged_after_error(nih, raw + ["--output-dir", str(out), "--fraction", "0.05"], capsys, str(out),
+                          "chestxray14_test.csv would have no rows: nothing written")  # int(0.05 * 15) = 0
+    not_a_list = tmp_path / "nih" / "Data_Entry_2017_v2020.csv"  # the wrong file: no line is an image name
+    unchanged_after_error(nih, raw[:2] + ["--test-list", str(not_a_list), "--output-dir", str(out)], capsys,
+                          str(out), "chestxray14_test.csv would have no rows")
+    binary = tmp_path / "list.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff binary")
+    unchanged_after_error(nih, raw[:2] + ["--test-list", str(binary), "--output-dir", str(out)], capsys, str(out),
+                          "list.bin: not a text file of image names")
+    siim = load_script("SIIM_generate_class_labels.py")
+    one = tmp_path / "stage_2_train.csv"
+    one.write_text("ImageId,EncodedPixels\n1.2.1,-1\n")
+    unchanged_after_error(siim, ["--rle-csv", str(one), "--output-dir", str(out)], capsys, str(out),
+                          "siim_test.csv would have no rows")  # int(30% of 1 image) = 0
+    lc = load_script("lc25000_prep.py")
+    make_lc25000(tmp_path / "lc")
+    empty_class = tmp_path / "lc/lung_colon_image_set/colon_image_sets/colon_aca"
+    for name in os.listdir(empty_class):
+        os.remove(empty_class / name)
+    unchanged_after_error(lc, ["--data-root", str(tmp_path / "lc"), "--output-dir", str(out)], capsys, str(out),
+                          "colon_image_sets/colon_aca: LC25000 class folder has no .jpeg images")
+
+
+def test_prep_refuses_an_output_that_cannot_be_written_before_the_work(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    nih = load_script("chestx-ray_14_prep.py")
+    raw = write_nih(tmp_path / "nih")
+    assert_user_error(nih, raw + ["--output-dir", str(taken)], capsys,
+                      f"--output-dir {taken}: exists and is not a folder")
+    assert_user_error(nih, raw + ["--output-dir", str(taken / "sub")], capsys, f"--output-dir {taken / 'sub'}: "
+                      f"cannot create the folder ({taken} is not a folder)")
+    assert taken.read_text() == "a file"

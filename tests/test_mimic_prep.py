@@ -103,7 +103,7 @@ def test_attach_labels_rejects_bad_label_tables():
     twice = pd.concat([label_table({(1, 100): {}})] * 2)
     with pytest.raises(UserInputError, match=r"^labels.csv: subject_id 1, study_id 100 has more than one label row$"):
         attach_labels(train, twice, source="labels.csv")
-    with pytest.raises(UserInputError, match=r"^labels.csv: column 'Edema' row 2: '2.0', expected 1, 0, -1 or empty$"):
+    with pytest.raises(UserInputError, match=r"^labels.csv: column 'Edema' row 1: '2.0', expected 1, 0, -1 or empty$"):
         attach_labels(train, label_table({(1, 100): {"Edema": 2.0}}), source="labels.csv")
     with pytest.raises(UserInputError, match="uncertain policy must be one of zeros, ones"):
         attach_labels(train, label_table({(1, 100): {}}), uncertain_policy="half")
@@ -280,7 +280,7 @@ def test_prep_script_rejects_bad_ids_and_reports_an_empty_result(tmp_path, capsy
     table.to_csv(metadata, index=False)
     out = str(tmp_path / "x.csv")
     assert_user_error(["--mimic-root", str(root), "--output", out], capsys,
-                      f"{metadata}: column 'study_id' row 5: 's53189527' is not an integer id")
+                      f"{metadata}: column 'study_id' row 4: 's53189527' is not an integer id")
 
     root = make_mimic(tmp_path / "no_images")
     for image in root.rglob("*.jpg"):
@@ -334,3 +334,16 @@ def test_read_training_csv_with_a_label_csv(tmp_path, capsys):
         read_training_csv(tmp_path / "no_ids.csv", label_csv=tmp_path / "labels.csv")
     with pytest.raises(UserInputError, match=r"^data root not found: "):
         read_training_csv(tmp_path / "pairs.csv", data_root=tmp_path / "nope", label_csv=tmp_path / "labels.csv")
+
+
+def test_prep_script_refuses_an_output_that_is_a_folder_before_the_work(tmp_path, capsys):
+    root = make_mimic(tmp_path / "mimic")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert_user_error(["--mimic-root", str(root), "--output", str(folder)], capsys,
+                      f"--output {folder}: is a folder; give a file name, e.g. {folder / 'out.csv'}")
+    assert "images in metadata" not in capsys.readouterr().out and not list(folder.iterdir())
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    assert_user_error(["--mimic-root", str(root), "--output", str(taken / "train.csv")], capsys,
+                      f"--output {taken / 'train.csv'}: its folder {taken}: exists and is not a folder")

@@ -52,22 +52,22 @@ def test_label_matrix_policies_and_errors():
     np.testing.assert_array_equal(zeros[:, 0], [1, 0, 0, 0])  # uncertain and empty -> 0
     np.testing.assert_array_equal(ones[:, 0], [1, 0, 1, 0])  # uncertain -> 1, empty -> 0
     table.loc[1, "Edema"] = 2
-    with pytest.raises(UserInputError, match=r"^t.csv: column 'Edema' row 3: '2.0', expected 1, 0, -1 or empty$"):
+    with pytest.raises(UserInputError, match=r"^t.csv: column 'Edema' row 2: '2.0', expected 1, 0, -1 or empty$"):
         label_matrix(table, source="t.csv")
 
 
-def test_unparsable_labels_name_the_csv_line(demo_data, tiny_model, tmp_path):
+def test_unparsable_labels_name_the_row(demo_data, tiny_model, tmp_path):
     table = pd.read_csv(demo_data.train_csv)
     table["Edema"] = table["Edema"].astype(object)
     table.loc[6, "Edema"] = "yes"  # would silently become 0 if unparsable text were treated as empty
     table.loc[2, "Edema"] = " "  # blank: an empty label, fine
     csv = tmp_path / "train.csv"
     table.to_csv(csv, index=False)
-    with pytest.raises(UserInputError, match=rf"^{csv}: column 'Edema' row 8: 'yes', expected 1, 0, -1 or empty$"):
+    with pytest.raises(UserInputError, match=rf"^{csv}: column 'Edema' row 7: 'yes', expected 1, 0, -1 or empty$"):
         build_training_dataset(str(csv), tiny_model.preprocess, data_root=demo_data.data_root)
-    table.loc[:5, "split"] = "validate"  # line numbers stay those of the CSV after the split filter
+    table.loc[:5, "split"] = "validate"  # row numbers stay those of the CSV file after the split filter
     table.to_csv(csv, index=False)
-    with pytest.raises(UserInputError, match=r"column 'Edema' row 8: 'yes'"):
+    with pytest.raises(UserInputError, match=r"column 'Edema' row 7: 'yes'"):
         build_training_dataset(str(csv), tiny_model.preprocess, data_root=demo_data.data_root)
 
 
@@ -77,7 +77,7 @@ def test_empty_reports_are_refused_up_front(demo_data, tiny_model, tmp_path):
     csv = tmp_path / "train.csv"
     table.to_csv(csv, index=False)
     with pytest.raises(UserInputError, match=rf"^{csv}: 2 of 20 training rows have an empty report "
-                                             r"\(CSV line\(s\) 5, 11\)$"):
+                                             r"\(row\(s\) 4, 10\)$"):
         build_training_dataset(str(csv), tiny_model.preprocess, data_root=demo_data.data_root)
 
 

@@ -11,7 +11,8 @@ from ace_lora.evaluation.tasks import NIH_PROMPT_NAMES, get_task
 from ace_lora.evaluation.zero_shot import LOGIT_SCALES, ZeroShotResult, evaluate, format_summary, write_outputs
 from ace_lora.factory import load_model_for_eval
 from ace_lora.io import prepare_output_dir, write_resolved_config
-from run_utils import add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device
+from run_utils import (add_config_arg, add_model_args, add_runtime_args, check_runtime_args, parse_with_config,
+                       runtime_device)
 
 
 def build_parser(task_name: str) -> argparse.ArgumentParser:
@@ -57,8 +58,11 @@ def run(task_name: str, argv: Optional[Sequence[str]] = None) -> ZeroShotResult:
     args = parse_with_config(build_parser(task_name), argv)
     if not args.csv:
         raise UserInputError("--csv is required (on the command line or as 'csv:' in --config)")
-    prepare_output_dir(args.output_dir)  # a bad --output-dir fails now, not after the evaluation
+    if args.bootstrap < 0:
+        raise UserInputError(f"--bootstrap must be >= 0 (0: no intervals), got {args.bootstrap}")
+    check_runtime_args(args)
     device = runtime_device(args)
+    prepare_output_dir(args.output_dir)  # a bad --output-dir fails now, not after the evaluation
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
     task = get_task(task_name, getattr(args, "nih_prompt_names", "raw"))
     result = evaluate(model, task, args.csv, args.data_root, batch_size=args.batch_size,

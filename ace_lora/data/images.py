@@ -38,7 +38,8 @@ def load_image(path):
       the image's own minimum and maximum; every other mode (L, LA, P, RGBA, CMYK...) goes through
       PIL's `convert("RGB")`, which drops alpha.
 
-    Raises UserInputError for a missing file or one that cannot be decoded.
+    Raises UserInputError for a missing file or one that cannot be decoded, also for an image over
+    PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`; raise it for trusted large files).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -51,6 +52,8 @@ def load_image(path):
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 return Image.fromarray(_minmax_to_uint8(np.asarray(image))).convert("RGB")
             return image.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise _unreadable(path, f"{e} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted.") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unknown or damaged files
         raise _unreadable(path, e) from e
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ace_lora.data.paths import data_root_for, resolve_path
 from ace_lora.data.prepare import read_table
+from ace_lora.data.tables import row_number
 from ace_lora.errors import UserInputError
 
 CHEXPERT_LABELS = (
@@ -74,7 +75,7 @@ def _integer_ids(table, columns, source):
         bad = values.isna() | (values != values.round())
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
-            raise UserInputError(f"{source}: column '{column}' row {row + 2}: {str(table[column].iloc[row])!r} "
+            raise UserInputError(f"{source}: column '{column}' row {row_number(row)}: {str(table[column].iloc[row])!r} "
                                  "is not an integer id")
         table[column] = values.astype("int64")
     return table
@@ -109,7 +110,7 @@ def attach_labels(train_df, label_df, uncertain_policy="zeros", source="label CS
     bad = ~(values.isin([1, 0, -1]) | labels[list(CHEXPERT_LABELS)].isna())
     if bad.to_numpy().any():
         row, col = [int(i[0]) for i in bad.to_numpy().nonzero()]
-        raise UserInputError(f"{source}: column '{CHEXPERT_LABELS[col]}' row {row + 2}: "
+        raise UserInputError(f"{source}: column '{CHEXPERT_LABELS[col]}' row {row_number(row)}: "
                              f"{str(labels[CHEXPERT_LABELS[col]].iloc[row])!r}, expected 1, 0, -1 or empty")
     values = values.fillna(0.0)
     if uncertain_policy is not None:
@@ -235,6 +236,6 @@ def read_training_csv(path, data_root=None, label_csv=None, quiet=False):
     empty = table["image_path"].isna() | (table["image_path"].astype(str).str.strip() == "")
     if empty.any():
         raise UserInputError(f"{path}: column 'image_path' is empty in {int(empty.sum())} rows "
-                             f"(first: row {int(empty.to_numpy().nonzero()[0][0]) + 2})")
+                             f"(first: row {row_number(empty.to_numpy().nonzero()[0][0])})")
     table["image_path"] = [resolve_path(p, data_root) for p in table["image_path"].astype(str)]
     return table

@@ -16,6 +16,7 @@ ImageId: their images are found under the evaluation's --data-root (default: the
 """
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,7 +26,9 @@ from sklearn.model_selection import train_test_split
 
 from ace_lora.data.paths import data_root_for
 from ace_lora.data.rle import merge_rles
+from ace_lora.data.tables import row_name, row_number
 from ace_lora.errors import UserInputError
+from ace_lora.io import check_output_dir, prepare_output_dir
 
 NIH_LABELS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -64,6 +67,14 @@ def read_table(path: str, required: Sequence[str], dtype=None) -> pd.DataFrame:
     return table
 
 
+def require_ids(table: pd.DataFrame, column: str, source: str) -> None:
+    """Every row names its image or patient: an empty id is an error naming the row."""
+    empty = (table[column].isna() | (table[column].astype(str).str.strip() == "")).to_numpy()
+    if empty.any():
+        raise UserInputError(f"{source}: row {row_number(np.flatnonzero(empty)[0])}: empty {column} "
+                             f"({int(empty.sum())} such row(s))")
+
+
 def path_from(output_dir: str, path: str) -> str:
     """`path` relative to `output_dir`, the folder of the CSV that lists it (see the module docstring)."""
     return os.path.relpath(os.path.abspath(path), os.path.abspath(output_dir))
@@ -81,9 +92,14 @@ def write_split_csvs(splits: Mapping[str, pd.DataFrame], output_dir: str, count_
     """Write each frame to `output_dir/<file name>` and print its row count and class counts.
 
     `count_by` names a class column to count values of; `label_columns` are 0/1 multi-label columns
-    whose positives are counted.
+    whose positives are counted. A selection that ended with no rows is an error, and then nothing is
+    written.
     """
-    os.makedirs(output_dir, exist_ok=True)
+    prepare_output_dir(output_dir)
+    empty = [file_name for file_name, frame in splits.items() if frame.empty]
+    if empty:
+        raise UserInputError(f"{', '.join(empty)} would have no rows: nothing written (see the selection and "
+                             "exclusions above)")
     paths = []
     for file_name, frame in splits.items():
         path = os.path.join(output_dir, file_name)
@@ -116,14 +132,20 @@ def split_train_val_test(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, 
 def aggregate_rsna_boxes(labels: pd.DataFrame, source: str) -> pd.DataFrame:
     """One row per patient, sorted by patientId: Target (1 if it has a box) and `boxes`, a JSON list of
     [x1, y1, x2, y2] in pixels of the 1024x1024 image ('[]' for negatives)."""
+    require_ids(labels, "patientId", source)
     box = labels[["x", "y", "width", "height"]].apply(pd.to_numeric, errors="coerce")
     target = pd.to_numeric(labels["Target"], errors="coerce")
     has_box = box.notna().all(axis=1)
     bad = ~target.isin([0, 1]) | (target.eq(1) & ~has_box) | (target.eq(0) & box.notna().any(axis=1))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise UserInputError(f"{source}: row {row + 1} (patientId {labels['patientId'].iloc[row]}): Target must be "
+        raise UserInputError(f"{source}: {row_name(labels, row, 'patientId')}: Target must be "
                              f"1 with a full box (x, y, width, height) or 0 with an empty box")
+    flat = has_box & ((box["width"] <= 0) | (box["height"] <= 0) | (box["x"] < 0) | (box["y"] < 0))
+    if flat.any():
+        row = int(np.flatnonzero(flat)[0])
+        raise UserInputError(f"{source}: {row_name(labels, row, 'patientId')}: the box needs x, y >= 0 and width, "
+                             f"height > 0, got {', '.join(f'{k} {box[k].iloc[row]:g}' for k in box.columns)}")
     boxes = {}
     for patient, x, y, w, h in zip(labels["patientId"][has_box], *box[has_box].to_numpy(float).T):
         boxes.setdefault(patient, []).append([float(x), float(y), float(x + w), float(y + h)])
@@ -143,6 +165,7 @@ def prepare_rsna(labels_csv: str, output_dir: str, data_root: str | None = None,
     CSV); Path is written relative to `output_dir` (the CSVs' folder), or absolute if `absolute_paths`. The classification split is not stratified, as in the released code,
     so that the test set is the paper's; with 26,684 patients its positive rate stays close to 22.5%.
     """
+    check_output_dir(output_dir)
     labels = read_table(labels_csv, RSNA_COLUMNS, dtype={"patientId": str})
     patients = aggregate_rsna_boxes(labels, labels_csv)
     data_root = data_root_for(labels_csv, data_root)
@@ -162,11 +185,23 @@ def prepare_rsna(labels_csv: str, output_dir: str, data_root: str | None = None,
 
 # SIIM-ACR Pneumothorax ------------------------------------------------------------------------------
 
+RLE_PATTERN = re.compile(r"|-1|(\d+ \d+)( \d+ \d+)*")  # no mask (blank or -1), or (start, length) pairs
+
+
 def read_siim_rles(rle_csv: str) -> pd.DataFrame:
-    """`ImageId, EncodedPixels` as stripped strings (stage 1 names the column ' EncodedPixels')."""
+    """`ImageId, EncodedPixels` as stripped strings (stage 1 names the column ' EncodedPixels'); an
+    EncodedPixels that is neither -1 nor integer pairs is an error naming the row."""
     rles = read_table(rle_csv, ("ImageId", "EncodedPixels"), dtype=str)
-    return pd.DataFrame({"ImageId": rles["ImageId"].str.strip(),
-                         "EncodedPixels": rles["EncodedPixels"].fillna("").str.strip()})
+    table = pd.DataFrame({"ImageId": rles["ImageId"].str.strip(),
+                          "EncodedPixels": rles["EncodedPixels"].fillna("").str.split().str.join(" ")})
+    require_ids(table, "ImageId", rle_csv)
+    malformed = [i for i, rle in enumerate(table["EncodedPixels"]) if not RLE_PATTERN.fullmatch(rle)]
+    if malformed:
+        row = malformed[0]
+        raise UserInputError(f"{rle_csv}: {row_name(table, row, 'ImageId')}: EncodedPixels "
+                             f"{table['EncodedPixels'].iloc[row][:40]!r} is neither -1 nor run-length pairs "
+                             f"({len(malformed)} such row(s))")
+    return table
 
 
 def siim_image_labels(rles: pd.DataFrame) -> pd.DataFrame:
@@ -179,6 +214,7 @@ def siim_image_labels(rles: pd.DataFrame) -> pd.DataFrame:
 def prepare_siim_labels(rle_csv: str, output_dir: str) -> list[str]:
     """Zero-shot labels: siim_test.csv is a 30% sample of unique images (random_state=42, sample order),
     siim_train.csv the other 70% in file order."""
+    check_output_dir(output_dir)
     labels = siim_image_labels(read_siim_rles(rle_csv))
     test = labels.sample(n=int(len(labels) * 0.3), random_state=42)
     train = labels.drop(index=test.index)
@@ -237,6 +273,7 @@ def prepare_siim_masks(rle_csv: str, image_dir: str, output_dir: str, mask_dir: 
     if min(height, width) < 1 or (limit is not None and limit < 1):
         raise UserInputError(f"height, width and limit must be at least 1 (got {height}, {width}, {limit})")
     relative = resolve_rle_format(rle_csv, rle_format)
+    check_output_dir(output_dir)
     rles = read_siim_rles(rle_csv)
     per_image = rles.groupby("ImageId", sort=False)["EncodedPixels"].agg(list)
     if limit is not None:
@@ -284,11 +321,16 @@ def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: 
     image_dir: images/ next to the data-entry CSV, the download's layout); Path is relative to `output_dir`."""
     if not 0 < fraction <= 1:
         raise UserInputError(f"fraction must be in (0, 1], not {fraction}")
+    check_output_dir(output_dir)
     entries = read_table(data_entry_csv, ("Image Index", "Finding Labels"), dtype=str)
+    require_ids(entries, "Image Index", data_entry_csv)
     if not os.path.isfile(test_list):
         raise UserInputError(f"{test_list}: file not found")
-    with open(test_list) as handle:
-        names = [line.strip() for line in handle if line.strip()]
+    try:
+        with open(test_list, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle if line.strip()]
+    except UnicodeDecodeError:
+        raise UserInputError(f"{test_list}: not a text file of image names (one per line)") from None
     entries = entries.drop_duplicates("Image Index")
     known = set(entries["Image Index"])
     report_excluded([name for name in names if name not in known], f"test-list images missing from {data_entry_csv}")
@@ -312,15 +354,19 @@ def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: 
 def prepare_lc25000(data_root: str, output_dir: str) -> list[str]:
     """lc25000.csv: `Path, label` (label = class folder) for every .jpeg under `data_root`, the folder
     that holds lung_colon_image_set/, sorted by Path; Path is relative to `output_dir`."""
+    check_output_dir(output_dir)
     rows, other_files = [], []
     for folder in LC25000_CLASSES:
         class_dir = os.path.join("lung_colon_image_set", f"{folder.split('_')[0]}_image_sets", folder)
         if not os.path.isdir(os.path.join(data_root, class_dir)):
             raise UserInputError(f"{os.path.join(data_root, class_dir)}: LC25000 class folder not found")
+        found = len(rows)
         for file_name in os.listdir(os.path.join(data_root, class_dir)):
             path = path_from(output_dir, os.path.join(data_root, class_dir, file_name))
             is_image = file_name.lower().endswith((".jpeg", ".jpg"))
             (rows if is_image else other_files).append((path, folder))
+        if len(rows) == found:
+            raise UserInputError(f"{os.path.join(data_root, class_dir)}: LC25000 class folder has no .jpeg images")
     report_excluded(sorted(path for path, _ in other_files), "files that are not .jpeg images")
     table = pd.DataFrame(sorted(rows), columns=["Path", "label"])
     return write_split_csvs({"lc25000.csv": table}, output_dir, count_by="label")
@@ -339,7 +385,9 @@ def prepare_mhist(annotations_csv: str, output_dir: str, image_dir: str | None =
 
     Images are `<image_dir>/<Image Name>` (default image_dir: images/ next to annotations.csv, the
     download's layout); Path is relative to `output_dir`."""
+    check_output_dir(output_dir)
     annotations = read_table(annotations_csv, ("Image Name",), dtype=str)
+    require_ids(annotations, "Image Name", annotations_csv)
     label = annotations[_column_named(annotations, "Majority Vote Label", annotations_csv)].str.strip()
     partition = annotations[_column_named(annotations, "Partition", annotations_csv)].str.strip().str.lower()
     for values, allowed, what in ((label, MHIST_CLASSES, "label"), (partition, ("train", "test"), "partition")):

@@ -11,7 +11,7 @@ Decisions:
   HFTokenizer pickles (tested), so this also works with the spawn/forkserver start methods.
 - Uncertain CheXpert labels (-1) become 0 or 1 (`--uncertain-policy`, the one place that maps them);
   empty labels become 0, as in the released method; any other value (e.g. "yes") is an error naming
-  the CSV line.
+  the row.
 - Order: a DistributedSampler (one replica outside DDP) reshuffled per epoch by `set_epoch`, no padding,
   incomplete last batch dropped. A resumed epoch skips the batches already trained on by skipping their
   indices in the sampler: the skipped images are never loaded.
@@ -27,6 +27,7 @@ from torchvision import transforms as T
 
 from ace_lora.data.images import load_image
 from ace_lora.data.mimic import CHEXPERT_LABELS, UNCERTAIN_POLICIES, read_training_csv
+from ace_lora.data.tables import row_number
 from ace_lora.errors import UserInputError
 
 MAX_LISTED = 3  # missing files / empty reports named in the error
@@ -59,6 +60,8 @@ def training_table(csv_path: str, data_root: Optional[str] = None, label_csv: Op
     The index is kept as the row's position in the CSV (line = index + 2), for error messages.
     """
     table = read_training_csv(csv_path, data_root=data_root, label_csv=label_csv, quiet=quiet)
+    if table.empty:
+        raise UserInputError(f"{csv_path}: no training rows (the file has a header only)")
     if split and "split" in table.columns:
         available = sorted(table["split"].astype(str).unique())
         table = table[table["split"].astype(str) == split]
@@ -70,16 +73,17 @@ def training_table(csv_path: str, data_root: Optional[str] = None, label_csv: Op
     return table
 
 
-def _csv_line(table: pd.DataFrame, position: int) -> int:
-    """The CSV line of the row at `position` (the header is line 1; the index is the CSV row)."""
-    return int(table.index[position]) + 2
+def _csv_row(table: pd.DataFrame, position: int) -> int:
+    """The "row N" (ace_lora.data.tables) in the CSV file of the table's row at `position`: the index
+    is the row's position in the file, also after the split filter."""
+    return row_number(table.index[position])
 
 
 def label_matrix(table: pd.DataFrame, uncertain_policy: str = "zeros", source: str = "training CSV") -> np.ndarray:
     """(N, 14) float32 targets in CHEXPERT_LABELS order: 1 positive, 0 negative/empty, -1 -> policy.
 
     Blank cells are empty labels; any other value that is not 1, 0 or -1 (a number or text such as
-    "yes") is an error naming the `source` CSV line.
+    "yes") is an error naming the `source` row.
     """
     if uncertain_policy not in UNCERTAIN_POLICIES:
         raise UserInputError(f"--uncertain-policy must be one of {', '.join(UNCERTAIN_POLICIES)}")
@@ -89,7 +93,7 @@ def label_matrix(table: pd.DataFrame, uncertain_policy: str = "zeros", source: s
     bad = ~(parsed.isin([1, 0, -1]) | blank).to_numpy()
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise UserInputError(f"{source}: column '{CHEXPERT_LABELS[col]}' row {_csv_line(table, row)}: "
+        raise UserInputError(f"{source}: column '{CHEXPERT_LABELS[col]}' row {_csv_row(table, row)}: "
                              f"{str(cells.iloc[row, col])!r}, expected 1, 0, -1 or empty")
     values = np.array(parsed.fillna(0.0), np.float32)
     values[values == -1] = 1.0 if uncertain_policy == "ones" else 0.0
@@ -101,9 +105,9 @@ def check_reports_present(table: pd.DataFrame, csv_path: str) -> None:
     empty = (table["report"].isna() | (table["report"].astype(str).str.strip() == "")).to_numpy()
     if empty.any():
         rows = np.flatnonzero(empty)
-        listed = ", ".join(str(_csv_line(table, row)) for row in rows[:MAX_LISTED])
+        listed = ", ".join(str(_csv_row(table, row)) for row in rows[:MAX_LISTED])
         raise UserInputError(f"{csv_path}: {len(rows)} of {len(table)} training rows have an empty report "
-                             f"(CSV line(s) {listed}{', ...' if len(rows) > MAX_LISTED else ''})")
+                             f"(row(s) {listed}{', ...' if len(rows) > MAX_LISTED else ''})")
 
 
 def check_images_exist(paths: Sequence[str], csv_path: str) -> None:

@@ -23,7 +23,7 @@ from ace_lora.data.images import is_dicom
 from ace_lora.data.prepare import read_table
 from ace_lora.errors import UserInputError
 from ace_lora.data.paths import data_root_for, resolve_path
-from ace_lora.evaluation.tasks import row_name, shown_value
+from ace_lora.data.tables import row_name, shown_value
 
 SPLITS = ("train", "val", "test")
 IMAGE_FILE = "image_file"  # resolved image path column added by `read_split`
@@ -120,9 +120,18 @@ def read_split(layout: SplitLayout, csv_path: str, data_root: Optional[str] = No
     return table.reset_index(drop=True)
 
 
+def _ends_with_jpeg_eoi(path: str, tail: int = 4096) -> bool:
+    """A whole JPEG ends with the end-of-image marker FFD9 (padding after it is tolerated)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - tail))
+        return b"\xff\xd9" in f.read()
+
+
 def decode_error(path: str) -> Optional[str]:
     """None if `path` looks decodable, else a one-line reason. Cheap: DICOM header only (it must name
-    Rows and Columns, as every image does), PIL's verify() for PNG/JPEG (structure and checksums)."""
+    Rows and Columns, as every image does), PIL's verify() for PNG/JPEG (structure and checksums; a
+    truncated PNG fails there), and for JPEG the end-of-image marker, which verify() does not read."""
     try:
         if is_dicom(path):
             header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -130,7 +139,10 @@ def decode_error(path: str) -> Optional[str]:
                 return "DICOM header has no Rows/Columns (not an image)"
         else:
             with Image.open(path) as image:
+                image_format = image.format
                 image.verify()
+            if image_format == "JPEG" and not _ends_with_jpeg_eoi(path):
+                return "truncated JPEG (no end-of-image marker)"
     except Exception as error:  # PIL and pydicom raise many types for damaged or foreign files
         return " ".join(f"{type(error).__name__}: {error}".split())
     return None

@@ -23,6 +23,7 @@ import pandas as pd
 
 from ace_lora.data.paths import resolve_path
 from ace_lora.data.prepare import LC25000_CLASSES, MHIST_CLASSES, NIH_LABELS, index_siim_images
+from ace_lora.data.tables import row_name, shown_value
 from ace_lora.errors import UserInputError
 
 CHEST_XRAY_TEMPLATES = ("a chest X-ray image of {}.", "Findings suggesting {}.")  # the released ensemble
@@ -86,17 +87,6 @@ def siim_image_paths(table: pd.DataFrame, data_root: str) -> List[Optional[str]]
 # --------------------------------------------------------------------------- labels
 
 
-def row_name(table: pd.DataFrame, row: int, id_column: str) -> str:
-    """How user-facing messages name a CSV row (zero-shot and dense splits alike): 'row N (<id> X)', N
-    counting data rows from 1 (the header is not a row) for the 0-based position `row`."""
-    return f"row {row + 1} ({id_column} {table[id_column].iloc[row]})"
-
-
-def shown_value(value) -> str:
-    """repr of a cell value for messages, numpy scalars as plain Python values (2, not np.int64(2))."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
-
-
 def binary_column(column: str, id_column: str) -> Callable[[pd.DataFrame, str], np.ndarray]:
     """Labels from a 0/1 column; any other value is an error naming the row."""
     def read(table: pd.DataFrame, csv_path: str) -> np.ndarray:
@@ -112,7 +102,13 @@ def binary_column(column: str, id_column: str) -> Callable[[pd.DataFrame, str], 
 def one_hot_columns(columns: Tuple[str, ...], id_column: str) -> Callable[[pd.DataFrame, str], np.ndarray]:
     """The index of the one column (of `columns`) set to 1 per row; none or several is an error."""
     def read(table: pd.DataFrame, csv_path: str) -> np.ndarray:
-        is_set = table[list(columns)].apply(pd.to_numeric, errors="coerce").eq(1).to_numpy()  # (N, C)
+        values = table[list(columns)].apply(pd.to_numeric, errors="coerce")
+        invalid = ~values.isin([0, 1]).to_numpy()  # (N, C): text such as 'yes', other numbers, blanks
+        if invalid.any():
+            row, col = np.argwhere(invalid)[0]
+            raise UserInputError(f"{csv_path}: {row_name(table, row, id_column)}: {columns[col]} must be 0 or 1, "
+                                 f"not {shown_value(table[columns[col]].iloc[row])}")
+        is_set = values.eq(1).to_numpy()  # (N, C)
         bad = np.flatnonzero(is_set.sum(axis=1) != 1)
         if len(bad):
             row = bad[0]

@@ -251,8 +251,12 @@ def write_outputs(result: ZeroShotResult, output_dir: str, config: Optional[dict
 
 
 def _with_ci(metrics: dict, key: str) -> str:
-    low, high = metrics[f"{key}_ci95"]
-    return f"{metrics[key]:.4f}  (95% CI {low:.4f}-{high:.4f})"
+    """'0.8123  (95% CI 0.7001-0.9002)'; without the interval when there is none (--bootstrap 0)."""
+    value = "n/a" if metrics[key] is None or not math.isfinite(metrics[key]) else f"{metrics[key]:.4f}"
+    low, high = metrics.get(f"{key}_ci95") or (None, None)
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return value
+    return f"{value}  (95% CI {low:.4f}-{high:.4f})"
 
 
 def format_summary(result: ZeroShotResult) -> str:
