@@ -15,14 +15,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ace_lora.distributed import single_process  # noqa: E402
-from ace_lora.training import run_training  # noqa: E402
-from run_utils import main_guard, parse_training_args  # noqa: E402
+from ace_lora.errors import main_guard  # noqa: E402
+from ace_lora.params import parse_training_args  # noqa: E402
 
 
 @main_guard
 def main(argv=None):
     args = parse_training_args(argv, __doc__, distributed=False)
+    from ace_lora.distributed import single_process  # after parsing: --help needs no torch
+    from ace_lora.training import run_training
     return run_training(args, single_process(args.device))
 
 

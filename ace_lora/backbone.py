@@ -14,9 +14,9 @@ from typing import Callable
 import open_clip
 from torch import nn
 
+from .config import BIOMEDCLIP_HUB
 from .errors import UserInputError
 
-BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 LOCAL_PREFIX = "local-dir:"
 
 

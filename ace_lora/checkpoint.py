@@ -19,7 +19,8 @@ import torch
 from .errors import UserInputError
 from .io import atomic_save
 from .lora import LoRAFactors
-from .model import AceLoRAConfig, AceLoRAModel
+from .config import AceLoRAConfig
+from .model import AceLoRAModel
 
 
 

@@ -19,10 +19,6 @@ from .tiny_model import write_tiny_biomedclip
 from .io import read_jsonl
 from .training import METRICS_FILE, RELEASED_NAME, print_trainable_count, train_in_run_folder
 
-# Flag defaults of a --demo run unless given on the command line or in --config (chosen for a robust,
-# < 3 minute CPU run); run_utils.parse_training_args applies them.
-DEMO_DEFAULTS = dict(output_dir="demo_output", epochs=12, batch_size=25, lr=2e-3, warmup_epochs=1, num_workers=0,
-                     val_before_training=True, log_every_steps=1)
 DEMO_DATA = dict(n_train=600, n_test_per_class=20, image_size=64)
 DEMO_DIR = "demo_data"
 TINY_MODEL_DIR = "tiny_biomedclip"

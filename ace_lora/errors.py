@@ -2,8 +2,11 @@
 
 Anything caused by the user's input (a missing file or column, an unreadable image, a checkpoint of
 the wrong shape, an unreachable hub) raises `UserInputError` with a one-line message. Entry points
-catch it through `ace_lora.cli.main_guard` (re-exported by `run_utils`) and print `error: <message>` instead of a traceback.
+catch it through `main_guard` and print `error: <message>` instead of a traceback.
 """
+import functools
+import sys
+from typing import Callable
 
 
 class UserInputError(Exception):
@@ -16,3 +19,22 @@ class RunInterrupted(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def main_guard(main: Callable) -> Callable:
+    """Run `main`, turning a UserInputError into `error: <message>` on stderr and exit status 2, an
+    interrupted training run into its one line and 128 + signal, and Ctrl-C elsewhere into one line and 130."""
+    @functools.wraps(main)
+    def guarded(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except RunInterrupted as err:
+            print(str(err), file=sys.stderr)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+    return guarded

@@ -1,9 +1,10 @@
 """Building ACE-LoRA models: for training, and for evaluation from a checkpoint or the bare backbone."""
 from typing import Optional
 
-from .backbone import BIOMEDCLIP_HUB, load_backbone
+from .backbone import load_backbone
+from .config import BIOMEDCLIP_HUB, AceLoRAConfig
 from .checkpoint import checkpoint_config, load_checkpoint_file, load_trainables
-from .model import AceLoRAConfig, AceLoRAModel
+from .model import AceLoRAModel
 
 # The zero-shot baseline: BiomedCLIP itself (no LoRA, no hypergraph; token 0 is open_clip's embedding).
 BARE_BACKBONE = AceLoRAConfig(params=[], apply_gnn_encoders="none")

@@ -1,5 +1,5 @@
 """Files every entry point writes: output folders, atomic checkpoints, strict JSON, JSON lines, the
-resolved configuration."""
+resolved configuration. Importing it does not import torch."""
 import argparse
 import json
 import math
@@ -8,7 +8,6 @@ import tempfile
 from typing import Any, List
 
 import numpy as np
-import torch
 import yaml
 
 from .errors import UserInputError
@@ -52,6 +51,7 @@ def check_output_file(path: str, flag: str = "--output") -> str:
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    import torch  # here, not at the top: the command lines import this module before --help
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)

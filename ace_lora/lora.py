@@ -6,37 +6,13 @@ Update of a frozen weight W (out, in): W + s * B @ A with A (r, in), B (out, r),
 update low-rank, `dropout(x) @ A^T @ B^T`: B @ A is only formed when merging for inference/export.
 """
 import math
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserInputError
-
-LORA_POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top", "top3")
-LORA_PARAMS = ("q", "k", "v", "o")
-
-
-def select_layers(position: str, depth: int) -> List[int]:
-    """Layer indices that get LoRA, relative to depth (for 12 layers: bottom 0-3, mid 4-7, up 8-11)."""
-    third, half = depth // 3, depth // 2
-    ranges = {
-        "all": range(depth),
-        "bottom": range(0, third),
-        "mid": range(third, 2 * third),
-        "up": range(2 * third, depth),
-        "half-bottom": range(0, half),
-        "half-up": range(half, depth),
-        "top": range(depth - 1, depth),
-        "top3": range(max(depth - 3, 0), depth),
-    }
-    if position not in ranges:
-        raise UserInputError(f"unknown LoRA position '{position}'; choose from {', '.join(LORA_POSITIONS)}")
-    if not ranges[position]:
-        raise UserInputError(f"LoRA position '{position}' selects no layer of a {depth}-layer tower")
-    return list(ranges[position])
-
+from .config import select_layers
 
 class LoRAFactors(nn.Module):
     """One (A, B) pair: delta(x) = scaling * x @ A^T @ B^T."""

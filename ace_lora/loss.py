@@ -10,9 +10,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-LOSS_CHOICES = ("label_guided", "clip")
-
-
 def false_negative_mask(labels: torch.Tensor) -> torch.Tensor:
     """(B, B) bool: True where j != i and labels[j] == labels[i] (all 14 entries)."""
     same = (labels[:, None, :] == labels[None, :, :]).all(dim=-1)

@@ -11,7 +11,6 @@ so attention itself keeps its fused (SDPA) kernel:
   CLS column dropped, averaged over heads (B, L-1).
 Only the CLS row is computed, which costs O(N) rather than O(N^2).
 """
-from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -19,43 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
-from .errors import UserInputError
+from .config import AceLoRAConfig
 from .hgnn import AceHgnn
-from .lora import LORA_PARAMS, LoRAFactors, inject_text_lora, inject_vision_lora, set_merged
-
-GNN_CHOICES = ("both", "vision", "text", "none")
-
-
-@dataclass
-class AceLoRAConfig:
-    r: int = 4
-    alpha: float = 1.0
-    dropout: float = 0.1
-    params: List[str] = field(default_factory=lambda: ["q", "k", "v"])
-    position: str = "all"
-    topk: int = 5
-    hidden_features: int = 128
-    apply_gnn_encoders: str = "both"
-
-    def validate(self) -> None:
-        unknown = [p for p in self.params if p not in LORA_PARAMS]
-        if unknown:
-            raise UserInputError(f"unknown LoRA params {unknown}; choose from {', '.join(LORA_PARAMS)}")
-        if self.apply_gnn_encoders not in GNN_CHOICES:
-            raise UserInputError(f"--apply-gnn-encoders must be one of {', '.join(GNN_CHOICES)}")
-        if self.r < 1:
-            raise UserInputError(f"LoRA rank must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserInputError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        if self.alpha <= 0:
-            raise UserInputError(f"LoRA alpha must be > 0, got {self.alpha}")
-        if self.topk < 1 or self.hidden_features < 1:
-            raise UserInputError(f"--topk and --hidden-features must be >= 1, got {self.topk} and "
-                                 f"{self.hidden_features}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+from .lora import LoRAFactors, inject_text_lora, inject_vision_lora, set_merged
 
 class _ProjectionCapture:
     """Keeps the latest output of the hooked projection modules (the last layer's q/k)."""

@@ -41,3 +41,10 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def runtime_device(args) -> torch.device:
+    """The device of `args.device`, with `args.precision` resolved for it ('auto')."""
+    device = resolve_device(args.device)
+    args.precision = resolve_precision(args.precision, device)
+    return device

@@ -40,7 +40,8 @@ from .errors import RunInterrupted, UserInputError
 from .evaluation.figures import plot_training_curves
 from .factory import build_model
 from .loss import gather_batch, label_guided_info_nce
-from .model import AceLoRAConfig, AceLoRAModel
+from .config import AceLoRAConfig
+from .model import AceLoRAModel
 from .run_folder import RunLock, check_run_folder, clear_run_files
 
 CHECKPOINT_FORMAT = "ace-lora-training-1"

@@ -23,16 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ace_lora.data.images import load_image  # noqa: E402
-from ace_lora.errors import UserInputError  # noqa: E402
-from ace_lora.evaluation.tasks import CHEXPERT_5X200_CLASSES, TASKS  # noqa: E402
-from ace_lora.evaluation.zero_shot import class_embeddings, evaluate, score, temperature  # noqa: E402
-from ace_lora.factory import load_model_for_eval  # noqa: E402
-from run_utils import (add_model_args, add_runtime_args, autocast, main_guard, parse_with_config,  # noqa: E402
-                       runtime_device)
+from ace_lora.data.labels import CHEXPERT_5X200_CLASSES  # noqa: E402
+from ace_lora.errors import UserInputError, main_guard  # noqa: E402
+from ace_lora.params import add_model_args, add_runtime_args, parse_with_config  # noqa: E402
+
+# torch and the model code are imported inside the functions that use them: --help answers at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +63,12 @@ def write_synthetic_set(folder: Path, n_images: int, size: int, seed: int) -> Pa
 
 def released_style_loop(model, paths, device, precision) -> np.ndarray:
     """Class embeddings once, then one image at a time: load, preprocess, encode, score."""
+    import torch
+
+    from ace_lora.data.images import load_image
+    from ace_lora.evaluation.tasks import TASKS
+    from ace_lora.evaluation.zero_shot import class_embeddings, score, temperature
+    from ace_lora.runtime import autocast
     task = TASKS["chexpert"]
     probabilities = []
     with torch.no_grad():
@@ -80,6 +83,7 @@ def released_style_loop(model, paths, device, precision) -> np.ndarray:
 
 
 def timed(fn):
+    import torch
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -96,6 +100,9 @@ def main(argv=None) -> dict:
         raise UserInputError("--images must be >= 1 and --image-size >= 16")
     if os.path.isdir(args.output):
         raise UserInputError(f"--output {args.output} is a folder; give a file name")
+    from ace_lora.evaluation.zero_shot import evaluate
+    from ace_lora.factory import load_model_for_eval
+    from ace_lora.runtime import runtime_device
     device = runtime_device(args)
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
     with tempfile.TemporaryDirectory() as folder:

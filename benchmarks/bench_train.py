@@ -28,15 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+from ace_lora.errors import UserInputError, main_guard  # noqa: E402
+from ace_lora.params import add_model_args  # noqa: E402
 
-from ace_lora.backbone import load_backbone  # noqa: E402
-from ace_lora.distributed import single_process  # noqa: E402
-from ace_lora.errors import UserInputError  # noqa: E402
-from ace_lora.factory import build_model  # noqa: E402
-from ace_lora.loss import label_guided_info_nce  # noqa: E402
-from ace_lora.training import train_step, warmup_cosine_schedule  # noqa: E402
-from run_utils import add_model_args, autocast, main_guard, resolve_precision  # noqa: E402
+# torch and the model code are imported inside the functions that use them: --help answers at once,
+# and the parent process, which only starts one process per variant, never loads them.
 
 VARIANTS = ("ace", "full")
 REPORT = ("Heart size is normal. The mediastinal and hilar contours are unremarkable. There is mild pulmonary "
@@ -45,6 +41,7 @@ REPORT = ("Heart size is normal. The mediastinal and hilar contours are unremark
 
 
 def synthetic_batch(size: int, tokenize, batch_size: int):
+    import torch
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch_size, 3, size, size, generator=generator)  # (B, 3, H, W)
     ids = tokenize([REPORT] * batch_size)  # (B, L)
@@ -57,8 +54,13 @@ def image_size(clip) -> int:
     return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
-def ace_steps(args, device: torch.device):
+def ace_steps(args, device):
     """A callable that runs one ACE-LoRA training step."""
+    import torch
+
+    from ace_lora.distributed import single_process
+    from ace_lora.factory import build_model
+    from ace_lora.training import train_step, warmup_cosine_schedule
     model = build_model(args.model, device=device).train()
     batch = synthetic_batch(image_size(model.clip), model.tokenize, args.batch_size)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4, weight_decay=1e-2)
@@ -69,8 +71,13 @@ def ace_steps(args, device: torch.device):
                               use_labels=True, gather_negatives=False, context=context)
 
 
-def full_steps(args, device: torch.device):
+def full_steps(args, device):
     """A callable that runs one full fine-tuning step."""
+    import torch
+
+    from ace_lora.backbone import load_backbone
+    from ace_lora.loss import label_guided_info_nce
+    from ace_lora.runtime import autocast
     backbone = load_backbone(args.model)
     clip = backbone.clip.to(device).train()
     clip.requires_grad_(True)
@@ -91,7 +98,8 @@ def full_steps(args, device: torch.device):
     return step
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device) -> float:
+    import torch
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
@@ -99,6 +107,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def run_variant(args) -> dict:
     """Time one variant in this process."""
+    import torch
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,7 +157,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 2 or args.steps < 1:
         raise UserInputError("--batch-size must be >= 2 (contrastive loss) and --steps >= 1")
-    from ace_lora.runtime import resolve_device
+    from ace_lora.runtime import resolve_device, resolve_precision
     device = resolve_device(args.device)
     args.device, args.precision = str(device), resolve_precision(args.precision, device)
     if args.variant:

@@ -10,8 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ace_lora.data.prepare import prepare_siim_labels  # noqa: E402
-from run_utils import main_guard  # noqa: E402
+from ace_lora.errors import main_guard  # noqa: E402
 
 
 def parse_args(argv):
@@ -24,6 +23,7 @@ def parse_args(argv):
 @main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from ace_lora.data.prepare import prepare_siim_labels  # after parsing: --help stays fast
     prepare_siim_labels(args.rle_csv, args.output_dir)
     return 0
 

@@ -12,8 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ace_lora.data.prepare import prepare_siim_masks  # noqa: E402
-from run_utils import main_guard  # noqa: E402
+from ace_lora.errors import main_guard  # noqa: E402
 
 
 def parse_args(argv):
@@ -34,6 +33,7 @@ def parse_args(argv):
 @main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from ace_lora.data.prepare import prepare_siim_masks  # after parsing: --help stays fast
     prepare_siim_masks(args.rle_csv, args.image_dir, args.output_dir, mask_dir=args.mask_dir,
                        rle_format=args.rle_format, height=args.height, width=args.width, limit=args.limit)
     return 0

@@ -10,8 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ace_lora.data.prepare import prepare_nih  # noqa: E402
-from run_utils import main_guard  # noqa: E402
+from ace_lora.errors import main_guard  # noqa: E402
 
 
 def parse_args(argv):
@@ -28,6 +27,7 @@ def parse_args(argv):
 @main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from ace_lora.data.prepare import prepare_nih  # after parsing: --help stays fast
     prepare_nih(args.data_entry_csv, args.test_list, args.output_dir, fraction=args.fraction)
     return 0
 

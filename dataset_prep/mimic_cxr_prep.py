@@ -19,7 +19,7 @@ from ace_lora.data.mimic import (  # noqa: E402
 )
 from ace_lora.errors import UserInputError  # noqa: E402
 from ace_lora.io import check_output_file  # noqa: E402
-from run_utils import main_guard  # noqa: E402
+from ace_lora.errors import main_guard  # noqa: E402
 
 SPLITS = ("train", "validate", "test")
 KEEP_UNCERTAIN = "keep"

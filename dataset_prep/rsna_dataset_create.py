@@ -10,8 +10,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ace_lora.data.prepare import RSNA_IMAGE_DIR, prepare_rsna  # noqa: E402
-from run_utils import main_guard  # noqa: E402
+from ace_lora.data.paths import RSNA_IMAGE_DIR  # noqa: E402
+from ace_lora.errors import main_guard  # noqa: E402
 
 
 def parse_args(argv):
@@ -32,6 +32,7 @@ def parse_args(argv):
 @main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from ace_lora.data.prepare import prepare_rsna  # after parsing: --help stays fast
     prepare_rsna(args.labels_csv, args.output_dir, data_root=args.data_root, image_dir=args.image_dir,
                  absolute_paths=args.absolute_paths, check_images=args.check_images)
     return 0

@@ -10,7 +10,8 @@ from ace_lora.checkpoint import (load_released_checkpoint, read_released_checkpo
                                  released_state, save_released_checkpoint)
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model, load_model_for_eval
-from ace_lora.model import AceLoRAConfig, AceLoRAModel
+from ace_lora.config import AceLoRAConfig
+from ace_lora.model import AceLoRAModel
 
 
 @pytest.fixture(scope="module")

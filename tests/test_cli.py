@@ -2,7 +2,7 @@ import argparse
 
 import pytest
 
-from ace_lora.cli import parse_with_config
+from ace_lora.params import parse_with_config
 from ace_lora.errors import UserInputError
 
 

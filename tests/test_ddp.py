@@ -14,7 +14,7 @@ from ace_lora.distributed import (StoppedByMainRank, barrier, init_distributed, 
                                   world_from_env)
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model
-from ace_lora.model import AceLoRAConfig
+from ace_lora.config import AceLoRAConfig
 from ace_lora.training import train_step, warmup_cosine_schedule, wrap_ddp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

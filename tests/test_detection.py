@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from ace_lora.dense import benchmark
+from ace_lora.dense.tasks import DENSE_TASKS
+from ace_lora.params import parse_dense_args
 from ace_lora.dense.detection import SimpleFeaturePyramid, TokenGridFCOS, input_boxes, scale_boxes
 from ace_lora.dense.localisation import boxes_from_map, choose_threshold, predict_region_boxes
 from ace_lora.errors import UserInputError
@@ -16,13 +18,18 @@ from zero_shot_eval.detection_rsna import main as detection_main
 TASK = "rsna_detection"
 
 
+def run_task(argv):
+    """The benchmark as its script runs it: parse the flags, then run."""
+    return benchmark.run(TASK, parse_dense_args(TASK, argv))
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("rsna_demo")
     runs = {}
     for name, extra in (("trained", []), ("untrained", ["--epochs", "0"]), ("zero_shot", ["--zero-shot"])):
         out = str(root / name)
-        runs[name] = (out, benchmark.run(TASK, ["--demo", "--output-dir", out, "--no-progress"] + extra))
+        runs[name] = (out, run_task(["--demo", "--output-dir", out, "--no-progress"] + extra))
     return runs
 
 
@@ -141,7 +148,7 @@ def test_trained_run_writes_every_output(demo):
 
 def test_balanced_fraction_of_the_training_set(tmp_path):
     out = tmp_path / "run"
-    benchmark.run(TASK, ["--demo", "--train-set", "balanced", "--train-fraction", "0.5", "--epochs", "0",
+    run_task(["--demo", "--train-set", "balanced", "--train-fraction", "0.5", "--epochs", "0",
                          "--bootstrap", "0", "--no-progress", "--output-dir", str(out)])
     ids = pd.read_csv(out / "train_ids.csv")
     train = pd.read_csv(out / "demo_data" / "rsna_detection_train.csv")
@@ -164,7 +171,7 @@ def test_zero_shot_detection_runs(demo):
 
 
 def test_validation_without_boxes_is_a_user_error(tmp_path, capsys):
-    benchmark.prepare_demo(benchmark.TASKS[TASK], benchmark.parse_args(TASK, ["--demo", "--output-dir", str(tmp_path)]))
+    benchmark.prepare_demo(DENSE_TASKS[TASK], parse_dense_args(TASK, ["--demo", "--output-dir", str(tmp_path)]))
     val = tmp_path / "demo_data" / "rsna_detection_val.csv"
     table = pd.read_csv(val)
     table["boxes"] = "[]"

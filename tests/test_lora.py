@@ -6,8 +6,9 @@ from torch import nn
 
 from ace_lora.backbone import load_backbone
 from ace_lora.errors import UserInputError
-from ace_lora.lora import FusedQKVLoRA, LoRAFactors, LoRALinear, select_layers
-from ace_lora.model import AceLoRAConfig, AceLoRAModel
+from ace_lora.config import AceLoRAConfig, select_layers
+from ace_lora.lora import FusedQKVLoRA, LoRAFactors, LoRALinear
+from ace_lora.model import AceLoRAModel
 
 
 def test_select_layers_relative_to_depth():

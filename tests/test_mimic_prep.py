@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ace_lora.data.mimic import CHEXPERT_LABELS, attach_labels, extract_report_text, read_training_csv
+from ace_lora.data.labels import CHEXPERT_LABELS
+from ace_lora.data.mimic import attach_labels, extract_report_text, read_training_csv
 from ace_lora.data.train_dataset import label_matrix
 from ace_lora.errors import UserInputError
 

@@ -10,17 +10,23 @@ from PIL import Image
 
 from ace_lora.checkpoint import save_released_checkpoint
 from ace_lora.dense import benchmark
+from ace_lora.params import dense_parser, parse_dense_args
 from ace_lora.dense.segmentation import ProgressiveUpsamplingDecoder, focal_dice_loss
 from ace_lora.dense.synthetic import write_siim_demo
 from ace_lora.factory import build_model
-from ace_lora.model import AceLoRAConfig
+from ace_lora.config import AceLoRAConfig
 from zero_shot_eval.segmentation_siim import main as segmentation_main
 
 TASK = "siim_segmentation"
 
 
+def run_task(argv):
+    """The benchmark as its script runs it: parse the flags, then run."""
+    return benchmark.run(TASK, parse_dense_args(TASK, argv))
+
+
 def run_recording_splits(argv):
-    """benchmark.run(TASK, argv), recording each encoded split and whether best_head.pt existed then."""
+    """run_task(argv), recording each encoded split and whether best_head.pt existed then."""
     encoded = []
     original = benchmark.extract_split
     output_dir = argv[argv.index("--output-dir") + 1]
@@ -31,7 +37,7 @@ def run_recording_splits(argv):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(benchmark, "extract_split", recording)
-        metrics = benchmark.run(TASK, argv)
+        metrics = run_task(argv)
     return metrics, encoded
 
 
@@ -130,7 +136,7 @@ def test_train_fraction_is_a_seeded_stratified_subset(tmp_path):
     argv = ["--demo", "--train-set", "full", "--train-fraction", "0.25", "--epochs", "0", "--bootstrap", "0",
             "--no-progress"]
     for name in ("a", "b"):
-        benchmark.run(TASK, argv + ["--output-dir", str(tmp_path / name)])
+        run_task(argv + ["--output-dir", str(tmp_path / name)])
     first, second = (pd.read_csv(tmp_path / name / "train_ids.csv") for name in ("a", "b"))
     assert first.equals(second)
     train = pd.read_csv(tmp_path / "a" / "demo_data" / "siim_segmentation_train.csv")
@@ -180,7 +186,7 @@ def test_ace_lora_plain_lora_and_no_checkpoint_run_with_the_same_command(tiny_mo
         out = tmp_path / name
         argv = ["--model", tiny_model_name, "--val-csv", csvs["val"], "--test-csv", csvs["test"], "--zero-shot",
                 "--device", "cpu", "--num-workers", "0", "--bootstrap", "0", "--no-progress", "--output-dir", str(out)]
-        benchmark.run(TASK, argv + ([] if checkpoint is None else ["--checkpoint", checkpoint]))
+        run_task(argv + ([] if checkpoint is None else ["--checkpoint", checkpoint]))
         assert read_metrics(str(out))["settings"]["checkpoint"] == checkpoint
         thresholds[name] = pd.read_csv(out / "threshold_search.csv")["threshold"].to_numpy()
     assert not np.allclose(thresholds["none"][:3], thresholds["plain"][:3])  # LoRA changes the tokens
@@ -222,7 +228,7 @@ def test_output_dir_that_is_a_file_is_a_one_line_error_before_anything_runs(tmp_
 
 
 def test_help_documents_every_flag():
-    parser = benchmark.build_parser(TASK)
+    parser = dense_parser(TASK)
     flags = {option for action in parser._actions for option in action.option_strings}
     for flag in ("--config", "--model", "--checkpoint", "--features", "--train-fraction", "--train-set", "--epochs",
                  "--lr", "--batch-size", "--num-workers", "--device", "--precision", "--patience", "--seed",

@@ -15,9 +15,9 @@ from ace_lora.data.train_dataset import TokenizingCollate, build_training_datase
 from ace_lora.distributed import single_process
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model, load_model_for_eval
-from ace_lora.model import AceLoRAConfig
+from ace_lora.config import AceLoRAConfig
 from ace_lora.training import train_step, warmup_cosine_schedule
-from run_utils import parse_training_args
+from ace_lora.params import DEMO_DEFAULTS, parse_training_args
 
 N_TRAIN = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,7 +167,6 @@ def test_example_config_holds_the_released_hyperparameters():
 def test_demo_defaults_yield_to_explicit_flags():
     args = parse_training_args(["--demo", "--epochs", "2"], "", distributed=True)
     assert (args.epochs, args.output_dir, args.num_workers, args.gather_negatives) == (2, "demo_output", 0, False)
-    from ace_lora.demo import DEMO_DEFAULTS  # kept with the other demo settings
     assert (args.batch_size, args.lr) == (DEMO_DEFAULTS["batch_size"], DEMO_DEFAULTS["lr"]) != (64, 1e-3)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from ace_lora.data.mimic import CHEXPERT_LABELS
+from ace_lora.data.labels import CHEXPERT_LABELS
 from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.data.train_dataset import (ImageReportDataset, TokenizingCollate, build_training_dataset,
                                          epoch_loader, iterate_batches, label_matrix, steps_per_epoch,

@@ -18,13 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ace_lora.dense.benchmark import run  # noqa: E402
-from run_utils import main_guard  # noqa: E402
+from ace_lora.errors import main_guard  # noqa: E402
+from ace_lora.params import parse_dense_args  # noqa: E402
 
 
 @main_guard
 def main(argv=None):
-    return run("rsna_detection", argv)
+    args = parse_dense_args("rsna_detection", argv)
+    from ace_lora.dense.benchmark import run  # after parsing: --help needs no torch
+    return run("rsna_detection", args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from run_utils import main_guard  # noqa: E402
+from ace_lora.errors import main_guard  # noqa: E402
 from zero_shot_eval import run  # noqa: E402
 
 

@@ -18,17 +18,11 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from ace_lora.data.labels import CHEXPERT_LABELS, UNCERTAIN_POLICIES
 from ace_lora.data.paths import data_root_for, resolve_path
-from ace_lora.data.prepare import read_table
-from ace_lora.data.tables import row_number
+from ace_lora.data.tables import read_table, row_number
 from ace_lora.errors import UserInputError
 
-CHEXPERT_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
-)
-UNCERTAIN_POLICIES = ("zeros", "ones")
 FRONTAL_VIEWS = ("PA", "AP")
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"

@@ -24,47 +24,15 @@ import pandas as pd
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from ace_lora.data.paths import data_root_for
+from ace_lora.data.labels import LC25000_CLASSES, MHIST_CLASSES, NIH_LABELS, NIH_NO_FINDING
+from ace_lora.data.paths import RSNA_IMAGE_DIR, data_root_for, index_siim_images
 from ace_lora.data.rle import merge_rles
-from ace_lora.data.tables import row_name, row_number
+from ace_lora.data.tables import read_table, row_name, row_number
 from ace_lora.errors import UserInputError
 from ace_lora.io import check_output_dir, prepare_output_dir
 
-NIH_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
-NIH_NO_FINDING = "No Finding"
-# Class folder -> readable class name; the order is the class order of the evaluation.
-LC25000_CLASSES = {
-    "lung_aca": "lung adenocarcinoma",
-    "lung_scc": "lung squamous cell carcinoma",
-    "lung_n": "benign lung",
-    "colon_aca": "colon adenocarcinoma",
-    "colon_n": "benign colon",
-}
-MHIST_CLASSES = {"HP": "hyperplastic polyp", "SSA": "sessile serrated adenoma"}
-
-RSNA_IMAGE_DIR = "stage_2_train_images"
 RSNA_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
-SIIM_IMAGE_SUFFIXES = (".png", ".dcm")  # in order of preference when both exist for one ImageId
 MAX_EXAMPLES = 5
-
-
-def read_table(path: str, required: Sequence[str], dtype=None) -> pd.DataFrame:
-    """Read a CSV whose column names are stripped of spaces; raise if the file or a column is missing."""
-    if not os.path.isfile(path):
-        raise UserInputError(f"{path}: file not found")
-    try:
-        table = pd.read_csv(path, dtype=dtype)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise UserInputError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]})") from None
-    table.columns = [str(name).strip() for name in table.columns]
-    missing = [name for name in required if name not in table.columns]
-    if missing:
-        raise UserInputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} "
-                             f"(found: {', '.join(table.columns)})")
-    return table
 
 
 def require_ids(table: pd.DataFrame, column: str, source: str) -> None:
@@ -237,27 +205,6 @@ def resolve_rle_format(rle_csv: str, rle_format: str) -> bool:
                                  f"choose relative (stage 1) or absolute (stage 2) explicitly")
         print(f"RLE format: {rle_format} (chosen from the file name {name})")
     return rle_format == "relative"
-
-
-def index_siim_images(image_dir: str) -> dict[str, str]:
-    """ImageId -> path of `<ImageId>.png` or `.dcm` anywhere under `image_dir` (one walk; PNG wins)."""
-    if not os.path.isdir(image_dir):
-        raise UserInputError(f"{image_dir}: image folder not found")
-    found = {}
-    for folder, subfolders, files in os.walk(image_dir):
-        subfolders.sort()
-        for file_name in sorted(files):
-            stem, suffix = os.path.splitext(file_name)
-            if suffix.lower() not in SIIM_IMAGE_SUFFIXES:
-                continue
-            path = os.path.join(folder, file_name)
-            if stem in found:
-                if os.path.splitext(found[stem])[1].lower() == suffix.lower():
-                    raise UserInputError(f"{image_dir}: image {stem} is there twice: {found[stem]} and {path}")
-                if suffix.lower() != SIIM_IMAGE_SUFFIXES[0]:
-                    continue
-            found[stem] = path
-    return found
 
 
 def prepare_siim_masks(rle_csv: str, image_dir: str, output_dir: str, mask_dir: str | None = None,

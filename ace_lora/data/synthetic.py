@@ -32,15 +32,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ace_lora.data.mimic import CHEXPERT_LABELS
-from ace_lora.evaluation.tasks import CHEXPERT_5X200_CLASSES, TASKS
+from ace_lora.data.labels import CHEXPERT_5X200_CLASSES, CHEXPERT_FILE_LABELS, CHEXPERT_LABELS
+from ace_lora.evaluation.tasks import TASKS
 
 DEMO_FINDINGS = CHEXPERT_5X200_CLASSES
-# The CheXpert 5x200 file's label order (FORMATS.md), which differs from MIMIC's.
-CHEXPERT_FILE_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-                        "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-                        "Pleural Other", "Fracture", "Support Devices")
-
 # Reports: "{f}" is the finding in lower case. The first two are the zero-shot prompt wordings.
 SHARED_TEMPLATES = ("a chest X-ray image of {f}.", "Findings suggesting {f}.", "There is {f}.",
                     "Findings consistent with {f}.", "Mild {f}.", "Moderate {f} is present.", "Evidence of {f}.")

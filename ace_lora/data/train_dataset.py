@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms as T
 
 from ace_lora.data.images import load_image
-from ace_lora.data.mimic import CHEXPERT_LABELS, UNCERTAIN_POLICIES, read_training_csv
+from ace_lora.data.labels import CHEXPERT_LABELS, UNCERTAIN_POLICIES
+from ace_lora.data.mimic import read_training_csv
 from ace_lora.data.tables import row_number
 from ace_lora.errors import UserInputError
 

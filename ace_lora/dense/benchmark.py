@@ -1,5 +1,6 @@
 """End-to-end dense benchmark runs: the library behind zero_shot_eval/segmentation_siim.py and
-zero_shot_eval/detection_rsna.py (one command line, `build_parser(task)`, and `run(task, argv)`).
+zero_shot_eval/detection_rsna.py (`run(task, args)`; the command line is ace_lora.params.dense_parser,
+the task definitions ace_lora/dense/tasks.py).
 
 Order of work, which keeps the test split untouched until the end:
  1. the output folder and the CSVs are checked up front (columns, labels, boxes, every file exists
@@ -37,14 +38,13 @@ from torchvision.ops import box_iou
 
 from ace_lora.data.images import load_image
 from ace_lora.dense.detection import TokenGridFCOS, box_targets, input_boxes, predict_boxes, train_detector
-from ace_lora.dense.features import FEATURE_KINDS, CachedSplit, InputSpec, cache_file, extract_split, input_spec
+from ace_lora.dense.features import CachedSplit, InputSpec, cache_file, extract_split, input_spec
 from ace_lora.dense.localisation import (choose_threshold, class_text_embedding, mean_dice_at, predict_region_boxes,
                                          similarity_maps, threshold_candidates, threshold_masks)
 from ace_lora.dense.segmentation import ProgressiveUpsamplingDecoder, predict_masks, train_decoder
-from ace_lora.dense.splits import (IMAGE_FILE, MASK_FILE, RSNA_DETECTION, SIIM_SEGMENTATION, SPLITS, SplitLayout,
-                                   balanced_subset, check_decodable, fraction_subset, read_split,
-                                   split_csv_paths)
+from ace_lora.dense.splits import balanced_subset, check_decodable, fraction_subset, read_split, split_csv_paths
 from ace_lora.dense.synthetic import demo_vocabulary, write_rsna_demo, write_siim_demo
+from ace_lora.dense.tasks import DENSE_TASKS, IMAGE_FILE, MASK_FILE, SPLITS, VALIDATION_SCORES, DenseTask
 from ace_lora.dense.training import FitResult, FitSettings
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_box_overlays, plot_mask_overlays, plot_training_curves
@@ -53,138 +53,14 @@ from ace_lora.evaluation.tasks import CHEST_XRAY_TEMPLATES
 from ace_lora.io import atomic_save, prepare_output_dir, strict_json, write_resolved_config
 from ace_lora.factory import load_model_for_eval
 from ace_lora.tiny_model import write_tiny_biomedclip
-from ace_lora.cli import add_config_arg, add_model_args, add_runtime_args, parse_with_config, runtime_device
+from ace_lora.runtime import runtime_device
 
 
-@dataclass(frozen=True)
-class DenseTask:
-    name: str
-    title: str
-    layout: SplitLayout
-    class_name: str  # what the zero-shot prompts name
-    defaults: dict  # flag defaults of a real run
-    demo_defaults: dict  # flag defaults under --demo (flags and --config still win)
-
-
-TASKS = {
-    "siim_segmentation": DenseTask(
-        "siim_segmentation", "SIIM-ACR pneumothorax segmentation", SIIM_SEGMENTATION, "pneumothorax",
-        defaults=dict(epochs=50, lr=5e-4, patience=10, head_channels=256),
-        demo_defaults=dict(epochs=25, lr=2e-3, patience=10, head_channels=64, num_workers=0, device="cpu",
-                           bootstrap=200, output_dir="demo_output/siim_segmentation")),
-    "rsna_detection": DenseTask(
-        "rsna_detection", "RSNA pneumonia detection", RSNA_DETECTION, "pneumonia",
-        defaults=dict(epochs=50, lr=1e-4, patience=10, head_channels=256, head_convs=4),
-        demo_defaults=dict(epochs=20, lr=1e-3, patience=10, head_channels=64, head_convs=2, num_workers=0,
-                           device="cpu", bootstrap=50, output_dir="demo_output/rsna_detection")),
-}
-VALIDATION_SCORES = {"siim_segmentation": "mean Dice", "rsna_detection": "mAP@[.40:.75]"}  # what fit_head stops on
 DEMO_IMAGE_SIZE = 64  # tiny model input: a 4 x 4 patch grid
 DEMO_DATA, DEMO_MODEL = "demo_data", "demo_model"
 DEMO_THREADS = 1
 N_FIGURE_IMAGES = 6
 N_FIGURE_BOXES = 3  # predicted boxes drawn per image (best first)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def build_parser(task_name: str) -> argparse.ArgumentParser:
-    task = TASKS[task_name]
-    layout = task.layout
-    segmentation = task_name == "siim_segmentation"
-    parser = argparse.ArgumentParser(description=(
-        f"{task.title} on a frozen ACE-LoRA (or plain-LoRA, or bare BiomedCLIP) image encoder: a "
-        + ("SETR-PUP-style decoder (focal + Dice loss)" if segmentation else "torchvision FCOS on a ViTDet simple "
-           "feature pyramid") + f" trained on cached patch tokens, or --zero-shot similarity to '{task.class_name}'. "
-        "Writes metrics.json, predictions.csv, figures and config.yaml to --output-dir."))
-    add_config_arg(parser)
-
-    model = parser.add_argument_group("model")
-    add_model_args(model)
-    model.add_argument("--checkpoint", help="ACE-LoRA weights (released format, plain-LoRA release or training "
-                                            "checkpoint); omit for the bare BiomedCLIP encoder")
-    model.add_argument("--features", choices=("auto",) + FEATURE_KINDS, default="auto",
-                       help="patch tokens: 'last-layer' = projected last-layer tokens (MGCA/ViTDet protocol, most "
-                            "spatial detail), 'hgnn' = ACE-HGNN refined normalised tokens; 'auto' = last-layer "
-                            "for trained heads, hgnn for --zero-shot (the tokens aligned with text)")
-    model.add_argument("--zero-shot", action="store_true",
-                       help=f"no training: cosine similarity of the patch tokens to the '{task.class_name}' prompt "
-                            "embedding, " + ("thresholded into masks" if segmentation else "connected regions above a "
-                                             "threshold as boxes scored by their mean similarity")
-                            + "; the threshold is chosen on the validation split")
-    model.add_argument("--demo", action="store_true",
-                       help="synthetic data (<output-dir>/demo_data) and a tiny random model, CPU, < 3 minutes; "
-                            "replaces --model and the CSV flags")
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--split-dir", help=f"folder with {layout.prefix}_{{train,val,test}}.csv from dataset_prep")
-    for split in SPLITS:
-        data.add_argument(f"--{split}-csv", help=f"{split} CSV ({', '.join(layout.columns)}); overrides --split-dir")
-    data.add_argument("--data-root",
-                      help="folder that relative image/mask paths start from (default: each CSV's folder)")
-    data.add_argument("--train-fraction", type=float, default=1.0,
-                      help="fraction of the training set used (0.01, 0.1, 1.0): a seeded subset drawn separately "
-                           "from positive and negative images, ids saved to train_ids.csv")
-    positive = "images with pneumothorax" if segmentation else "images with boxes"
-    data.add_argument("--train-set", choices=("balanced", "full"), default="balanced" if segmentation else "full",
-                      help=f"'balanced' = all {positive} plus as many seeded others"
-                           + (" (MGCA protocol; default)" if segmentation else "") + ", 'full' = every training image"
-                           + ("" if segmentation else " (default; dataset_prep's detection split is positives only)"))
-
-    training = parser.add_argument_group("training (ignored with --zero-shot)")
-    training.add_argument("--epochs", type=int, help="maximum epochs (default %(d)s, demo %(m)s)" % dict(
-        d=task.defaults["epochs"], m=task.demo_defaults["epochs"]))
-    training.add_argument("--lr", type=float,
-                          help="AdamW peak learning rate, cosine decay (default %g)" % task.defaults["lr"])
-    training.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    training.add_argument("--patience", type=int, help="stop after this many epochs without a better validation "
-                                                       f"score (default {task.defaults['patience']})")
-    training.add_argument("--head-channels", type=int, help="width of the " + (
-        "decoder's first stage (halves every stage)" if segmentation else "feature pyramid and FCOS head")
-        + f" (default {task.defaults['head_channels']})")
-    if segmentation:
-        training.add_argument("--focal-weight", type=float, default=10.0,
-                              help="loss = focal_weight * focal + (1 - soft Dice) (MGCA's weight)")
-    else:
-        training.add_argument("--head-convs", type=int, help=f"conv layers per FCOS head branch (default "
-                                                             f"{task.defaults['head_convs']})")
-    training.add_argument("--seed", type=int, default=0, help="seed of the subsets, head initialisation, batch order "
-                                                              "and bootstrap")
-
-    runtime = parser.add_argument_group("runtime")
-    add_runtime_args(runtime, batch_size=16)
-    runtime.add_argument("--encode-batch-size", type=int, default=64,
-                         help="images per batch through the frozen encoder (--batch-size is the head's)")
-    runtime.add_argument("--feature-cache", help="folder to keep encoded features in between runs (keyed by model, "
-                                                 "checkpoint, features and file list); default: memory only")
-
-    output = parser.add_argument_group("output")
-    output.add_argument("--output-dir", default=f"results/{task_name}", help="folder for the result files")
-    output.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0 = none)")
-    output.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return parser
-
-
-def parse_args(task_name: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Flags > --config > (demo) defaults. Missing values resolved, bad values a UserInputError."""
-    task = TASKS[task_name]
-    parser = build_parser(task_name)
-    parser.set_defaults(**task.defaults)
-    args = parse_with_config(parser, argv)
-    if args.demo:  # given as a flag or in --config
-        parser.set_defaults(**task.demo_defaults)
-        args = parse_with_config(parser, argv)
-    for name in ("epochs", "patience", "batch_size", "encode_batch_size", "head_channels", "head_convs", "bootstrap",
-                 "num_workers"):
-        minimum = 0 if name in ("epochs", "bootstrap", "num_workers") else 1
-        if getattr(args, name, minimum) < minimum:
-            raise UserInputError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
-    if not 0 < args.train_fraction <= 1:
-        raise UserInputError(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
-    if args.features == "auto":
-        args.features = "hgnn" if args.zero_shot else "last-layer"
-    return args
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -237,9 +113,8 @@ class DenseRun:
         return os.path.join(self.args.output_dir, name)
 
 
-def start_run(task_name: str, argv: Optional[Sequence[str]]) -> DenseRun:
-    task = TASKS[task_name]
-    args = parse_args(task_name, argv)
+def start_run(task_name: str, args: argparse.Namespace) -> DenseRun:
+    task = DENSE_TASKS[task_name]
     prepare_output_dir(args.output_dir)  # a bad --output-dir fails now, not after training
     if args.demo:
         prepare_demo(task, args)
@@ -478,18 +353,19 @@ def cpu_threads(n: Optional[int]):
         torch.set_num_threads(previous)
 
 
-def run(task_name: str, argv: Optional[Sequence[str]] = None) -> dict:
-    """Parse `argv`, run the benchmark, write the result files; returns the metrics.
+def run(task_name: str, args: argparse.Namespace) -> dict:
+    """Run the benchmark with `ace_lora.params.parse_dense_args`'s arguments, write the result files;
+    returns the metrics.
 
     The demo runs with one CPU thread: its tensors are tiny, and on a shared CPU OpenMP barriers
     between threads stall on every small op (a detector step measured 0.07 s with one thread and
     3.7 s with two on a loaded 2-core machine).
     """
     started = time.perf_counter()
-    dense_run = start_run(task_name, argv)
+    dense_run = start_run(task_name, args)
     with cpu_threads(DEMO_THREADS if dense_run.args.demo else None):
         metrics = (run_segmentation if task_name == "siim_segmentation" else run_detection)(dense_run)
-    print(f"{TASKS[task_name].title} ({'zero-shot' if dense_run.args.zero_shot else 'trained'}, "
+    print(f"{DENSE_TASKS[task_name].title} ({'zero-shot' if dense_run.args.zero_shot else 'trained'}, "
           f"{dense_run.args.features} features): {summary_line(task_name, metrics)}")
     print(f"results in {dense_run.args.output_dir} ({time.perf_counter() - started:.0f} s)")
     return metrics

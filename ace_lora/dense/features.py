@@ -30,12 +30,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, Normalize
 from tqdm import tqdm
 
+from ace_lora.dense.tasks import FEATURE_KINDS
 from ace_lora.io import atomic_save
 from ace_lora.data.images import load_image
 from ace_lora.errors import UserInputError
 from ace_lora.runtime import autocast
 
-FEATURE_KINDS = ("last-layer", "hgnn")
 CACHE_FORMAT = 1  # bump when the cached content changes
 
 

@@ -10,8 +10,7 @@ the run before any encoding or training.
 import json
 import math
 import os
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,33 +19,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from ace_lora.data.images import is_dicom
-from ace_lora.data.prepare import read_table
 from ace_lora.errors import UserInputError
 from ace_lora.data.paths import data_root_for, resolve_path
-from ace_lora.data.tables import row_name, shown_value
-
-SPLITS = ("train", "val", "test")
-IMAGE_FILE = "image_file"  # resolved image path column added by `read_split`
-MASK_FILE = "mask_file"  # resolved mask path column (segmentation)
-
-
-@dataclass(frozen=True)
-class SplitLayout:
-    prefix: str  # file names are <prefix>_<split>.csv
-    id_column: str
-    image_column: str
-    columns: Tuple[str, ...]
-    mask_column: Optional[str] = None
-    label_column: Optional[str] = None  # 0/1 image label (segmentation)
-    boxes_column: Optional[str] = None  # JSON box lists (detection)
-
-
-SIIM_SEGMENTATION = SplitLayout("siim_segmentation", "ImageId", "image_path",
-                                ("ImageId", "image_path", "mask_path", "has_pneumothorax"),
-                                mask_column="mask_path", label_column="has_pneumothorax")
-RSNA_DETECTION = SplitLayout("rsna_detection", "patientId", "Path", ("patientId", "Path", "boxes"),
-                             boxes_column="boxes")
-
+from ace_lora.data.tables import read_table, row_name, shown_value
+from ace_lora.dense.tasks import IMAGE_FILE, MASK_FILE, SPLITS, SplitLayout
 
 def split_csv_paths(layout: SplitLayout, split_dir: Optional[str], explicit: Dict[str, Optional[str]],
                     splits: Sequence[str] = SPLITS) -> Dict[str, str]:

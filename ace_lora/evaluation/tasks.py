@@ -21,19 +21,19 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from ace_lora.data.paths import resolve_path
-from ace_lora.data.prepare import LC25000_CLASSES, MHIST_CLASSES, NIH_LABELS, index_siim_images
+from ace_lora.data.labels import CHEXPERT_5X200_CLASSES, LC25000_CLASSES, MHIST_CLASSES, NIH_LABELS
+from ace_lora.data.paths import index_siim_images, resolve_path
 from ace_lora.data.tables import row_name, shown_value
 from ace_lora.errors import UserInputError
 
 CHEST_XRAY_TEMPLATES = ("a chest X-ray image of {}.", "Findings suggesting {}.")  # the released ensemble
 PATHOLOGY_TEMPLATES = ("an H&E image of {}.", "a histopathology image of {}.")
-CHEXPERT_5X200_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
 # Scorings turn cosine similarities (B, C) into the per-class scores that are written and evaluated.
 SOFTMAX = "softmax"  # softmax(scale * cosine): single-label probabilities
 NIH_RELEASED = "released"  # per image (exp(c) - min) / (max - min) over its classes, as released for NIH
 COSINE = "cosine"  # plain cosine similarity
+LOGIT_SCALES = ("base", "learned")  # the softmax temperature: the backbone's exp(logit_scale), or the learned one
 
 
 @dataclass(frozen=True)
