@@ -23,7 +23,7 @@ from ace_lora.params import parse_training_args  # noqa: E402
 def main(argv=None):
     args = parse_training_args(argv, __doc__, distributed=False)
     from ace_lora.distributed import single_process  # after parsing: --help needs no torch
-    from ace_lora.training import run_training
+    from ace_lora.launch import run_training
     return run_training(args, single_process(args.device))
 
 

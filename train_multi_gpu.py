@@ -21,7 +21,7 @@ from ace_lora.params import parse_training_args  # noqa: E402
 def main(argv=None):
     args = parse_training_args(argv, __doc__, distributed=True)
     from ace_lora.distributed import init_distributed, shutdown  # after parsing: --help needs no torch
-    from ace_lora.training import run_training
+    from ace_lora.launch import run_training
     context = init_distributed(args.device)
     try:
         return run_training(args, context)

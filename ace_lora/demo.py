@@ -1,4 +1,5 @@
-"""`--demo`: train ACE-LoRA end to end on a synthetic data set with a tiny random model, offline, on a CPU.
+"""`--demo`: train ACE-LoRA end to end on a synthetic data set with a tiny random model, offline, on a CPU
+(ace_lora.launch runs it: prepare_demo, the training run, write_demo_metrics).
 
 prepare_demo writes <output-dir>/demo_data (ace_lora/data/synthetic.py) and a tiny BiomedCLIP-shaped model
 whose vocabulary covers the reports and the zero-shot prompts, then points the run's flags at them: the
@@ -8,7 +9,6 @@ write_demo_metrics summarises AUROC and accuracy before and after training in de
 import contextlib
 import json
 import os
-import time
 from dataclasses import asdict
 
 import torch
@@ -17,7 +17,7 @@ from .data.synthetic import DemoDataset, write_demo_dataset
 from .distributed import DistributedContext, barrier, broadcast_object
 from .tiny_model import write_tiny_biomedclip
 from .io import read_jsonl
-from .training import METRICS_FILE, RELEASED_NAME, print_trainable_count, train_in_run_folder
+from .training import METRICS_FILE, RELEASED_NAME
 
 DEMO_DATA = dict(n_train=600, n_test_per_class=20, image_size=64)
 DEMO_DIR = "demo_data"
@@ -82,18 +82,4 @@ def write_demo_metrics(args, data: DemoDataset, seconds: float) -> dict:
     shown = {k: "n/a" if summary[k] is None else f"{summary[k]:.3f}" for k in ("auroc_before", "auroc_after")}
     print(f"demo: zero-shot AUROC on the held-out split {shown['auroc_before']} before -> {shown['auroc_after']} "
           f"after training ({seconds:.0f} s); see {args.output_dir}")
-    return summary
-
-
-def run_demo(args, context: DistributedContext):
-    """The whole demo: data and model, training with validation, demo_metrics.json (rank 0)."""
-    start = time.perf_counter()
-    with single_thread_on_cpu(context.device):
-        data = prepare_demo(args, context)
-        if args.dry_run:
-            print_trainable_count(args, context)
-            return None
-        summary = train_in_run_folder(args, context)
-    if context.is_main and summary is not None:
-        write_demo_metrics(args, data, time.perf_counter() - start)
     return summary

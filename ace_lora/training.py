@@ -1,62 +1,46 @@
-"""Training ACE-LoRA: the optimisation step, the epoch loop, resume checkpoints and logs.
+"""Training ACE-LoRA: the Trainer (epoch loop, checkpoints, validation, logs).
 
-train.py and train_multi_gpu.py differ only in the DistributedContext they pass to `run_training`;
-`train_step` is the one place where a batch becomes a parameter update.
+ace_lora.launch builds it from the command line; train.py and train_multi_gpu.py differ only in the
+DistributedContext they pass. The optimisation step is ace_lora.train_step.train_step.
 
 Reproducibility: Python, NumPy and torch are seeded with seed + rank; the data order depends only on
 (seed, epoch) (see ace_lora/data/train_dataset.py); a resume checkpoint holds the optimizer, scheduler,
 scaler, counters, the running loss sums and every rank's RNG states, so an interrupted CPU run resumed
 from `checkpoints/last.pt` ends bit-identical to an uninterrupted one.
 """
-import hashlib
-import inspect
 import json
 import math
 import os
 import random
 import signal
-import sys
-import threading
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
-import pandas as pd
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .io import append_jsonl, atomic_save, prepare_output_dir, read_jsonl, write_resolved_config
-from .runtime import autocast, resolve_precision
-
-from .checkpoint import (init_trainables_from, load_resume_checkpoint, load_trainable_state_dict,
+from .checkpoint import (init_trainables_from, load_trainable_state_dict,
                          restore_rng_state, rng_state, save_released_checkpoint, trainable_state_dict)
-from .data.paths import data_root_for
 from .data.train_dataset import (TokenizingCollate, build_training_dataset, epoch_loader, iterate_batches,
                                  steps_per_epoch)
 from .distributed import (DistributedContext, all_ranks_true, barrier, gather_objects, run_on_main,
                           sum_over_ranks)
+from .config import AceLoRAConfig
 from .errors import RunInterrupted, UserInputError
 from .evaluation.figures import plot_training_curves
+from .evaluation.tasks import parse_eval_specs
 from .factory import build_model
-from .loss import gather_batch, label_guided_info_nce
-from .config import AceLoRAConfig
+from .interrupts import StopRequest
+from .io import append_jsonl, atomic_save, read_jsonl, write_resolved_config
 from .model import AceLoRAModel
-from .run_folder import RunLock, check_run_folder, clear_run_files
+from .resume import CHECKPOINT_FORMAT, data_identity
+from .train_step import NonFiniteLoss, train_step, warmup_cosine_schedule, wrap_ddp
 
-CHECKPOINT_FORMAT = "ace-lora-training-1"
 METRICS_FILE = "metrics.jsonl"  # one record per epoch (and epoch 0 / a final partial epoch)
 STEPS_FILE = "steps.jsonl"  # mean loss and learning rate every --log-every-steps
 CURVES_FILE = "training_curves.png"
 RELEASED_NAME = "ACE-LoRA_weights_{}.pt"
-# Flags that shape a run (model, optimisation, schedule): a resumed run must keep every one. The data is
-# compared by identity (CSV path, row count, fingerprint of the image paths), see `data_identity`.
-RUN_SHAPING_FLAGS = ("model", "lora_r", "lora_alpha", "lora_dropout", "params", "position", "topk",
-                     "hidden_features", "apply_gnn_encoders", "loss", "init_from", "split", "uncertain_policy",
-                     "batch_size", "epochs", "lr", "weight_decay", "betas", "warmup_epochs", "seed",
-                     "gather_negatives")
-
-
 # --------------------------------------------------------------------------- building blocks
 
 
@@ -72,215 +56,8 @@ def model_config(args) -> AceLoRAConfig:
                          apply_gnn_encoders=args.apply_gnn_encoders)
 
 
-def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Per-step factor: linear from 0 over `warmup_steps`, then half a cosine down to 0 at `total_steps`."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-class NonFiniteLoss(UserInputError):
-    """A NaN/inf loss: the run stops before the update, so the last checkpoint stays the last good one."""
-
-
-def train_step(model, batch, optimizer, scheduler, scaler, *, device: torch.device, precision: str,
-               use_labels: bool, gather_negatives: bool, context: DistributedContext) -> Tuple[float, float]:
-    """One update from one batch (images (B, 3, H, W), token ids (B, L), labels (B, 14)).
-
-    `model` is the AceLoRAModel or its DistributedDataParallel wrapper. With `gather_negatives` in DDP
-    the loss is computed over the global batch on every rank (ace_lora.loss.gather_batch). A NaN/inf loss
-    on any rank stops every rank before the update. Returns (loss, learning rate of this step).
-    """
-    images, ids, labels = (t.to(device, non_blocking=True) for t in batch)
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(device, precision):
-        image_emb, text_emb, scale = model(images, ids)  # (B, D), (B, D), ()
-    labels = labels if use_labels else None
-    if gather_negatives and context.is_distributed:
-        image_emb, text_emb, labels = gather_batch(image_emb, text_emb, labels)  # (world * B, D)
-    loss = label_guided_info_nce(image_emb, text_emb, scale, labels)
-    value = loss.item()
-    if not all_ranks_true(math.isfinite(value), context):
-        raise NonFiniteLoss(f"the training loss became {value} (on this or another rank)")
-    lr = optimizer.param_groups[0]["lr"]
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    return value, lr
-
-
-def wrap_ddp(model: AceLoRAModel, device: torch.device) -> DistributedDataParallel:
-    """DDP without per-step buffer broadcasts: every buffer belongs to the frozen backbone.
-
-    Recent torch calls the switch `forward_sync_buffers` (and warns about `broadcast_buffers`); older
-    versions know only `broadcast_buffers`.
-    """
-    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-               else "broadcast_buffers")
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   **{no_sync: False})
-
-
-def parse_eval_specs(specs: List[str]) -> List[Tuple[str, str, Optional[str]]]:
-    """'TASK:CSV[:ROOT]' -> (task, csv, root or None)."""
-    from .evaluation.tasks import TASKS
-    parsed = []
-    for spec in specs:
-        parts = spec.split(":", 2)
-        if len(parts) < 2 or parts[0] not in TASKS:
-            raise UserInputError(f"--eval-datasets entry {spec!r} must be TASK:CSV[:ROOT] with TASK one of "
-                                 f"{', '.join(TASKS)}")
-        parsed.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
-    tasks = [task for task, _, _ in parsed]
-    if len(set(tasks)) != len(tasks):
-        raise UserInputError("--eval-datasets lists a task twice")
-    return parsed
-
-
-def check_eval_inputs(args, eval_specs: List[Tuple[str, str, Optional[str]]]) -> None:
-    """Every validation / --eval-datasets CSV and image folder exists and each CSV has its task's columns.
-
-    Checked at start-up (the CSV header only): a wrong path would otherwise surface after the first epoch.
-    """
-    from .evaluation.tasks import TASKS
-    sets = ([("--val-csv", "--val-data-root", args.val_dataset, args.val_csv, args.val_data_root)]
-            if args.val_dataset else [])
-    sets += [(f"--eval-datasets {task}", f"--eval-datasets {task} root", task, csv, root)
-             for task, csv, root in eval_specs]
-    for csv_flag, root_flag, task, csv, root in sets:
-        if not os.path.isfile(csv):
-            raise UserInputError(f"{csv_flag} {csv}: file not found")
-        root = data_root_for(csv, root)
-        if not os.path.isdir(root):
-            raise UserInputError(f"{root_flag} {root}: folder not found")
-        try:
-            header = [str(name).strip() for name in pd.read_csv(csv, nrows=0).columns]
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise UserInputError(f"{csv_flag} {csv}: not a readable CSV file ({str(error).splitlines()[0]})") from None
-        missing = [name for name in TASKS[task].required_columns if name not in header]
-        if missing:
-            raise UserInputError(f"{csv_flag} {csv}: missing column(s) {', '.join(map(repr, missing))} that the "
-                                 f"{task} task needs (found: {', '.join(header)})")
-
-
-def check_training_args(args) -> None:
-    """Flag values that torch or NumPy would otherwise reject late, or accept and misuse."""
-    if not args.train_csv:
-        raise UserInputError("--train-csv is required (or --demo, or --dry-run)")
-    for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs)):
-        if value < 1:
-            raise UserInputError(f"{flag} must be >= 1, got {value}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserInputError(f"--max-steps must be >= 1, got {args.max_steps}")
-    for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay),
-                        ("--warmup-epochs", args.warmup_epochs), ("--num-workers", args.num_workers),
-                        ("--save-every-steps", args.save_every_steps), ("--log-every-steps", args.log_every_steps)):
-        if not value >= 0:  # also NaN
-            raise UserInputError(f"{flag} must be >= 0, got {value}")
-    if not all(0 <= beta < 1 for beta in args.betas):
-        raise UserInputError(f"--betas must both be in [0, 1), got {' '.join(map(str, args.betas))}")
-    if args.val_dataset and not args.val_csv:
-        raise UserInputError("--val-dataset needs --val-csv")
-    if args.val_csv and not args.val_dataset:
-        raise UserInputError("--val-csv needs --val-dataset (which zero-shot task it is)")
-    if args.init_from and args.resume:
-        raise UserInputError("--init-from starts a new run from trained weights, --resume continues a run: give one")
-    if args.init_from and not os.path.isfile(args.init_from):
-        raise UserInputError(f"--init-from {args.init_from}: file not found")
-
-
-def data_identity(csv_path: str, image_paths: List[str]) -> dict:
-    """What makes a training set the same one: its CSV, its size and the images it lists, in order."""
-    digest = hashlib.sha256("\n".join(os.path.abspath(p) for p in image_paths).encode("utf-8")).hexdigest()
-    return {"csv": os.path.abspath(csv_path), "rows": len(image_paths), "images_sha256": digest[:16]}
-
-
-def _shown(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def compare_run_settings(path: str, saved: dict, args) -> None:
-    """A resumed run must be the same run: every shaping flag as saved (one error naming each)."""
-    current = json.loads(json.dumps(vars(args), default=str))
-    differs = [f"--{key.replace('_', '-')} {_shown(saved.get(key))} (now {_shown(current.get(key))})"
-               for key in RUN_SHAPING_FLAGS if key in saved and saved.get(key) != current.get(key)]
-    if differs:
-        raise UserInputError(f"--resume {path}: the run was started with other settings: {', '.join(differs)}; "
-                             "resume with the same flags, or start a new run from its weights with --init-from")
-
-
-class RunFinished(Exception):
-    """--resume of a run that has nothing left to do (not an error)."""
-
-
-def resume_path(args) -> Optional[str]:
-    """The checkpoint --resume names: a path, 'latest' (<output-dir>/checkpoints/last.pt, which must exist)
-    or 'auto' (last.pt when there is one, else a new run: what a requeued job wants)."""
-    if not args.resume:
-        return None
-    if args.resume in ("latest", "auto"):
-        path = os.path.join(args.output_dir, "checkpoints", "last.pt")
-        if os.path.isfile(path):
-            return path
-        if args.resume == "latest":
-            raise UserInputError(f"--resume latest: no checkpoint at {path}")
-        return None
-    return args.resume
-
-
-def read_resume_state(args) -> Optional[dict]:
-    """The checkpoint to continue from, checked against the flags before anything is built or written.
-
-    Raises RunFinished when the run already reached --epochs (or --max-steps)."""
-    path = resume_path(args)
-    if path is None:
-        return None
-    state = load_resume_checkpoint(path)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise UserInputError(f"{path} is not an ACE-LoRA training checkpoint (format {state.get('format')!r})")
-    compare_run_settings(path, state.get("config", {}), args)
-    if state["epoch"] >= args.epochs or (args.max_steps is not None and state["step"] >= args.max_steps):
-        limit = f"--max-steps {args.max_steps}" if state["epoch"] < args.epochs else f"{args.epochs} epochs"
-        raise RunFinished(f"{path}: this run is finished ({limit} reached at step {state['step']}); nothing to do")
-    state["path"] = path
-    return state
-
-
 def _finite_or_none(value):
     return float(value) if value is not None and math.isfinite(value) else None
-
-
-class StopRequest:
-    """SIGINT / SIGTERM during training (Ctrl-C, SLURM preemption): the trainer finishes the current step,
-    saves checkpoints/last.pt and stops; a second signal stops at once. Handlers are installed only in
-    the main thread and restored on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def _handle(self, signum, _frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(f"{signal.Signals(signum).name}: finishing this step, then saving checkpoints/last.pt (send it again "
-              "to stop at once)", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -564,57 +341,3 @@ class Trainer:
         return {"epoch": self.epoch, "step": self.step, "best": self.best}
 
 
-def print_trainable_count(args, context: DistributedContext) -> int:
-    model = build_model(args.model, model_config(args))
-    count = model.num_trainable()
-    if context.is_main:
-        print(f"trainable parameters: {count}")
-    return count
-
-
-def check_run_args(args, context: DistributedContext) -> None:
-    """Every check that needs neither the model nor the data: flags, precision, validation inputs."""
-    check_training_args(args)
-    args.precision = resolve_precision(args.precision, context.device)
-    if args.precision == "fp16" and context.device.type != "cuda":
-        raise UserInputError("--precision fp16 needs CUDA; use fp32 (or bf16) on the CPU")
-    check_eval_inputs(args, parse_eval_specs(args.eval_datasets))
-
-
-def open_run_folder(args, resuming: bool, lock: RunLock) -> None:
-    """Refuse to mix runs (nothing touched), then create the folder and take its lock (rank 0)."""
-    fresh_auto = args.resume == "auto" and not resuming  # a requeued job before its first checkpoint
-    lock.check_free()
-    check_run_folder(args.output_dir, resume=resuming, overwrite=args.overwrite or fresh_auto)
-    prepare_output_dir(args.output_dir)
-    lock.acquire()
-    if not resuming:
-        clear_run_files(args.output_dir)
-
-
-def run_training(args, context: DistributedContext) -> Optional[Dict]:
-    """What train.py and train_multi_gpu.py run once their process group (if any) is set up."""
-    if args.demo:
-        from .demo import run_demo
-        return run_demo(args, context)
-    if args.dry_run:
-        print_trainable_count(args, context)
-        return None
-    return train_in_run_folder(args, context)
-
-
-def train_in_run_folder(args, context: DistributedContext) -> Optional[Dict]:
-    """Checks, resume state, the output folder and its lock, then the run (None if it was finished)."""
-    check_run_args(args, context)
-    try:
-        state = read_resume_state(args)
-    except RunFinished as finished:
-        if context.is_main:
-            print(finished)
-        return None
-    lock = RunLock(args.output_dir)
-    run_on_main(lambda: open_run_folder(args, state is not None, lock), context, "opening the output folder")
-    try:
-        return Trainer(args, context, state).fit()
-    finally:
-        lock.release()

@@ -15,7 +15,7 @@ from ace_lora.distributed import (StoppedByMainRank, barrier, init_distributed, 
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model
 from ace_lora.config import AceLoRAConfig
-from ace_lora.training import train_step, warmup_cosine_schedule, wrap_ddp
+from ace_lora.train_step import train_step, warmup_cosine_schedule, wrap_ddp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD, PER_RANK = 2, 3

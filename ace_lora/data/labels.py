@@ -14,6 +14,9 @@ CHEXPERT_FILE_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegal
                         "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
                         "Pleural Other", "Fracture", "Support Devices")
 CHEXPERT_5X200_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+# The binary zero-shot sets: negative class first, as the released prompts name them.
+RSNA_CLASSES = ("No Finding", "pneumonia")
+SIIM_CLASSES = ("No Finding", "pneumothorax")
 # What an uncertain (-1) CheXpert label becomes in training.
 UNCERTAIN_POLICIES = ("zeros", "ones")
 

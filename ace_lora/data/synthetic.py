@@ -32,8 +32,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ace_lora.data.labels import CHEXPERT_5X200_CLASSES, CHEXPERT_FILE_LABELS, CHEXPERT_LABELS
-from ace_lora.evaluation.tasks import TASKS
+from ace_lora.data.labels import (CHEXPERT_5X200_CLASSES, CHEXPERT_FILE_LABELS, CHEXPERT_LABELS, RSNA_CLASSES,
+                                  SIIM_CLASSES)
+from ace_lora.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts
 
 DEMO_FINDINGS = CHEXPERT_5X200_CLASSES
 # Reports: "{f}" is the finding in lower case. The first two are the zero-shot prompt wordings.
@@ -136,7 +137,8 @@ def demo_vocabulary(extra_texts: Sequence[str] = ()) -> List[str]:
     """Every word that a demo report or a chest X-ray zero-shot prompt can contain."""
     texts = [t.format(f=f.lower()) for f in DEMO_FINDINGS for t in SHARED_TEMPLATES]
     texts += [r for reports in SPECIFIC_REPORTS.values() for r in reports] + list(PREAMBLES)
-    texts += [p for task in ("chexpert", "rsna", "siim") for p in TASKS[task].prompts] + list(extra_texts)
+    chest_classes = CHEXPERT_5X200_CLASSES + RSNA_CLASSES + SIIM_CLASSES
+    texts += class_major_prompts(chest_classes, CHEST_XRAY_TEMPLATES) + list(extra_texts)
     return sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
 
 

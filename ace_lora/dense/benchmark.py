@@ -43,14 +43,14 @@ from ace_lora.dense.localisation import (choose_threshold, class_text_embedding,
                                          similarity_maps, threshold_candidates, threshold_masks)
 from ace_lora.dense.segmentation import ProgressiveUpsamplingDecoder, predict_masks, train_decoder
 from ace_lora.dense.splits import balanced_subset, check_decodable, fraction_subset, read_split, split_csv_paths
-from ace_lora.dense.synthetic import demo_vocabulary, write_rsna_demo, write_siim_demo
+from ace_lora.dense.synthetic import write_rsna_demo, write_siim_demo
 from ace_lora.dense.tasks import DENSE_TASKS, IMAGE_FILE, MASK_FILE, SPLITS, VALIDATION_SCORES, DenseTask
 from ace_lora.dense.training import FitResult, FitSettings
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_box_overlays, plot_mask_overlays, plot_training_curves
 from ace_lora.evaluation.metrics import detection_metrics, dice_per_image, iou_per_image, segmentation_metrics
-from ace_lora.evaluation.tasks import CHEST_XRAY_TEMPLATES
 from ace_lora.io import atomic_save, prepare_output_dir, strict_json, write_resolved_config
+from ace_lora.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts
 from ace_lora.factory import load_model_for_eval
 from ace_lora.tiny_model import write_tiny_biomedclip
 from ace_lora.runtime import runtime_device
@@ -71,7 +71,7 @@ def prepare_demo(task: DenseTask, args: argparse.Namespace) -> None:
     root = os.path.abspath(os.path.join(args.output_dir, DEMO_DATA))
     writer = write_siim_demo if task.name == "siim_segmentation" else write_rsna_demo
     writer(root, seed=args.seed)
-    words = demo_vocabulary([task.class_name], CHEST_XRAY_TEMPLATES)
+    words = class_major_prompts([task.class_name], CHEST_XRAY_TEMPLATES)  # what the tiny tokenizer must know
     args.model = write_tiny_biomedclip(os.path.join(args.output_dir, DEMO_MODEL), words, image_size=DEMO_IMAGE_SIZE,
                                        seed=args.seed)
     args.split_dir, args.data_root = root, None

@@ -14,8 +14,7 @@ from scipy import ndimage
 
 from ace_lora.dense.detection import scale_boxes
 from ace_lora.evaluation.metrics import dice_per_image
-from ace_lora.evaluation.tasks import CHEST_XRAY_TEMPLATES
-from ace_lora.evaluation.zero_shot import prompt_ensemble_embeddings
+from ace_lora.prompts import CHEST_XRAY_TEMPLATES, prompt_ensemble_embeddings
 
 N_THRESHOLDS = 20
 THRESHOLD_QUANTILES = np.linspace(0.5, 0.995, N_THRESHOLDS)  # of the validation similarities

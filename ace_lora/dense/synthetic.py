@@ -7,7 +7,7 @@ CSVs' folder), as the benchmarks resolve them by default. Deterministic for a gi
 """
 import json
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import numpy as np
 import pandas as pd
@@ -100,6 +100,3 @@ def write_rsna_demo(out_dir: str, split_sizes: Sequence[int] = DEMO_SPLIT_SIZES,
     return _write_splits(rows, out_dir, "rsna_detection", split_sizes)
 
 
-def demo_vocabulary(class_names: Sequence[str], templates: Sequence[str]) -> Tuple[str, ...]:
-    """Words the tiny demo model's tokenizer needs for the prompts of `class_names`."""
-    return tuple(template.format(name) for template in templates for name in class_names)

@@ -16,18 +16,18 @@ Each task reads the CSV that `dataset_prep/` writes (or, for CheXpert, the offic
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
-from ace_lora.data.labels import CHEXPERT_5X200_CLASSES, LC25000_CLASSES, MHIST_CLASSES, NIH_LABELS
+from ace_lora.data.labels import (CHEXPERT_5X200_CLASSES, LC25000_CLASSES, MHIST_CLASSES, NIH_LABELS, RSNA_CLASSES,
+                                  SIIM_CLASSES)
 from ace_lora.data.paths import index_siim_images, resolve_path
 from ace_lora.data.tables import row_name, shown_value
 from ace_lora.errors import UserInputError
+from ace_lora.prompts import CHEST_XRAY_TEMPLATES, PATHOLOGY_TEMPLATES, class_major_prompts
 
-CHEST_XRAY_TEMPLATES = ("a chest X-ray image of {}.", "Findings suggesting {}.")  # the released ensemble
-PATHOLOGY_TEMPLATES = ("an H&E image of {}.", "a histopathology image of {}.")
 
 # Scorings turn cosine similarities (B, C) into the per-class scores that are written and evaluated.
 SOFTMAX = "softmax"  # softmax(scale * cosine): single-label probabilities
@@ -58,11 +58,6 @@ class ZeroShotTask:
     @property
     def required_columns(self) -> Tuple[str, ...]:
         return tuple(dict.fromkeys((self.id_column, self.image_column, *self.label_columns)))
-
-
-def class_major_prompts(names: Sequence[str], templates: Sequence[str]) -> List[str]:
-    """For each class name, each template filled with it (the order encode_prompt_ensemble expects)."""
-    return [template.format(name) for name in names for template in templates]
 
 
 # --------------------------------------------------------------------------- image paths
@@ -162,13 +157,13 @@ TASKS = {
             id_column="Path", image_column="Path", label_columns=CHEXPERT_5X200_CLASSES,
             read_labels=one_hot_columns(CHEXPERT_5X200_CLASSES, "Path"), image_paths=path_column_images),
         ZeroShotTask(
-            name="rsna", title="RSNA Pneumonia", class_names=("No Finding", "pneumonia"),
-            prompt_names=("No Finding", "pneumonia"), templates=CHEST_XRAY_TEMPLATES,
+            name="rsna", title="RSNA Pneumonia", class_names=RSNA_CLASSES,
+            prompt_names=RSNA_CLASSES, templates=CHEST_XRAY_TEMPLATES,
             id_column="Path", image_column="Path", label_columns=("Target",),
             read_labels=binary_column("Target", "Path"), image_paths=path_column_images),
         ZeroShotTask(
-            name="siim", title="SIIM-ACR Pneumothorax", class_names=("No Finding", "pneumothorax"),
-            prompt_names=("No Finding", "pneumothorax"), templates=CHEST_XRAY_TEMPLATES,
+            name="siim", title="SIIM-ACR Pneumothorax", class_names=SIIM_CLASSES,
+            prompt_names=SIIM_CLASSES, templates=CHEST_XRAY_TEMPLATES,
             id_column="ImageId", image_column="ImageId", label_columns=("Label",),
             read_labels=binary_column("Label", "ImageId"), image_paths=siim_image_paths),
         ZeroShotTask(
@@ -200,3 +195,18 @@ def get_task(name: str, nih_prompt_names: str = "raw") -> ZeroShotTask:
     if name == "nih":
         return dataclasses.replace(TASKS[name], prompt_names=NIH_PROMPT_NAMES[nih_prompt_names])
     return TASKS[name]
+
+
+def parse_eval_specs(specs: List[str]) -> List[Tuple[str, str, Optional[str]]]:
+    """'TASK:CSV[:ROOT]' -> (task, csv, root or None)."""
+    parsed = []
+    for spec in specs:
+        parts = spec.split(":", 2)
+        if len(parts) < 2 or parts[0] not in TASKS:
+            raise UserInputError(f"--eval-datasets entry {spec!r} must be TASK:CSV[:ROOT] with TASK one of "
+                                 f"{', '.join(TASKS)}")
+        parsed.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+    tasks = [task for task, _, _ in parsed]
+    if len(set(tasks)) != len(tasks):
+        raise UserInputError("--eval-datasets lists a task twice")
+    return parsed

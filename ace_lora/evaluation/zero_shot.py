@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -33,9 +33,9 @@ from ace_lora.data.tables import read_table
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_confusion_matrix, plot_roc
 from ace_lora.evaluation.metrics import classification_metrics, multilabel_metrics
-from ace_lora.evaluation.tasks import (COSINE, LOGIT_SCALES, NIH_RELEASED, SOFTMAX, TASKS, ZeroShotTask,
-                                      class_major_prompts, get_task)
+from ace_lora.evaluation.tasks import COSINE, LOGIT_SCALES, NIH_RELEASED, SOFTMAX, TASKS, ZeroShotTask, get_task
 from ace_lora.io import prepare_output_dir, strict_json
+from ace_lora.prompts import prompt_ensemble_embeddings
 from ace_lora.runtime import autocast, resolve_device, resolve_precision
 
 LABEL_COLUMN = "label"  # true class name in predictions.csv (multi-label: positives joined by '|')
@@ -56,13 +56,6 @@ class ZeroShotResult:
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def prompt_ensemble_embeddings(model, names: Sequence[str], templates: Sequence[str],
-                               device: torch.device) -> torch.Tensor:
-    """(C, D) float32 normalised embeddings of the class `names`, each from its prompts `templates`."""
-    ids = model.tokenize(class_major_prompts(names, templates)).to(device)  # (C * T, L), class-major
-    return model.encode_prompt_ensemble(ids, len(templates)).float()
 
 
 def class_embeddings(model, task: ZeroShotTask, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,34 @@
+"""Stopping a training run cleanly on SIGINT (Ctrl-C) and SIGTERM (SLURM preemption, `kill`)."""
+import signal
+import sys
+import threading
+from typing import Optional
+
+
+class StopRequest:
+    """SIGINT / SIGTERM during training (Ctrl-C, SLURM preemption): the trainer finishes the current step,
+    saves checkpoints/last.pt and stops; a second signal stops at once. Handlers are installed only in
+    the main thread and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"{signal.Signals(signum).name}: finishing this step, then saving checkpoints/last.pt (send it again "
+              "to stop at once)", file=sys.stderr, flush=True)

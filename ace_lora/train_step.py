@@ -1,0 +1,69 @@
+"""One optimisation step: the schedule, the step itself, and the DDP wrapper it runs under.
+
+`train_step` is the one place where a batch becomes a parameter update.
+"""
+import inspect
+import math
+from typing import Tuple
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .distributed import DistributedContext, all_ranks_true
+from .errors import UserInputError
+from .loss import gather_batch, label_guided_info_nce
+from .model import AceLoRAModel
+from .runtime import autocast
+
+
+def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Per-step factor: linear from 0 over `warmup_steps`, then half a cosine down to 0 at `total_steps`."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class NonFiniteLoss(UserInputError):
+    """A NaN/inf loss: the run stops before the update, so the last checkpoint stays the last good one."""
+
+
+def train_step(model, batch, optimizer, scheduler, scaler, *, device: torch.device, precision: str,
+               use_labels: bool, gather_negatives: bool, context: DistributedContext) -> Tuple[float, float]:
+    """One update from one batch (images (B, 3, H, W), token ids (B, L), labels (B, 14)).
+
+    `model` is the AceLoRAModel or its DistributedDataParallel wrapper. With `gather_negatives` in DDP
+    the loss is computed over the global batch on every rank (ace_lora.loss.gather_batch). A NaN/inf loss
+    on any rank stops every rank before the update. Returns (loss, learning rate of this step).
+    """
+    images, ids, labels = (t.to(device, non_blocking=True) for t in batch)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        image_emb, text_emb, scale = model(images, ids)  # (B, D), (B, D), ()
+    labels = labels if use_labels else None
+    if gather_negatives and context.is_distributed:
+        image_emb, text_emb, labels = gather_batch(image_emb, text_emb, labels)  # (world * B, D)
+    loss = label_guided_info_nce(image_emb, text_emb, scale, labels)
+    value = loss.item()
+    if not all_ranks_true(math.isfinite(value), context):
+        raise NonFiniteLoss(f"the training loss became {value} (on this or another rank)")
+    lr = optimizer.param_groups[0]["lr"]
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return value, lr
+
+
+def wrap_ddp(model: AceLoRAModel, device: torch.device) -> DistributedDataParallel:
+    """DDP without per-step buffer broadcasts: every buffer belongs to the frozen backbone.
+
+    Recent torch calls the switch `forward_sync_buffers` (and warns about `broadcast_buffers`); older
+    versions know only `broadcast_buffers`.
+    """
+    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   **{no_sync: False})
