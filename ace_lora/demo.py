@@ -6,12 +6,10 @@ whose vocabulary covers the reports and the zero-shot prompts, then points the r
 held-out split is the `chexpert` validation set, evaluated before training and after every epoch.
 write_demo_metrics summarises AUROC and accuracy before and after training in demo_metrics.json.
 """
-import contextlib
 import json
 import os
 from dataclasses import asdict
 
-import torch
 
 from .data.synthetic import DemoDataset, write_demo_dataset
 from .distributed import DistributedContext, barrier, broadcast_object
@@ -22,19 +20,6 @@ from .training import METRICS_FILE, RELEASED_NAME
 DEMO_DATA = dict(n_train=600, n_test_per_class=20, image_size=64)
 DEMO_DIR = "demo_data"
 TINY_MODEL_DIR = "tiny_biomedclip"
-
-
-@contextlib.contextmanager
-def single_thread_on_cpu(device: torch.device):
-    """The tiny model's matrices are too small to gain from threads, and on a busy machine spinning
-    threads slow it down many times over: run it on one thread, then restore the setting."""
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def prepare_demo(args, context: DistributedContext) -> DemoDataset:

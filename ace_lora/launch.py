@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from .demo import prepare_demo, single_thread_on_cpu, write_demo_metrics
+from .demo import prepare_demo, write_demo_metrics
 from .data.paths import data_root_for
 from .distributed import DistributedContext, run_on_main
 from .errors import UserInputError
@@ -15,7 +15,7 @@ from .factory import build_model
 from .io import prepare_output_dir
 from .resume import RunFinished, read_resume_state
 from .run_folder import RunLock, check_run_folder, clear_run_files
-from .runtime import resolve_precision
+from .runtime import cpu_threads, resolve_precision
 from .training import Trainer, model_config
 
 
@@ -128,7 +128,7 @@ def train_in_run_folder(args, context: DistributedContext) -> Optional[Dict]:
 def run_demo(args, context: DistributedContext):
     """The whole demo: data and model, training with validation, demo_metrics.json (rank 0)."""
     start = time.perf_counter()
-    with single_thread_on_cpu(context.device):
+    with cpu_threads(1 if context.device.type == "cpu" else None):
         data = prepare_demo(args, context)
         if args.dry_run:
             print_trainable_count(args, context)

@@ -31,7 +31,32 @@ class LoRAFactors(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scaling  # (out, in); merge/export only
 
 
-class LoRALinear(nn.Module):
+class MergeableLoRA(nn.Module):
+    """A frozen `base` Linear whose row blocks (`_blocks`) carry LoRA factors: merging adds each block's
+    B @ A into the weight (no low-rank work at inference), unmerging takes it out again."""
+
+    base: nn.Linear
+    merged: bool
+
+    def _blocks(self) -> Iterable[Tuple[slice, LoRAFactors]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            for rows, factors in self._blocks():
+                self.base.weight[rows] += factors.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            for rows, factors in self._blocks():
+                self.base.weight[rows] -= factors.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+class LoRALinear(MergeableLoRA):
     """A frozen nn.Linear plus one low-rank update (BERT query/key/value/output, ViT attn.proj)."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
@@ -47,20 +72,11 @@ class LoRALinear(nn.Module):
             return y
         return y + self.lora(self.dropout(x))
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base.weight += self.lora.delta_weight().to(self.base.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight -= self.lora.delta_weight().to(self.base.weight.dtype)
-            self.merged = False
+    def _blocks(self) -> Iterable[Tuple[slice, LoRAFactors]]:
+        yield slice(None), self.lora
 
 
-class FusedQKVLoRA(nn.Module):
+class FusedQKVLoRA(MergeableLoRA):
     """timm's fused qkv Linear (in -> 3 * dim) with separate (A, B) pairs for the chosen of q, k, v.
 
     Each of q, k and v has its own dropout on the input, so the three see independent masks, as the
@@ -85,27 +101,12 @@ class FusedQKVLoRA(nn.Module):
                   for p in ("q", "k", "v")]  # each (B, N, dim)
         return y + torch.cat(deltas, dim=-1)
 
-    def _slices(self) -> Iterable[Tuple[slice, LoRAFactors]]:
+    def _blocks(self) -> Iterable[Tuple[slice, LoRAFactors]]:
         for p in self.parts:
             i = "qkv".index(p)
             yield slice(i * self.dim, (i + 1) * self.dim), self.lora[p]
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            for rows, factors in self._slices():
-                self.base.weight[rows] += factors.delta_weight().to(self.base.weight.dtype)
-            self.merged = True
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            for rows, factors in self._slices():
-                self.base.weight[rows] -= factors.delta_weight().to(self.base.weight.dtype)
-            self.merged = False
-
-
-LoRAModule = (LoRALinear, FusedQKVLoRA)
 
 
 def inject_text_lora(bert_layers: nn.ModuleList, params: Sequence[str], position: str, r: int, alpha: float,
@@ -157,5 +158,5 @@ def inject_vision_lora(vit_blocks: nn.Sequential, params: Sequence[str], positio
 def set_merged(module: nn.Module, merged: bool) -> None:
     """Merge (True) or unmerge (False) every LoRA update inside `module` into its frozen weight."""
     for m in module.modules():
-        if isinstance(m, LoRAModule):
+        if isinstance(m, MergeableLoRA):
             m.merge() if merged else m.unmerge()

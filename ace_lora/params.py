@@ -42,6 +42,17 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
     return parser.parse_args(argv)
 
 
+def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+                             demo_defaults: dict) -> argparse.Namespace:
+    """`parse_with_config`; when --demo is on (as a flag or in --config), `demo_defaults` replace the
+    parser's defaults first, so explicit flags and config values still win."""
+    args = parse_with_config(parser, argv)
+    if not args.demo:
+        return args
+    parser.set_defaults(**demo_defaults)
+    return parse_with_config(parser, argv)
+
+
 def _read_config(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserInputError(f"config file not found: {path}")
@@ -91,10 +102,14 @@ def add_model_args(group) -> None:
                             "see README 'A local BiomedCLIP folder')")
 
 
-def add_runtime_args(group, batch_size: int = 64) -> None:
+def add_device_args(group) -> None:
     group.add_argument("--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1'")
     group.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="autocast precision; 'auto' = bf16 on CUDA, fp32 on CPU")
+
+
+def add_runtime_args(group, batch_size: int = 64) -> None:
+    add_device_args(group)
     group.add_argument("--batch-size", type=int, default=batch_size, help="images per batch (per GPU)")
     group.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
 
@@ -200,11 +215,7 @@ def parse_training_args(argv: Optional[Sequence[str]], description: str, distrib
     """The training command line; with --demo, DEMO_DEFAULTS replace the defaults (flags and config still win)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=TrainingHelpFormatter)
     add_training_args(parser, distributed)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--demo", action="store_true")
-    if pre.parse_known_args(argv)[0].demo:
-        parser.set_defaults(**DEMO_DEFAULTS)
-    return parse_with_config(parser, argv)
+    return parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS)
 
 
 # ---- zero-shot evaluation (every zero_shot_eval/zero_shot_eval_ace_lora_<task>.py) ---------------
@@ -326,7 +337,7 @@ def dense_parser(task_name: str) -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default=f"results/{task_name}", help="folder for the result files")
     output.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0 = none)")
-    output.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    output.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return parser
 
 
@@ -335,10 +346,7 @@ def parse_dense_args(task_name: str, argv: Optional[Sequence[str]] = None) -> ar
     task = DENSE_TASKS[task_name]
     parser = dense_parser(task_name)
     parser.set_defaults(**task.defaults)
-    args = parse_with_config(parser, argv)
-    if args.demo:  # given as a flag or in --config
-        parser.set_defaults(**task.demo_defaults)
-        args = parse_with_config(parser, argv)
+    args = parse_with_demo_defaults(parser, argv, task.demo_defaults)
     for name in ("epochs", "patience", "batch_size", "encode_batch_size", "head_channels", "head_convs", "bootstrap",
                  "num_workers"):
         minimum = 0 if name in ("epochs", "bootstrap", "num_workers") else 1

@@ -1,6 +1,7 @@
 """Where and how computations run: device and autocast precision."""
 import contextlib
 import re
+from typing import Iterator, Optional
 
 import torch
 
@@ -48,3 +49,18 @@ def runtime_device(args) -> torch.device:
     device = resolve_device(args.device)
     args.precision = resolve_precision(args.precision, device)
     return device
+
+
+@contextlib.contextmanager
+def cpu_threads(n: Optional[int]) -> Iterator[None]:
+    """Run with `n` intra-op CPU threads (None: unchanged), restoring the previous count afterwards.
+
+    The tiny demo models' matrices are too small to gain from threads, and on a busy machine spinning
+    OpenMP threads slow them down many times over: their demos run on one thread."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -27,13 +27,14 @@ from PIL import Image  # noqa: E402
 
 from ace_lora.data.labels import CHEXPERT_5X200_CLASSES  # noqa: E402
 from ace_lora.errors import UserInputError, main_guard  # noqa: E402
-from ace_lora.params import add_model_args, add_runtime_args, parse_with_config  # noqa: E402
+from ace_lora.params import add_config_arg, add_model_args, add_runtime_args, parse_with_config  # noqa: E402
 
 # torch and the model code are imported inside the functions that use them: --help answers at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arg(parser)
     add_model_args(parser)
     parser.add_argument("--checkpoint", help="ACE-LoRA weights (released or training checkpoint); omit for the bare "
                                              "BiomedCLIP baseline")

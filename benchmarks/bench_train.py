@@ -29,10 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.errors import UserInputError, main_guard  # noqa: E402
-from ace_lora.params import add_model_args  # noqa: E402
+from ace_lora.params import add_config_arg, add_device_args, add_model_args, parse_with_config  # noqa: E402
 
 # torch and the model code are imported inside the functions that use them: --help answers at once,
-# and the parent process, which only starts one process per variant, never loads them.
+# and the parent process, which only starts one process per variant, loads no model.
 
 VARIANTS = ("ace", "full")
 REPORT = ("Heart size is normal. The mediastinal and hilar contours are unremarkable. There is mild pulmonary "
@@ -142,19 +142,18 @@ def run_in_subprocess(args, variant: str) -> dict:
 @main_guard
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arg(parser)
     add_model_args(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="images (and reports) per step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (the median is reported)")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (allocations, caches)")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1'")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads per variant process (0: torch's default); on a shared machine 1 "
                              "gives steadier timings")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="autocast precision; 'auto' = bf16 on CUDA, fp32 on CPU")
+    add_device_args(parser)
     parser.add_argument("--variant", choices=VARIANTS,
                         help="run only this variant in this process and print its JSON (used internally)")
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv)
     if args.batch_size < 2 or args.steps < 1:
         raise UserInputError("--batch-size must be >= 2 (contrastive loss) and --steps >= 1")
     from ace_lora.runtime import resolve_device, resolve_precision

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ace_lora.data.transforms import input_spec
 from ace_lora.dense import features as F
 from ace_lora.dense.splits import (balanced_subset, check_decodable, decode_error, fraction_subset, read_split,
                                    split_csv_paths)
@@ -28,7 +29,7 @@ def tiny_model(tiny_model_name):
 def test_full_size_grid_is_14x14_of_512_and_hgnn_tokens_are_unit_norm(fake_biomedclip_dir, shared_dir):
     checkpoint = os.path.join(shared_dir, "checkpoints", "ACE_LoRA.pt")
     model = load_model_for_eval(f"local-dir:{fake_biomedclip_dir}", checkpoint)
-    spec = F.input_spec(model)
+    spec = input_spec(model.preprocess)
     assert spec.size == 224
     assert spec.mean == pytest.approx(model.preprocess.transforms[-1].mean)
     images = torch.randn(2, 3, 224, 224)
@@ -72,7 +73,7 @@ def test_plain_resize_keeps_the_whole_image(tiny_model):
     """A 200 x 100 image with its left quarter bright: a centre crop would cut the bright part away."""
     pixels = np.zeros((100, 200, 3), dtype=np.uint8)
     pixels[:, :50] = 255
-    spec = F.input_spec(tiny_model)
+    spec = input_spec(tiny_model.preprocess)
     tensor = F.image_tensor(Image.fromarray(pixels), spec)
     assert tensor.shape == (3, 64, 64)
     bright_columns = (tensor[0].mean(dim=0) > 0).float().mean()
@@ -92,7 +93,7 @@ def test_mask_of_another_size_than_its_image_is_reported(tmp_path, tiny_model):
     Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / "image.png")
     Image.fromarray(np.zeros((30, 40), dtype=np.uint8)).save(tmp_path / "mask.png")
     with pytest.raises(UserInputError, match=r"mask .*mask.png is 40x30, its image is 40x40"):
-        F.extract_split(tiny_model, "train", [str(tmp_path / "image.png")], F.input_spec(tiny_model), "hgnn",
+        F.extract_split(tiny_model, "train", [str(tmp_path / "image.png")], input_spec(tiny_model.preprocess), "hgnn",
                         torch.device("cpu"), "fp32", num_workers=0, mask_paths=[str(tmp_path / "mask.png")],
                         progress=False)
 
@@ -109,7 +110,7 @@ def siim_tables(tmp_path_factory):
 
 def test_extraction_matches_direct_encoding_and_keeps_csv_order(siim_tables, tiny_model):
     table = siim_tables["train"]
-    spec = F.input_spec(tiny_model)
+    spec = input_spec(tiny_model.preprocess)
     split = F.extract_split(tiny_model, "train", table[IMAGE_FILE].tolist(), spec, "last-layer", torch.device("cpu"),
                             "fp32", batch_size=5, num_workers=0, mask_paths=table[MASK_FILE].tolist(), progress=False)
     assert split.features.dtype == torch.float16 and split.features.shape == (12, 64, 4, 4)
@@ -124,7 +125,7 @@ def test_extraction_matches_direct_encoding_and_keeps_csv_order(siim_tables, tin
 
 def test_feature_cache_is_reused_and_keyed_by_settings(siim_tables, tiny_model, tmp_path, monkeypatch):
     table = siim_tables["val"]
-    images, spec, cpu = table[IMAGE_FILE].tolist(), F.input_spec(tiny_model), torch.device("cpu")
+    images, spec, cpu = table[IMAGE_FILE].tolist(), input_spec(tiny_model.preprocess), torch.device("cpu")
     path = F.cache_file(str(tmp_path), "val", {"features": "hgnn"}, images, None)
     assert path != F.cache_file(str(tmp_path), "val", {"features": "last-layer"}, images, None)
     assert path != F.cache_file(str(tmp_path), "val", {"features": "hgnn"}, images[:-1], None)

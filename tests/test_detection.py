@@ -171,7 +171,7 @@ def test_zero_shot_detection_runs(demo):
 
 
 def test_validation_without_boxes_is_a_user_error(tmp_path, capsys):
-    benchmark.prepare_demo(DENSE_TASKS[TASK], parse_dense_args(TASK, ["--demo", "--output-dir", str(tmp_path)]))
+    benchmark.prepare_dense_demo(DENSE_TASKS[TASK], parse_dense_args(TASK, ["--demo", "--output-dir", str(tmp_path)]))
     val = tmp_path / "demo_data" / "rsna_detection_val.csv"
     table = pd.read_csv(val)
     table["boxes"] = "[]"

@@ -1,9 +1,8 @@
 """Image-report pairs for training: the Dataset, its collate function, and the resumable sampler/loader.
 
 Decisions:
-- Images are RESIZED to the model's square input (bicubic) and normalised with the model's mean/std
-  (`training_transform`), as in the released training: the backbone's eval transform (resize the short
-  side, then centre crop) would cut the apices and bases off portrait chest X-rays.
+- Images go through ace_lora.data.transforms: the whole image resized to the model's square input
+  (bicubic), normalised with the model's mean/std, as in the released training.
 - Missing images and empty reports are found UP FRONT (one os.path.isfile per row, before training starts): the run
   stops with the number missing and the first few names, instead of failing hours later. A file that
   exists but cannot be decoded fails when it is first read, with load_image's message naming it.
@@ -23,35 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision import transforms as T
 
 from ace_lora.data.images import load_image
 from ace_lora.data.labels import CHEXPERT_LABELS, UNCERTAIN_POLICIES
 from ace_lora.data.mimic import read_training_csv
 from ace_lora.data.tables import row_number
+from ace_lora.data.transforms import input_spec
 from ace_lora.errors import UserInputError
 
 MAX_LISTED = 3  # missing files / empty reports named in the error
-
-
-def training_transform(eval_preprocess: Callable) -> T.Compose:
-    """Bicubic resize of the WHOLE image to the model's (S, S) input, ToTensor, the model's Normalize.
-
-    S, mean and std are read from the model's own eval transform (open_clip: a torchvision Compose of
-    Resize, CenterCrop, ..., Normalize); the crop size is S when there is one, else the Resize size.
-    """
-    steps = getattr(eval_preprocess, "transforms", [])
-    normalize = next((t for t in steps if isinstance(t, T.Normalize)), None)
-    sized = next((t for t in steps if isinstance(t, T.CenterCrop)), None) or \
-        next((t for t in steps if isinstance(t, T.Resize)), None)
-    if normalize is None or sized is None:
-        raise ValueError(f"cannot read the input size and normalisation from the model's preprocess: {eval_preprocess}")
-    size = sized.size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if len(size) == 1:
-        size = (size[0], size[0])
-    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True), T.ToTensor(),
-                      T.Normalize(normalize.mean, normalize.std)])
 
 
 def training_table(csv_path: str, data_root: Optional[str] = None, label_csv: Optional[str] = None,
@@ -149,14 +128,14 @@ class TokenizingCollate:
 def build_training_dataset(csv_path: str, eval_preprocess: Callable, data_root: Optional[str] = None,
                            label_csv: Optional[str] = None, split: Optional[str] = "train",
                            uncertain_policy: str = "zeros", quiet: bool = False) -> ImageReportDataset:
-    """The training pairs; images go through `training_transform(eval_preprocess)` (the model's
+    """The training pairs; images go through `input_spec(eval_preprocess).transform()` (the model's
     `.preprocess` gives the size and normalisation). `quiet`: print nothing (DDP ranks > 0)."""
     table = training_table(csv_path, data_root, label_csv, split, quiet=quiet)
     labels = label_matrix(table, uncertain_policy, source=csv_path)
     check_reports_present(table, csv_path)
     paths = table["image_path"].astype(str).tolist()
     check_images_exist(paths, csv_path)
-    return ImageReportDataset(paths, table["report"].tolist(), labels, training_transform(eval_preprocess))
+    return ImageReportDataset(paths, table["report"].tolist(), labels, input_spec(eval_preprocess).transform())
 
 
 class SkipFirstSampler(Sampler):

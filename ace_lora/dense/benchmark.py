@@ -24,7 +24,6 @@ features (images x epochs / seconds); `inference_images_per_second` = the test s
 the speeds that include it are null then.
 """
 import argparse
-import contextlib
 import json
 import os
 import time
@@ -38,7 +37,8 @@ from torchvision.ops import box_iou
 
 from ace_lora.data.images import load_image
 from ace_lora.dense.detection import TokenGridFCOS, box_targets, input_boxes, predict_boxes, train_detector
-from ace_lora.dense.features import CachedSplit, InputSpec, cache_file, extract_split, input_spec
+from ace_lora.data.transforms import InputSpec, input_spec
+from ace_lora.dense.features import CachedSplit, cache_file, extract_split
 from ace_lora.dense.localisation import (choose_threshold, class_text_embedding, mean_dice_at, predict_region_boxes,
                                          similarity_maps, threshold_candidates, threshold_masks)
 from ace_lora.dense.segmentation import ProgressiveUpsamplingDecoder, predict_masks, train_decoder
@@ -53,7 +53,7 @@ from ace_lora.io import atomic_save, prepare_output_dir, strict_json, write_reso
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts
 from ace_lora.factory import load_model_for_eval
 from ace_lora.tiny_model import write_tiny_biomedclip
-from ace_lora.runtime import runtime_device
+from ace_lora.runtime import cpu_threads, runtime_device
 
 
 DEMO_IMAGE_SIZE = 64  # tiny model input: a 4 x 4 patch grid
@@ -66,7 +66,7 @@ N_FIGURE_BOXES = 3  # predicted boxes drawn per image (best first)
 # --------------------------------------------------------------------------- shared steps
 
 
-def prepare_demo(task: DenseTask, args: argparse.Namespace) -> None:
+def prepare_dense_demo(task: DenseTask, args: argparse.Namespace) -> None:
     """Write the synthetic split CSVs and the tiny model under --output-dir; point the flags at them."""
     root = os.path.abspath(os.path.join(args.output_dir, DEMO_DATA))
     writer = write_siim_demo if task.name == "siim_segmentation" else write_rsna_demo
@@ -101,13 +101,13 @@ class DenseRun:
             cache_path = cache_file(self.args.feature_cache, split, identity, images, masks)
         return extract_split(self.model, split, images, self.spec, self.args.features, self.device,
                              self.args.precision, self.args.encode_batch_size, self.args.num_workers, masks,
-                             cache_path, progress=not self.args.no_progress)
+                             cache_path, progress=self.args.progress)
 
     def fit_settings(self) -> FitSettings:
         a = self.args
         return FitSettings(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
                            patience=a.patience, seed=a.seed, device=self.device, precision=a.precision,
-                           progress=not a.no_progress)
+                           progress=a.progress)
 
     def path(self, name: str) -> str:
         return os.path.join(self.args.output_dir, name)
@@ -117,17 +117,17 @@ def start_run(task_name: str, args: argparse.Namespace) -> DenseRun:
     task = DENSE_TASKS[task_name]
     prepare_output_dir(args.output_dir)  # a bad --output-dir fails now, not after training
     if args.demo:
-        prepare_demo(task, args)
+        prepare_dense_demo(task, args)
     needed = ("val", "test") if args.zero_shot else SPLITS  # zero-shot learns nothing from a training split
     csvs = split_csv_paths(task.layout, args.split_dir, {s: getattr(args, f"{s}_csv") for s in SPLITS}, needed)
     tables = {split: read_split(task.layout, csvs[split], args.data_root) for split in needed}
     for split in needed:  # a damaged test image must not surface only after the head is trained
-        check_decodable(tables[split], csvs[split], progress=not args.no_progress)
+        check_decodable(tables[split], csvs[split], progress=args.progress)
     device = runtime_device(args)
     torch.manual_seed(args.seed)
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
     write_resolved_config(args, args.output_dir)
-    return DenseRun(task, args, model, input_spec(model), device, tables)
+    return DenseRun(task, args, model, input_spec(model.preprocess), device, tables)
 
 
 def training_subset(run: DenseRun) -> pd.DataFrame:
@@ -341,25 +341,11 @@ def summary_line(task_name: str, metrics: dict) -> str:
     return "; ".join(parts)
 
 
-@contextlib.contextmanager
-def cpu_threads(n: Optional[int]):
-    """Run with `n` intra-op CPU threads (None: unchanged), restoring the previous count afterwards."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run(task_name: str, args: argparse.Namespace) -> dict:
     """Run the benchmark with `ace_lora.params.parse_dense_args`'s arguments, write the result files;
     returns the metrics.
 
-    The demo runs with one CPU thread: its tensors are tiny, and on a shared CPU OpenMP barriers
-    between threads stall on every small op (a detector step measured 0.07 s with one thread and
-    3.7 s with two on a loaded 2-core machine).
+    The demo runs with one CPU thread (ace_lora.runtime.cpu_threads).
     """
     started = time.perf_counter()
     dense_run = start_run(task_name, args)

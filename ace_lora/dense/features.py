@@ -23,45 +23,24 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import InterpolationMode, Normalize
 from tqdm import tqdm
 
-from ace_lora.dense.tasks import FEATURE_KINDS
-from ace_lora.io import atomic_save
 from ace_lora.data.images import load_image
+from ace_lora.data.transforms import InputSpec
+from ace_lora.dense.tasks import FEATURE_KINDS
 from ace_lora.errors import UserInputError
+from ace_lora.io import atomic_save
 from ace_lora.runtime import autocast
 
 CACHE_FORMAT = 1  # bump when the cached content changes
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """How an image becomes the encoder's input: a plain S x S resize, then (x - mean) / std."""
-    size: int
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
-
-
-def input_spec(model) -> InputSpec:
-    """The model's input size (square) and the mean/std of its own evaluation transform."""
-    height, width = model.clip.visual.image_size
-    if height != width:
-        raise UserInputError(f"dense benchmarks need a square model input, this one is {height}x{width}")
-    normalize = [t for t in model.preprocess.transforms if isinstance(t, Normalize)]
-    if len(normalize) != 1:
-        raise UserInputError("the model's preprocess has no single Normalize transform to read mean/std from")
-    return InputSpec(int(height), tuple(map(float, normalize[0].mean)), tuple(map(float, normalize[0].std)))
-
-
 def image_tensor(image: Image.Image, spec: InputSpec) -> torch.Tensor:
-    """(3, S, S) normalised model input from an RGB PIL image."""
-    image = TF.resize(image, [spec.size, spec.size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return TF.normalize(TF.to_tensor(image), spec.mean, spec.std)
+    """(3, S, S) normalised model input from an RGB PIL image (ace_lora.data.transforms)."""
+    return spec.transform()(image)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
