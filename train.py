@@ -20,12 +20,13 @@ from ace_lora.params import parse_training_args  # noqa: E402
 
 
 @main_guard
-def main(argv=None):
+def main(argv=None) -> int:
     args = parse_training_args(argv, __doc__, distributed=False)
     from ace_lora.distributed import single_process  # after parsing: --help needs no torch
     from ace_lora.launch import run_training
-    return run_training(args, single_process(args.device))
+    run_training(args, single_process(args.device))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

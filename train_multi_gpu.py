@@ -18,16 +18,17 @@ from ace_lora.params import parse_training_args  # noqa: E402
 
 
 @main_guard
-def main(argv=None):
+def main(argv=None) -> int:
     args = parse_training_args(argv, __doc__, distributed=True)
     from ace_lora.distributed import init_distributed, shutdown  # after parsing: --help needs no torch
     from ace_lora.launch import run_training
     context = init_distributed(args.device)
     try:
-        return run_training(args, context)
+        run_training(args, context)
     finally:
         shutdown(context)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,6 +17,18 @@ from .errors import UserInputError
 from .evaluation.tasks import LOGIT_SCALES, NIH_PROMPT_NAMES, TASKS, get_task
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every script's --help: its docstring as written, and each flag's default after its help (unless the
+    help already says what the default is, or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.nargs == 0 or action.default in (None,
+                                                                                                     argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
 # Flag defaults of a --demo run unless given on the command line or in --config (chosen for a robust,
 # < 3 minute CPU run).
 DEMO_DEFAULTS = dict(output_dir="demo_output", epochs=12, batch_size=25, lr=2e-3, warmup_epochs=1, num_workers=0,
@@ -125,10 +137,6 @@ def check_runtime_args(args: argparse.Namespace) -> None:
 # ---- training (train.py and train_multi_gpu.py share one command line) ----------------------
 
 
-class TrainingHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The script docstring as written, and every flag's default in its help."""
-
-
 def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> None:
     """Every flag of the training scripts, grouped by concern."""
     add_config_arg(parser)
@@ -213,7 +221,7 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
 
 def parse_training_args(argv: Optional[Sequence[str]], description: str, distributed: bool) -> argparse.Namespace:
     """The training command line; with --demo, DEMO_DEFAULTS replace the defaults (flags and config still win)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=TrainingHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_training_args(parser, distributed)
     return parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS)
 
@@ -225,7 +233,7 @@ def zero_shot_parser(task_name: str) -> argparse.ArgumentParser:
     """The command line of zero_shot_eval/zero_shot_eval_ace_lora_<task>.py."""
     task = get_task(task_name)
     parser = argparse.ArgumentParser(
-        description=f"Zero-shot {task.title}: classes {', '.join(task.class_names)}; prompts "
+        formatter_class=HelpFormatter, description=f"Zero-shot {task.title}: classes {', '.join(task.class_names)}; prompts "
                     f"{' / '.join(repr(t.format('{c}')) for t in task.templates)}. Writes predictions.csv, "
                     f"metrics.json, roc.png" + ("" if task.multilabel else ", confusion_matrix.png") + ".")
     add_config_arg(parser)
@@ -253,7 +261,7 @@ def zero_shot_parser(task_name: str) -> argparse.ArgumentParser:
                            "instead of stopping at the first")
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default=f"results/{task.name}",
-                        help=f"folder for the result files (default: results/{task.name})")
+                        help="folder for the result files")
     output.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0 = none)")
     output.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     add_runtime_args(parser.add_argument_group("runtime"), batch_size=64)
@@ -268,7 +276,7 @@ def dense_parser(task_name: str) -> argparse.ArgumentParser:
     task = DENSE_TASKS[task_name]
     layout = task.layout
     segmentation = task_name == "siim_segmentation"
-    parser = argparse.ArgumentParser(description=(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, description=(
         f"{task.title} on a frozen ACE-LoRA (or plain-LoRA, or bare BiomedCLIP) image encoder: a "
         + ("SETR-PUP-style decoder (focal + Dice loss)" if segmentation else "torchvision FCOS on a ViTDet simple "
            "feature pyramid") + f" trained on cached patch tokens, or --zero-shot similarity to '{task.class_name}'. "

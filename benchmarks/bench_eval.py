@@ -27,13 +27,13 @@ from PIL import Image  # noqa: E402
 
 from ace_lora.data.labels import CHEXPERT_5X200_CLASSES  # noqa: E402
 from ace_lora.errors import UserInputError, main_guard  # noqa: E402
-from ace_lora.params import add_config_arg, add_model_args, add_runtime_args, parse_with_config  # noqa: E402
+from ace_lora.params import HelpFormatter, add_config_arg, add_model_args, add_runtime_args, parse_with_config  # noqa: E402
 
 # torch and the model code are imported inside the functions that use them: --help answers at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_config_arg(parser)
     add_model_args(parser)
     parser.add_argument("--checkpoint", help="ACE-LoRA weights (released or training checkpoint); omit for the bare "
@@ -95,7 +95,7 @@ def timed(fn):
 
 
 @main_guard
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
     args = parse_with_config(build_parser(), argv)
     if args.images < 1 or args.image_size < 16:
         raise UserInputError("--images must be >= 1 and --image-size >= 16")
@@ -132,8 +132,8 @@ def main(argv=None) -> dict:
         json.dump(report, f, indent=2)
     print(f"wrote {args.output}")
     print(json.dumps(report))
-    return report
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

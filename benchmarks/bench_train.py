@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.errors import UserInputError, main_guard  # noqa: E402
-from ace_lora.params import add_config_arg, add_device_args, add_model_args, parse_with_config  # noqa: E402
+from ace_lora.params import HelpFormatter, add_config_arg, add_device_args, add_model_args, parse_with_config  # noqa: E402
 
 # torch and the model code are imported inside the functions that use them: --help answers at once,
 # and the parent process, which only starts one process per variant, loads no model.
@@ -140,8 +140,8 @@ def run_in_subprocess(args, variant: str) -> dict:
 
 
 @main_guard
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_config_arg(parser)
     add_model_args(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="images (and reports) per step")
@@ -161,7 +161,7 @@ def main(argv=None):
     args.device, args.precision = str(device), resolve_precision(args.precision, device)
     if args.variant:
         print(json.dumps(run_variant(args)))
-        return
+        return 0
     results = {variant: run_in_subprocess(args, variant) for variant in VARIANTS}
     for r in results.values():
         print(f"{r['variant']:>4}: {r['step_s']:.3f} s/step, {r['images_per_s']:.1f} images/s, "
@@ -170,7 +170,8 @@ def main(argv=None):
     print(json.dumps({"ace_step_s": ace["step_s"], "full_step_s": full["step_s"],
                       "ratio": ace["step_s"] / full["step_s"], "ace_peak_mb": ace["peak_mb"],
                       "full_peak_mb": full["peak_mb"]}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,24 +5,26 @@ sample of the unique images, random_state=42) and siim_train.csv (the other 70%)
 Reads stage_2_train.csv or stage 1 train-rle.csv.
 """
 import argparse
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.errors import main_guard  # noqa: E402
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_arg(parser)
     parser.add_argument("--rle-csv", required=True, help="path to stage_2_train.csv or train-rle.csv")
     parser.add_argument("--output-dir", required=True, help="folder to write siim_test.csv and siim_train.csv to")
-    return parser.parse_args(argv)
+    return parser
 
 
 @main_guard
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     from ace_lora.data.prepare import prepare_siim_labels  # after parsing: --help stays fast
     prepare_siim_labels(args.rle_csv, args.output_dir)
     return 0

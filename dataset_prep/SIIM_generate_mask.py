@@ -7,16 +7,18 @@ under --image-dir (e.g. dicom-images-train/<study>/<series>/<ImageId>.dcm); imag
 reported and left out.
 """
 import argparse
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.errors import main_guard  # noqa: E402
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_arg(parser)
     parser.add_argument("--rle-csv", required=True, help="path to stage_2_train.csv or train-rle.csv")
     parser.add_argument("--image-dir", required=True, help="folder searched recursively for <ImageId>.png/.dcm")
     parser.add_argument("--output-dir", required=True, help="folder to write the split CSVs to")
@@ -27,12 +29,12 @@ def parse_args(argv):
     parser.add_argument("--height", type=int, default=1024, help="mask height in pixels (default: 1024)")
     parser.add_argument("--width", type=int, default=1024, help="mask width in pixels (default: 1024)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images of the CSV (quick runs)")
-    return parser.parse_args(argv)
+    return parser
 
 
 @main_guard
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     from ace_lora.data.prepare import prepare_siim_masks  # after parsing: --help stays fast
     prepare_siim_masks(args.rle_csv, args.image_dir, args.output_dir, mask_dir=args.mask_dir,
                        rle_format=args.rle_format, height=args.height, width=args.width, limit=args.limit)

@@ -5,28 +5,30 @@ column per label (Atelectasis ... Hernia; 'No Finding' is all zeros) for int(--f
 list's length) images: as released, the first test-list images in the data-entry CSV's order.
 """
 import argparse
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.errors import main_guard  # noqa: E402
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_arg(parser)
     parser.add_argument("--data-entry-csv", required=True, help="path to Data_Entry_2017_v2020.csv")
     parser.add_argument("--test-list", required=True, help="path to test_list.txt (one image file name a line)")
     parser.add_argument("--output-dir", required=True, help="folder to write chestxray14_test.csv to")
     parser.add_argument("--fraction", type=float, default=0.2,
                         help="how many test images to keep, as a fraction of the test list's length, taken in "
                              "data-entry order as in the paper (default: 0.2; 1.0 for all)")
-    return parser.parse_args(argv)
+    return parser
 
 
 @main_guard
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     from ace_lora.data.prepare import prepare_nih  # after parsing: --help stays fast
     prepare_nih(args.data_entry_csv, args.test_list, args.output_dir, fraction=args.fraction)
     return 0

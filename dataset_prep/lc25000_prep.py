@@ -4,24 +4,26 @@ Reads lung_colon_image_set/lung_image_sets/{lung_aca,lung_n,lung_scc} and
 lung_colon_image_set/colon_image_sets/{colon_aca,colon_n}; Paths are relative to --data-root.
 """
 import argparse
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.errors import main_guard  # noqa: E402
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_arg(parser)
     parser.add_argument("--data-root", required=True, help="folder that holds lung_colon_image_set/")
     parser.add_argument("--output-dir", required=True, help="folder to write lc25000.csv to")
-    return parser.parse_args(argv)
+    return parser
 
 
 @main_guard
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     from ace_lora.data.prepare import prepare_lc25000  # after parsing: --help stays fast
     prepare_lc25000(args.data_root, args.output_dir)
     return 0

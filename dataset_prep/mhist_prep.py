@@ -3,24 +3,26 @@
 Path is images/<Image Name>, label HP or SSA (majority vote), partition train or test.
 """
 import argparse
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.errors import main_guard  # noqa: E402
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_arg(parser)
     parser.add_argument("--annotations-csv", required=True, help="path to MHIST annotations.csv")
     parser.add_argument("--output-dir", required=True, help="folder to write mhist_test.csv and mhist_train.csv to")
-    return parser.parse_args(argv)
+    return parser
 
 
 @main_guard
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     from ace_lora.data.prepare import prepare_mhist  # after parsing: --help stays fast
     prepare_mhist(args.annotations_csv, args.output_dir)
     return 0

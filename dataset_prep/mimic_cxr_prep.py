@@ -11,8 +11,9 @@ Train with --data-root set to --mimic-root (or write the CSV into --mimic-root).
 import argparse
 import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.data.mimic import (  # noqa: E402
     CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, UNCERTAIN_POLICIES, build_training_table,
@@ -20,14 +21,16 @@ from ace_lora.data.mimic import (  # noqa: E402
 from ace_lora.errors import UserInputError  # noqa: E402
 from ace_lora.io import check_output_file  # noqa: E402
 from ace_lora.errors import main_guard  # noqa: E402
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
 
 SPLITS = ("train", "validate", "test")
 KEEP_UNCERTAIN = "keep"
 PREP_POLICIES = (KEEP_UNCERTAIN,) + UNCERTAIN_POLICIES
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_arg(parser)
     parser.add_argument("--mimic-root", required=True,
                         help="MIMIC-CXR-JPG folder that holds files/ (and, by default, the three CSV files)")
     parser.add_argument("--reports-root", default=None,
@@ -47,7 +50,7 @@ def parse_args(argv):
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="which official splits to write; the split column tells them apart (default: all)")
     parser.add_argument("--output", default="mimic_cxr_train.csv", help="CSV to write (default: mimic_cxr_train.csv)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def default_csv(root, name):
@@ -71,7 +74,7 @@ def print_summary(stats):
 
 @main_guard
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     check_output_file(args.output)  # before the work, not after it
     root = args.mimic_root
     table, stats = build_training_table(

@@ -5,17 +5,19 @@ rsna_detection_{train,val,test}.csv (70/15/15 over positive patients: patientId,
 boxes is a JSON list of [x1, y1, x2, y2] pixel boxes.
 """
 import argparse
-import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.data.paths import RSNA_IMAGE_DIR  # noqa: E402
 from ace_lora.errors import main_guard  # noqa: E402
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_arg(parser)
     parser.add_argument("--labels-csv", required=True, help="path to stage_2_train_labels.csv")
     parser.add_argument("--output-dir", required=True, help="folder to write the split CSVs to")
     parser.add_argument("--data-root", default=None,
@@ -26,12 +28,12 @@ def parse_args(argv):
                         help="write absolute image paths instead of paths relative to --data-root")
     parser.add_argument("--check-images", action="store_true",
                         help="check that every image file exists; patients without one are reported and left out")
-    return parser.parse_args(argv)
+    return parser
 
 
 @main_guard
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     from ace_lora.data.prepare import prepare_rsna  # after parsing: --help stays fast
     prepare_rsna(args.labels_csv, args.output_dir, data_root=args.data_root, image_dir=args.image_dir,
                  absolute_paths=args.absolute_paths, check_images=args.check_images)

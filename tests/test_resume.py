@@ -146,7 +146,7 @@ def test_resuming_a_finished_run_does_nothing(tiny_model_name, demo_data, tmp_pa
     train.main(run_args(tiny_model_name, demo_data, out))
     before = snapshot(out)
     capsys.readouterr()
-    assert train.main(run_args(tiny_model_name, demo_data, out, "--resume", "latest")) is None
+    assert train.main(run_args(tiny_model_name, demo_data, out, "--resume", "latest")) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == [f"{out / 'checkpoints' / 'last.pt'}: this run is finished (2 epochs reached at step 6); "
                        "nothing to do"]

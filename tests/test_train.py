@@ -103,8 +103,9 @@ def test_dry_run_full_size_architecture(fake_biomedclip_dir, capsys):
 
 def test_training_run_writes_every_output(tiny_model_name, demo_data, tmp_path):
     out = tmp_path / "run"
-    summary = train.main(run_args(tiny_model_name, demo_data, out, "--log-every-steps", "1"))
-    assert summary["step"] == 6 and summary["epoch"] == 2
+    assert train.main(run_args(tiny_model_name, demo_data, out, "--log-every-steps", "1")) == 0
+    last = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert last["step"] == 6 and last["epoch"] == 2
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "ACE-LoRA_weights_last.pt", "ACE-LoRA_weights_best.pt",
                  "metrics.jsonl", "steps.jsonl", "training_curves.png", "config.yaml"):
         assert (out / name).is_file(), name

@@ -4,6 +4,7 @@ The numbers in the test names are the cases of the "never lose a run" issue; fol
 (1-5) are in test_resume.py, data preparation (10) in test_dataset_prep.py / test_mimic_prep.py.
 """
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -99,9 +100,10 @@ def test_8_an_image_over_the_decompression_bomb_limit_is_an_unreadable_image(tin
     argv = eval_args(tiny_model_name, demo_data, tmp_path / "skip", "--skip-unreadable")
     argv[argv.index("--csv") + 1] = str(csv)
     argv += ["--data-root", demo_data.data_root]
-    result = zero_shot_eval_ace_lora_chexpert.main(argv)
-    assert result.metrics["n_unreadable"] == 1 and result.metrics["n"] == len(table) - 1
-    assert "decompression bomb" in result.metrics["unreadable"][0]["error"] and big != "big.jpg"
+    assert zero_shot_eval_ace_lora_chexpert.main(argv) == 0
+    metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())["metrics"]
+    assert metrics["n_unreadable"] == 1 and metrics["n"] == len(table) - 1
+    assert "decompression bomb" in metrics["unreadable"][0]["error"] and big != "big.jpg"
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -23,11 +23,12 @@ from ace_lora.params import parse_dense_args  # noqa: E402
 
 
 @main_guard
-def main(argv=None):
+def main(argv=None) -> int:
     args = parse_dense_args("rsna_detection", argv)
     from ace_lora.dense.benchmark import run  # after parsing: --help needs no torch
-    return run("rsna_detection", args)
+    run("rsna_detection", args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

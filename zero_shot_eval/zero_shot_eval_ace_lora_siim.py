@@ -18,9 +18,10 @@ from zero_shot_eval import run  # noqa: E402
 
 
 @main_guard
-def main(argv=None):
-    return run("siim", argv)
+def main(argv=None) -> int:
+    run("siim", argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
