@@ -290,7 +290,7 @@ class Trainer:
                   "images_per_s": steps_run * self.images_per_step / seconds if seconds > 0 else None}
         self.step_in_epoch, self.epoch_loss = 0, [0.0, 0]
         if self.has_eval:
-            self.save()  # last.pt BEFORE evaluating: a failing evaluation loses no training
+            self.save()  # last.pt before evaluating: a failing evaluation loses no training
         record.update(self._evaluate_on_main())
         improved = False
         if self.context.is_main:

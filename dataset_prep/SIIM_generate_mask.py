@@ -1,6 +1,6 @@
 """SIIM-ACR Pneumothorax: mask PNGs and segmentation splits.
 
-Writes one 0/255 mask PNG per image, the union of ALL its RLE rows (empty for negatives), and
+Writes one 0/255 mask PNG per image, the union of all its RLE rows (empty for negatives), and
 siim_segmentation_{train,val,test}.csv (70/15/15, random_state=0) with columns
 ImageId, image_path, mask_path, has_pneumothorax. Images are <ImageId>.png or <ImageId>.dcm anywhere
 under --image-dir (e.g. dicom-images-train/<study>/<series>/<ImageId>.dcm); images without a file are

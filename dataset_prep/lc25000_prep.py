@@ -1,7 +1,8 @@
 """LC25000: one CSV (lc25000.csv, columns Path, label) of every image, label = class folder name.
 
 Reads lung_colon_image_set/lung_image_sets/{lung_aca,lung_n,lung_scc} and
-lung_colon_image_set/colon_image_sets/{colon_aca,colon_n}; Paths are relative to --data-root.
+lung_colon_image_set/colon_image_sets/{colon_aca,colon_n}; Paths are written relative to the CSV's own
+folder (--output-dir), where the evaluation resolves them by default.
 """
 import argparse
 import sys

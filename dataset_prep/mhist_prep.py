@@ -1,6 +1,7 @@
 """MHIST: mhist_test.csv and mhist_train.csv (columns Path, label, partition) by the official partition.
 
-Path is images/<Image Name>, label HP or SSA (majority vote), partition train or test.
+Path is <image-dir>/<Image Name> written relative to the CSV's own folder (--output-dir), label HP or SSA
+(majority vote), partition train or test.
 """
 import argparse
 import sys

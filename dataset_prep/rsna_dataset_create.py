@@ -21,11 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels-csv", required=True, help="path to stage_2_train_labels.csv")
     parser.add_argument("--output-dir", required=True, help="folder to write the split CSVs to")
     parser.add_argument("--data-root", default=None,
-                        help="folder that holds --image-dir; Paths are relative to it (default: the labels CSV's folder)")
+                        help="folder that holds --image-dir (default: the labels CSV's folder); Path is written "
+                             "relative to the CSV's own folder (--output-dir)")
     parser.add_argument("--image-dir", default=RSNA_IMAGE_DIR,
-                        help=f"image folder under --data-root, written into Path (default: {RSNA_IMAGE_DIR})")
+                        help="image folder under --data-root")
     parser.add_argument("--absolute-paths", action="store_true",
-                        help="write absolute image paths instead of paths relative to --data-root")
+                        help="write absolute image paths instead of paths relative to --output-dir")
     parser.add_argument("--check-images", action="store_true",
                         help="check that every image file exists; patients without one are reported and left out")
     return parser

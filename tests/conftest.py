@@ -22,7 +22,7 @@ def shared_dir():
 
 @pytest.fixture(scope="session")
 def fake_biomedclip_dir(shared_dir, tmp_path_factory):
-    """Full-size BiomedCLIP architecture with seeded random weights, built once per session (~10 s)."""
+    """Full-size BiomedCLIP architecture with seeded random weights, built once per session."""
     out = tmp_path_factory.mktemp("fake_biomedclip")
     script = os.path.join(shared_dir, "parity", "make_fake_biomedclip.py")
     subprocess.run([sys.executable, script, str(out)], check=True, capture_output=True)

@@ -8,6 +8,7 @@ evaluation numbers: 8-bit unsigned images with no rescale, VOI LUT or window (RS
 their stored values, as the released scripts used `pixel_array` unchanged.
 """
 import os
+from typing import Union
 
 import numpy as np
 import pydicom
@@ -20,7 +21,7 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 _DICOM_MAGIC_OFFSET = 128  # the "DICM" prefix follows a 128-byte preamble
 
 
-def is_dicom(path):
+def is_dicom(path: Union[str, os.PathLike]) -> bool:
     """True for a `.dcm`/`.dicom` name or a file with the DICOM "DICM" prefix at byte 128."""
     if os.fspath(path).lower().endswith(DICOM_EXTENSIONS):
         return True
@@ -29,7 +30,7 @@ def is_dicom(path):
         return f.read(4) == b"DICM"
 
 
-def load_image(path):
+def load_image(path: Union[str, os.PathLike]) -> Image.Image:
     """Load `path` as an 8-bit RGB `PIL.Image.Image`.
 
     - DICOM: see the module docstring. Multi-frame files: only the first frame is used. Colour
@@ -58,7 +59,7 @@ def load_image(path):
         raise _unreadable(path, e) from e
 
 
-def _read_dicom(path):
+def _read_dicom(path: str) -> np.ndarray:
     """Decode the first frame of a DICOM file to uint8, (H, W) or (H, W, 3)."""
     try:
         ds = pydicom.dcmread(path, force=True)
@@ -80,11 +81,11 @@ def _read_dicom(path):
         raise _unreadable(path, f"{type(e).__name__}: {e}") from e
 
 
-def _unreadable(path, reason):
+def _unreadable(path: str, reason) -> UserInputError:
     return UserInputError(f"cannot read image {path}: " + " ".join(str(reason).split()))
 
 
-def _monochrome_to_uint8(arr, ds):
+def _monochrome_to_uint8(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     identity_rescale = float(ds.get("RescaleSlope") or 1) == 1 and float(ds.get("RescaleIntercept") or 0) == 0
     has_modality = "ModalityLUTSequence" in ds or not identity_rescale
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
@@ -96,7 +97,7 @@ def _monochrome_to_uint8(arr, ds):
     return _minmax_to_uint8(arr)
 
 
-def _minmax_to_uint8(arr):
+def _minmax_to_uint8(arr) -> np.ndarray:
     """Linearly map [arr.min(), arr.max()] onto 0..255; a constant image becomes all zeros."""
     arr = np.asarray(arr, dtype=np.float64)
     low, high = arr.min(), arr.max()

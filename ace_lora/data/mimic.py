@@ -13,6 +13,7 @@ Decisions:
 """
 import os
 import re
+from typing import Dict, Optional, Sequence, Tuple
 from collections import Counter
 
 import numpy as np
@@ -34,11 +35,11 @@ _SECTION_HEADER = re.compile(r"^[ \t]*([A-Za-z][A-Za-z &/()-]{0,39}?)[ \t]*:", r
 _TITLE_LINE = re.compile(r"^[ \t]*(FINAL|PRELIMINARY)?[ \t]*REPORT[ \t]*$", re.MULTILINE | re.IGNORECASE)
 
 
-def _collapse(text):
+def _collapse(text: str) -> str:
     return " ".join(text.split())
 
 
-def extract_report_text(text):
+def extract_report_text(text: str) -> Tuple[str, str]:
     """(training text, source) from a MIMIC-CXR report.
 
     The text is FINDINGS followed by IMPRESSION (headers matched case-insensitively; a combined header
@@ -63,7 +64,7 @@ def extract_report_text(text):
     return (sections[-1][1], "last_section") if sections else ("", "empty")
 
 
-def _integer_ids(table, columns, source):
+def _integer_ids(table: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
     for column in columns:
         values = pd.to_numeric(table[column], errors="coerce")
         bad = values.isna() | (values != values.round())
@@ -75,11 +76,12 @@ def _integer_ids(table, columns, source):
     return table
 
 
-def attach_labels(train_df, label_df, uncertain_policy="zeros", source="label CSV"):
+def attach_labels(train_df: pd.DataFrame, label_df: pd.DataFrame, uncertain_policy: Optional[str] = "zeros",
+                  source: str = "label CSV") -> pd.DataFrame:
     """(train_df with the 14 CHEXPERT_LABELS columns, number of its studies without a label row).
 
     A LEFT join on study_id (and subject_id when both tables have it): the training table keeps its
-    order and every row, and each row gets ITS study's labels. Empty -> 0; -1 -> 0 ('zeros'), 1 ('ones')
+    order and every row, and each row gets its own study's labels. Empty -> 0; -1 -> 0 ('zeros'), 1 ('ones')
     or stays -1 (None, for callers that apply the policy later); studies without labels get zeros.
     `source` names the label table in error messages.
     """
@@ -119,15 +121,15 @@ def attach_labels(train_df, label_df, uncertain_policy="zeros", source="label CS
     return joined.drop(columns="_merge"), len(unlabelled)
 
 
-def _image_path(subject_id, study_id, dicom_id):
+def _image_path(subject_id: int, study_id: int, dicom_id: str) -> str:
     return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}/{dicom_id}.jpg"
 
 
-def _report_path(reports_root, subject_id, study_id):
+def _report_path(reports_root: str, subject_id: int, study_id: int) -> str:
     return os.path.join(reports_root, "files", f"p{str(subject_id)[:2]}", f"p{subject_id}", f"s{study_id}.txt")
 
 
-def _read_reports(studies, reports_root):
+def _read_reports(studies: Sequence[Tuple[int, int]], reports_root: str) -> Dict[Tuple[int, int], Optional[Tuple[str, str]]]:
     """{(subject, study): (text, source) or None if the file is missing}."""
     reports = {}
     for subject_id, study_id in studies:
@@ -143,8 +145,9 @@ def _read_reports(studies, reports_root):
     return reports
 
 
-def build_training_table(mimic_root, metadata_csv, split_csv, chexpert_csv, reports_root=None,
-                         views=FRONTAL_VIEWS, uncertain_policy=None):
+def build_training_table(mimic_root: str, metadata_csv: str, split_csv: str, chexpert_csv: str,
+                         reports_root: Optional[str] = None, views: Sequence[str] = FRONTAL_VIEWS,
+                         uncertain_policy: Optional[str] = None) -> Tuple[pd.DataFrame, dict]:
     """(training table, stats): one row per frontal image with its report text, split and labels.
 
     Columns: TRAINING_COLUMNS then CHEXPERT_LABELS; `image_path` is relative to `mimic_root` (the
@@ -204,7 +207,8 @@ def build_training_table(mimic_root, metadata_csv, split_csv, chexpert_csv, repo
     return table, stats
 
 
-def read_training_csv(path, data_root=None, label_csv=None, quiet=False):
+def read_training_csv(path: str, data_root: Optional[str] = None, label_csv: Optional[str] = None,
+                      quiet: bool = False) -> pd.DataFrame:
     """The training CSV with `image_path` resolved: relative paths are joined to `data_root` (default:
     the CSV's folder), absolute ones are kept.
 

@@ -4,7 +4,7 @@ Relative paths in a CSV start at `--data-root`, which defaults to the CSV's own 
 CSVs write their paths relative to themselves); absolute paths are used as they are.
 """
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 from ace_lora.errors import UserInputError
 
@@ -23,7 +23,7 @@ def resolve_path(path: str, data_root: str) -> str:
     return path if os.path.isabs(path) else os.path.join(data_root, path)
 
 
-def index_siim_images(image_dir: str) -> dict[str, str]:
+def index_siim_images(image_dir: str) -> Dict[str, str]:
     """ImageId -> path of `<ImageId>.png` or `.dcm` anywhere under `image_dir` (one walk; PNG wins)."""
     if not os.path.isdir(image_dir):
         raise UserInputError(f"{image_dir}: image folder not found")

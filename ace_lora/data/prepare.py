@@ -17,7 +17,7 @@ ImageId: their images are found under the evaluation's --data-root (default: the
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -55,8 +55,8 @@ def report_excluded(items: Sequence[str], reason: str) -> None:
         print(f"excluded {len(items)} {reason}: {examples}")
 
 
-def write_split_csvs(splits: Mapping[str, pd.DataFrame], output_dir: str, count_by: str | None = None,
-                     label_columns: Sequence[str] = ()) -> list[str]:
+def write_split_csvs(splits: Mapping[str, pd.DataFrame], output_dir: str, count_by: Optional[str] = None,
+                     label_columns: Sequence[str] = ()) -> List[str]:
     """Write each frame to `output_dir/<file name>` and print its row count and class counts.
 
     `count_by` names a class column to count values of; `label_columns` are 0/1 multi-label columns
@@ -81,7 +81,7 @@ def write_split_csvs(splits: Mapping[str, pd.DataFrame], output_dir: str, count_
     return paths
 
 
-def split_off(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_off(frame: pd.DataFrame, test_size: float, seed: int) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """(rest, held out) with sklearn's train_test_split, not stratified; too few rows is a user error."""
     try:
         return tuple(train_test_split(frame, test_size=test_size, random_state=seed))
@@ -89,7 +89,7 @@ def split_off(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.Data
         raise UserInputError(f"cannot split {len(frame)} rows: {error}") from None
 
 
-def split_train_val_test(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def split_train_val_test(frame: pd.DataFrame, seed: int) -> Tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """70/15/15 split: 30% held out with `seed`, then halved into val and test with the same seed."""
     train, held_out = split_off(frame, 0.3, seed)
     return (train, *split_off(held_out, 0.5, seed))
@@ -123,9 +123,9 @@ def aggregate_rsna_boxes(labels: pd.DataFrame, source: str) -> pd.DataFrame:
     return patients
 
 
-def prepare_rsna(labels_csv: str, output_dir: str, data_root: str | None = None,
+def prepare_rsna(labels_csv: str, output_dir: str, data_root: Optional[str] = None,
                  image_dir: str = RSNA_IMAGE_DIR, absolute_paths: bool = False,
-                 check_images: bool = False) -> list[str]:
+                 check_images: bool = False) -> List[str]:
     """Zero-shot split over all patients (rsna_train.csv 85% / rsna_test.csv 15%) and detection split
     over positive patients (rsna_detection_{train,val,test}.csv, 70/15/15), both with random_state=0.
 
@@ -179,7 +179,7 @@ def siim_image_labels(rles: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"ImageId": labels.index, "Label": labels.to_numpy()})
 
 
-def prepare_siim_labels(rle_csv: str, output_dir: str) -> list[str]:
+def prepare_siim_labels(rle_csv: str, output_dir: str) -> List[str]:
     """Zero-shot labels: siim_test.csv is a 30% sample of unique images (random_state=42, sample order),
     siim_train.csv the other 70% in file order."""
     check_output_dir(output_dir)
@@ -207,9 +207,9 @@ def resolve_rle_format(rle_csv: str, rle_format: str) -> bool:
     return rle_format == "relative"
 
 
-def prepare_siim_masks(rle_csv: str, image_dir: str, output_dir: str, mask_dir: str | None = None,
+def prepare_siim_masks(rle_csv: str, image_dir: str, output_dir: str, mask_dir: Optional[str] = None,
                        rle_format: str = "auto", height: int = 1024, width: int = 1024,
-                       limit: int | None = None) -> list[str]:
+                       limit: Optional[int] = None) -> List[str]:
     """One 0/255 mask PNG per image, the union of all its rows (empty for negatives), and segmentation
     splits siim_segmentation_{train,val,test}.csv (70/15/15, random_state=0) over the images found.
 
@@ -260,7 +260,7 @@ def nih_one_hot(finding_labels: pd.Series, source: str) -> pd.DataFrame:
 
 
 def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: float = 0.2,
-                image_dir: str | None = None) -> list[str]:
+                image_dir: Optional[str] = None) -> List[str]:
     """chestxray14_test.csv: int(fraction * len(test_list)) test images, one-hot labelled.
 
     As released, the images are the first data-entry rows (in data-entry CSV order) whose image is in
@@ -298,7 +298,7 @@ def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: 
 
 # Histopathology -------------------------------------------------------------------------------------
 
-def prepare_lc25000(data_root: str, output_dir: str) -> list[str]:
+def prepare_lc25000(data_root: str, output_dir: str) -> List[str]:
     """lc25000.csv: `Path, label` (label = class folder) for every .jpeg under `data_root`, the folder
     that holds lung_colon_image_set/, sorted by Path; Path is relative to `output_dir`."""
     check_output_dir(output_dir)
@@ -327,7 +327,7 @@ def _column_named(table: pd.DataFrame, name: str, source: str) -> str:
     raise UserInputError(f"{source}: missing column {name!r} (found: {', '.join(table.columns)})")
 
 
-def prepare_mhist(annotations_csv: str, output_dir: str, image_dir: str | None = None) -> list[str]:
+def prepare_mhist(annotations_csv: str, output_dir: str, image_dir: Optional[str] = None) -> List[str]:
     """mhist_test.csv and mhist_train.csv (`Path, label, partition`) by the official partition.
 
     Images are `<image_dir>/<Image Name>` (default image_dir: images/ next to annotations.csv, the

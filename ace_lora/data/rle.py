@@ -14,6 +14,8 @@ function takes an explicit ``relative`` flag:
 of the image (absolute read as relative) or goes backwards (relative read as absolute); both raise
 `UserInputError` instead of producing a wrong mask.
 """
+from typing import Tuple
+
 import numpy as np
 
 from ace_lora.errors import UserInputError
@@ -40,7 +42,7 @@ def _parse_pairs(rle) -> np.ndarray:
     return pairs
 
 
-def _run_bounds(rle, n_pixels: int, relative: bool) -> tuple[np.ndarray, np.ndarray]:
+def _run_bounds(rle, n_pixels: int, relative: bool) -> Tuple[np.ndarray, np.ndarray]:
     """0-based [start, end) of every run, checked to lie inside an image of `n_pixels` pixels."""
     pairs = _parse_pairs(rle)
     lengths = pairs[:, 1]

@@ -5,7 +5,7 @@ evaluation, data preparation, dense splits).
 (a quoted cell spanning several lines, such as a CheXpert report, still makes one row).
 """
 import os
-from collections.abc import Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -3,7 +3,7 @@
 Decisions:
 - Images go through ace_lora.data.transforms: the whole image resized to the model's square input
   (bicubic), normalised with the model's mean/std, as in the released training.
-- Missing images and empty reports are found UP FRONT (one os.path.isfile per row, before training starts): the run
+- Missing images and empty reports are found up front (one os.path.isfile per row, before training starts): the run
   stops with the number missing and the first few names, instead of failing hours later. A file that
   exists but cannot be decoded fails when it is first read, with load_image's message naming it.
 - Reports are tokenized in the collate function, i.e. in the DataLoader workers. open_clip's

@@ -6,7 +6,7 @@
 Protocol (the released one): class embeddings are computed once, from a prompt ensemble
 (`model.encode_prompt_ensemble`, class-major prompts); images are embedded in batches by a DataLoader
 (`model.preprocess`, `model.encode_image`); the scores of the single-label tasks are
-softmax(s * cosine) with s the BASE model's exp(logit_scale) (`logit_scale='base'`, as the released
+softmax(s * cosine) with s the base model's exp(logit_scale) (`logit_scale='base'`, as the released
 scripts) or the learned scale (`'learned'`). NIH ChestX-ray14 is multi-label and scored per image as
 (exp(c) - min) / (max - min) over its 14 cosines c (`scoring='released'`) or by the cosines themselves.
 
