@@ -1,7 +1,7 @@
 """Bad inputs through the real entry points: one line, exit 2, before expensive work, nothing changed.
 
 The numbers in the test names are the cases of the "never lose a run" issue; folder and resume cases
-(1-5) are in test_resume.py, data preparation (10) in test_dataset_prep.py / test_mimic_prep.py.
+(1-5) are in test_resume.py, data preparation (10) in test_prepare.py / test_mimic.py.
 """
 import glob
 import json

@@ -1,0 +1,18 @@
+"""Prompt ensembles: class-major order, and embeddings equal to the model's own ensemble encoding."""
+import torch
+
+from ace_lora.factory import load_model_for_eval
+from ace_lora.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts, prompt_ensemble_embeddings
+
+
+def test_prompts_are_class_major_and_embed_through_the_models_ensemble(tiny_model_name):
+    prompts = class_major_prompts(["edema", "pneumonia"], CHEST_XRAY_TEMPLATES)
+    assert prompts == ["a chest X-ray image of edema.", "Findings suggesting edema.",
+                       "a chest X-ray image of pneumonia.", "Findings suggesting pneumonia."]
+    model = load_model_for_eval(tiny_model_name)
+    with torch.no_grad():
+        embeddings = prompt_ensemble_embeddings(model, ["edema", "pneumonia"], CHEST_XRAY_TEMPLATES, "cpu")
+        expected = model.encode_prompt_ensemble(model.tokenize(prompts), 2)
+    assert embeddings.shape == (2, model.clip.embed_dim if hasattr(model.clip, "embed_dim") else 64)
+    assert embeddings.dtype == torch.float32
+    torch.testing.assert_close(embeddings, expected.float())
