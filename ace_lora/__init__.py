@@ -3,3 +3,11 @@
 The method lives here; the top-level scripts (`train.py`, `train_multi_gpu.py`, `zero_shot_eval/`,
 `dataset_prep/`) only parse arguments and call into this package.
 """
+
+
+def load(checkpoint=None, **kwargs):
+    """`ace_lora.predict.load`: a model to classify, embed and localise with (see ace_lora/predict.py).
+
+    Imported on first use, so that importing the package (every command line does) loads no torch."""
+    from .predict import load as load_predictor
+    return load_predictor(checkpoint, **kwargs)

@@ -12,8 +12,10 @@ Released format (`torch.save` dict, loads with weights_only=True):
 Every write is atomic: a temporary file in the same folder, then os.replace.
 """
 import os
+import random
 from typing import Any, Dict, Iterator, Tuple
 
+import numpy as np
 import torch
 
 from .errors import UserInputError
@@ -182,9 +184,6 @@ def load_released_checkpoint(model: AceLoRAModel, path: str) -> dict:
 
 # ---- resume checkpoints ----------------------------------------------------------------------
 def rng_state() -> dict:
-    import random
-
-    import numpy as np
     name, keys, pos, has_gauss, cached = np.random.get_state()
     numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]  # weights_only-safe
     return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
@@ -192,9 +191,6 @@ def rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

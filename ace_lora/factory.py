@@ -1,9 +1,10 @@
 """Building ACE-LoRA models: for training, and for evaluation from a checkpoint or the bare backbone."""
 from typing import Optional
 
-from .backbone import load_backbone
+from .backbone import LOCAL_PREFIX, load_backbone
 from .config import BIOMEDCLIP_HUB, AceLoRAConfig
 from .checkpoint import checkpoint_config, load_checkpoint_file, load_trainables
+from .export import export_config, is_export_folder, load_export_trainables, read_export
 from .model import AceLoRAModel
 
 # The zero-shot baseline: BiomedCLIP itself (no LoRA, no hypergraph; token 0 is open_clip's embedding).
@@ -21,10 +22,14 @@ def load_model_for_eval(model_name: str = BIOMEDCLIP_HUB, checkpoint: Optional[s
     """A model in eval mode with LoRA merged (no low-rank overhead at inference).
 
     `checkpoint` may be the released weight format (`weights` + `metadata`), our training
-    checkpoint (`trainable` + `config`), or None for the bare BiomedCLIP baseline.
+    checkpoint (`trainable` + `config`), an export folder (ace_lora/export.py: it is its own merged
+    backbone, so `model_name` is not used), or None for the bare BiomedCLIP baseline `model_name`.
     """
     if checkpoint is None:
         model = build_model(model_name, AceLoRAConfig(**BARE_BACKBONE.to_dict()))
+    elif is_export_folder(checkpoint):
+        model = build_model(f"{LOCAL_PREFIX}{checkpoint}", export_config(read_export(checkpoint)))
+        load_export_trainables(model, checkpoint)
     else:
         state = load_checkpoint_file(checkpoint)
         model = build_model(model_name, checkpoint_config(state, checkpoint))

@@ -10,9 +10,11 @@ from .demo import prepare_demo, write_demo_metrics
 from .data.paths import data_root_for
 from .distributed import DistributedContext, run_on_main
 from .errors import UserInputError
-from .evaluation.tasks import TASKS, parse_eval_specs
+from .evaluation.retrieval import retrieval_columns
+from .evaluation.tasks import RETRIEVAL, TASKS, parse_eval_specs
 from .factory import build_model
 from .io import prepare_output_dir
+from .loggers import check_logger_packages
 from .resume import RunFinished, read_resume_state
 from .run_folder import RunLock, check_run_folder, clear_run_files
 from .runtime import cpu_threads, resolve_precision
@@ -38,6 +40,9 @@ def check_eval_inputs(args, eval_specs: List[Tuple[str, str, Optional[str]]]) ->
             header = [str(name).strip() for name in pd.read_csv(csv, nrows=0).columns]
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise UserInputError(f"{csv_flag} {csv}: not a readable CSV file ({str(error).splitlines()[0]})") from None
+        if task == RETRIEVAL:
+            retrieval_columns(header, source=f"{csv_flag} {csv}")
+            continue
         missing = [name for name in TASKS[task].required_columns if name not in header]
         if missing:
             raise UserInputError(f"{csv_flag} {csv}: missing column(s) {', '.join(map(repr, missing))} that the "
@@ -85,6 +90,7 @@ def check_run_args(args, context: DistributedContext) -> None:
     if args.precision == "fp16" and context.device.type != "cuda":
         raise UserInputError("--precision fp16 needs CUDA; use fp32 (or bf16) on the CPU")
     check_eval_inputs(args, parse_eval_specs(args.eval_datasets))
+    check_logger_packages(args.tensorboard, args.wandb)
 
 
 def open_run_folder(args, resuming: bool, lock: RunLock) -> None:

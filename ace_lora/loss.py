@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather
 
 def false_negative_mask(labels: torch.Tensor) -> torch.Tensor:
     """(B, B) bool: True where j != i and labels[j] == labels[i] (all 14 entries)."""
@@ -36,8 +37,6 @@ def gather_batch(image: torch.Tensor, text: torch.Tensor, labels: Optional[torch
     gradients of all ranks' (identical) losses, i.e. world_size * dL/dx, and DDP's gradient average
     divides by world_size again: the result is the gradient of one global-batch loss.
     """
-    from torch.distributed.nn.functional import all_gather
-
     image = torch.cat(all_gather(image), dim=0)
     text = torch.cat(all_gather(text), dim=0)
     if labels is not None:

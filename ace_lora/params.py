@@ -207,6 +207,11 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     logs.add_argument("--overwrite", action="store_true",
                       help="start a new run in an --output-dir that holds another one (its run files are deleted)")
     logs.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
+    logs.add_argument("--tensorboard", action="store_true",
+                      help="also write loss, learning rate, logit scale, throughput and every validation metric as "
+                           "TensorBoard scalars to <output-dir>/tensorboard")
+    logs.add_argument("--wandb", metavar="PROJECT", help="also log the same numbers to this Weights & Biases project "
+                                                         "(needs the wandb package)")
 
     val = parser.add_argument_group("validation")
     val.add_argument("--val-dataset", choices=sorted(TASKS),
@@ -214,7 +219,8 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     val.add_argument("--val-csv", help="CSV of the validation data set (the layout its zero_shot_eval script reads)")
     val.add_argument("--val-data-root", help="folder that the validation CSV's image paths start from")
     val.add_argument("--eval-datasets", nargs="+", default=[], metavar="TASK:CSV[:ROOT]",
-                     help="more zero-shot data sets logged after every epoch, e.g. chexpert:chexpert_5x200.csv:/data")
+                     help="more evaluations logged after every epoch: a zero-shot data set or 'retrieval' (a CSV of "
+                          "images and reports), e.g. chexpert:chexpert_5x200.csv:/data retrieval:mimic_test.csv:/data")
     val.add_argument("--val-before-training", action="store_true",
                      help="also evaluate before the first step (epoch 0 in metrics.jsonl)")
 
@@ -365,3 +371,82 @@ def parse_dense_args(task_name: str, argv: Optional[Sequence[str]] = None) -> ar
     if args.features == "auto":
         args.features = "hgnn" if args.zero_shot else "last-layer"
     return args
+
+
+# ---- prediction on your own images (predict.py) ----------------------------------------------------
+
+
+def predict_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of predict.py."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_config_arg(parser)
+    model = parser.add_argument_group("model")
+    add_model_args(model)
+    model.add_argument("--checkpoint", help="ACE-LoRA weights (released .pt, a training checkpoint or an exported "
+                                            "folder); omit for the bare BiomedCLIP backbone")
+    model.add_argument("--logit-scale", choices=LOGIT_SCALES, default="base",
+                       help="softmax temperature: the backbone's exp(logit_scale), as the evaluation scripts, or "
+                            "the learned one")
+    data = parser.add_argument_group("images and classes")
+    data.add_argument("inputs", nargs="*", help="image files, folders (searched recursively) or glob patterns")
+    data.add_argument("--csv", help="a CSV that lists the images (in --column)")
+    data.add_argument("--column", default="Path", help="the --csv column with the image paths")
+    data.add_argument("--data-root", help="folder that relative --csv paths start from (default: the CSV's folder)")
+    data.add_argument("--classes", nargs="+", required=True,
+                      help="class names, or one text file (.txt) with a name per line")
+    data.add_argument("--templates", nargs="+",
+                      help="prompt templates with {} for the class name, or a .txt file with one per line "
+                           "(default: the chest X-ray ensemble 'a chest X-ray image of {}.' / "
+                           "'Findings suggesting {}.')")
+    data.add_argument("--skip-unreadable", action="store_true",
+                      help="list unreadable files in unreadable.csv and go on, instead of stopping at the first")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", default="results/predict",
+                        help="folder for predictions.csv, unreadable.csv and config.yaml")
+    output.add_argument("--heatmaps", metavar="DIR", help="also write one similarity-map overlay PNG per image "
+                                                          "and class to DIR")
+    output.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    runtime = parser.add_argument_group("runtime")
+    add_device_args(runtime)
+    runtime.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    return parser
+
+
+# ---- image-text retrieval (zero_shot_eval/retrieval.py) --------------------------------------------
+
+
+def retrieval_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of zero_shot_eval/retrieval.py."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_config_arg(parser)
+    model = parser.add_argument_group("model")
+    add_model_args(model)
+    model.add_argument("--checkpoint", help="ACE-LoRA weights (released .pt, a training checkpoint or an exported "
+                                            "folder); omit for the bare BiomedCLIP baseline")
+    data = parser.add_argument_group("data")
+    data.add_argument("--csv", required=True, help="CSV with one image and its report per row")
+    data.add_argument("--data-root", help="folder that relative image paths start from (default: the CSV's folder)")
+    data.add_argument("--image-column", help="column of image paths (default: Path, else image_path)")
+    data.add_argument("--text-column", help="column of report texts (default: 'Report Impression', else report)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", default="results/retrieval", help="folder for metrics.json and ranks.csv")
+    output.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_runtime_args(parser.add_argument_group("runtime"), batch_size=64)
+    return parser
+
+
+# ---- export (export.py) ---------------------------------------------------------------------------
+
+
+def export_parser(description: str) -> argparse.ArgumentParser:
+    """The command line of export.py."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_config_arg(parser)
+    add_model_args(parser)
+    parser.add_argument("--checkpoint", required=True,
+                        help="what to export: the released .pt, ACE-LoRA_weights_*.pt or a checkpoints/*.pt")
+    parser.add_argument("--output-dir", required=True, help="a new (or empty) folder for the export")
+    parser.add_argument("--training-data", default="", help="what the model was trained on, for the model card")
+    parser.add_argument("--metrics", help="a metrics.json (e.g. from zero_shot_eval) to list in the model card")
+    parser.add_argument("--license", default="mit", help="licence identifier for the model card's metadata")
+    return parser

@@ -17,7 +17,7 @@ from .errors import UserInputError
 LOCK_NAME = ".lock"
 # What a run writes; any of them means the folder holds a run.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "steps.jsonl", "training_curves.png", "ACE-LoRA_weights_last.pt",
-             "ACE-LoRA_weights_best.pt", "checkpoints", "demo_metrics.json")
+             "ACE-LoRA_weights_best.pt", "checkpoints", "demo_metrics.json", "tensorboard")
 
 
 def run_files_in(folder: str) -> List[str]:

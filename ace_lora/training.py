@@ -29,10 +29,13 @@ from .distributed import (DistributedContext, all_ranks_true, barrier, gather_ob
 from .config import AceLoRAConfig
 from .errors import RunInterrupted, UserInputError
 from .evaluation.figures import plot_training_curves
-from .evaluation.tasks import parse_eval_specs
+from .evaluation.retrieval import evaluate_retrieval
+from .evaluation.tasks import RETRIEVAL, parse_eval_specs
+from .evaluation.zero_shot import evaluate
 from .factory import build_model
 from .interrupts import StopRequest
 from .io import append_jsonl, atomic_save, read_jsonl, write_resolved_config
+from .loggers import ScalarLoggers
 from .model import AceLoRAModel
 from .resume import CHECKPOINT_FORMAT, data_identity
 from .train_step import NonFiniteLoss, train_step, warmup_cosine_schedule, wrap_ddp
@@ -114,14 +117,24 @@ class Trainer:
         self.best: Optional[dict] = None  # {"metric", "value", "epoch"}
         self.images_per_step = args.batch_size * context.world_size
         self.stop = StopRequest()
+        self.loggers: Optional[ScalarLoggers] = None  # TensorBoard / W&B, rank 0 (created in fit)
 
     # ---- paths and files ------------------------------------------------------------------
     def _path(self, name: str) -> str:
         return os.path.join(self.out_dir, name)
 
     def _write_record(self, name: str, record: dict) -> None:
-        if self.context.is_main:
-            append_jsonl(self._path(name), record)
+        """Append to steps.jsonl / metrics.jsonl and send the same numbers to TensorBoard / W&B (rank 0)."""
+        if not self.context.is_main:
+            return
+        append_jsonl(self._path(name), record)
+        if self.loggers is not None:
+            if name == STEPS_FILE:
+                self.loggers.log({"loss": record["loss"], "lr": record["lr"],
+                                  "logit_scale": self.raw_model.logit_scale.item()}, record["step"], "train")
+            else:
+                self.loggers.log({k: v for k, v in record.items() if k not in ("epoch", "step")}, record["step"],
+                                 "epoch")
 
     def _truncate_logs(self, step: int) -> None:
         """Drop log records after the checkpoint we resume from (written before an interruption)."""
@@ -191,12 +204,17 @@ class Trainer:
     # ---- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Zero-shot metrics of the current model (rank 0 only); eval mode and no_grad, LoRA not merged."""
-        from .evaluation.zero_shot import evaluate
         out = {}
         sets = ([("val", self.args.val_dataset, self.args.val_csv, self.args.val_data_root)]
                 if self.args.val_dataset else [])
         sets += [(task, task, csv, root) for task, csv, root in self.eval_specs]
         for prefix, task, csv, root in sets:
+            if task == RETRIEVAL:
+                metrics = evaluate_retrieval(self.raw_model, csv, root, batch_size=self.args.batch_size,
+                                             num_workers=self.args.num_workers, precision=self.args.precision,
+                                             progress=self.args.progress).metrics
+                out.update({f"retrieval_{k}": v for k, v in metrics.items() if k.startswith(("i2t", "t2i"))})
+                continue
             result = evaluate(self.raw_model, task, csv, root, batch_size=self.args.batch_size,
                               num_workers=self.args.num_workers, device=None, precision=self.args.precision,
                               n_bootstrap=0, progress=self.args.progress)
@@ -296,7 +314,7 @@ class Trainer:
         if self.context.is_main:
             improved = self._is_improvement(record)
             record["best"] = improved
-            append_jsonl(self._path(METRICS_FILE), record)
+            self._write_record(METRICS_FILE, record)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             self._plot_curves()
         self.save(best=improved)  # last.pt again (the best so far, the RNG after evaluating), best.pt if improved
@@ -306,8 +324,8 @@ class Trainer:
         """Stopped mid-epoch by --max-steps: validate the final weights too (once). Rank 0 only."""
         records = read_jsonl(self._path(METRICS_FILE))
         if not records or records[-1]["step"] != self.step:
-            append_jsonl(self._path(METRICS_FILE), {"epoch": self.epoch + self.step_in_epoch / self.steps_per_epoch,
-                                                     "step": self.step, "partial_epoch": True, **self.evaluate()})
+            self._write_record(METRICS_FILE, {"epoch": self.epoch + self.step_in_epoch / self.steps_per_epoch,
+                                              "step": self.step, "partial_epoch": True, **self.evaluate()})
 
     def _plot_curves(self) -> None:
         records = read_jsonl(self._path(STEPS_FILE))
@@ -321,7 +339,18 @@ class Trainer:
             write_resolved_config(args, self.out_dir)
         if self.resume_state is not None:
             self.resume()
-        elif args.val_before_training and self.has_eval:
+        if ctx.is_main and (args.tensorboard or args.wandb):
+            self.loggers = ScalarLoggers(self.out_dir, args.tensorboard, args.wandb, vars(args),
+                                         resume_step=self.step if self.resume_state is not None else None)
+        try:
+            return self._fit()
+        finally:
+            if self.loggers is not None:
+                self.loggers.close()
+
+    def _fit(self) -> dict:
+        args, ctx = self.args, self.context
+        if self.resume_state is None and args.val_before_training and self.has_eval:
             self._write_record(METRICS_FILE, {"epoch": 0, "step": 0, **self._evaluate_on_main()})
         barrier(ctx)
         if ctx.is_main:

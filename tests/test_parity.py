@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from sklearn.metrics import roc_auc_score
 
 from ace_lora.factory import load_model_for_eval
+from ace_lora.predict import Predictor
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert, zero_shot_eval_ace_lora_rsna, zero_shot_eval_ace_lora_siim
 
 CHEXPERT_CLASSES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
@@ -81,6 +82,12 @@ def test_chexpert_script_reproduces_the_released_evaluation(shared_dir, released
     with torch.no_grad():
         classes = released_model.encode_prompt_ensemble(released_model.tokenize(prompts), 2)
     np.testing.assert_allclose(classes.numpy(), np.array(expected["class_text_embeddings"]), rtol=0, atol=1e-4)
+
+    # The predict API (ace_lora.load) gives the script's probabilities on the same images and classes.
+    api = Predictor(released_model, torch.device("cpu"), batch_size=8)
+    paths = [os.path.join(chexpert_dir, p) for p in predictions["Path"]]
+    np.testing.assert_allclose(api.classify(paths, CHEXPERT_CLASSES, RELEASED_TEMPLATES), probabilities,
+                               rtol=0, atol=1e-6)
 
 
 def write_dicom_8bit(path, pixels):

@@ -117,6 +117,18 @@ def _show(ax, image):
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
 
 
+def save_heatmap_overlay(image, heat, path, title=""):
+    """The image in grey with a similarity map (same H x W) over it in a colour map, and a colour bar."""
+    fig = Figure(figsize=(4.2, 4.0))
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.imshow(np.asarray(image.convert("L")), cmap="gray")
+    overlay = ax.imshow(heat, cmap="jet", alpha=0.45)
+    fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    ax.set_title(title, fontsize=8)
+    _save(fig, path)
+
+
 def _legend(fig):
     fig.legend(handles=[Patch(color=TRUE_COLOR, label="ground truth"),
                         Patch(color=PRED_COLOR, label="prediction")],

@@ -197,14 +197,18 @@ def get_task(name: str, nih_prompt_names: str = "raw") -> ZeroShotTask:
     return TASKS[name]
 
 
+RETRIEVAL = "retrieval"  # image-text retrieval on a CSV of images and reports (evaluation/retrieval.py)
+EVAL_TASKS = tuple(TASKS) + (RETRIEVAL,)  # what --eval-datasets accepts
+
+
 def parse_eval_specs(specs: List[str]) -> List[Tuple[str, str, Optional[str]]]:
     """'TASK:CSV[:ROOT]' -> (task, csv, root or None)."""
     parsed = []
     for spec in specs:
         parts = spec.split(":", 2)
-        if len(parts) < 2 or parts[0] not in TASKS:
+        if len(parts) < 2 or parts[0] not in EVAL_TASKS:
             raise UserInputError(f"--eval-datasets entry {spec!r} must be TASK:CSV[:ROOT] with TASK one of "
-                                 f"{', '.join(TASKS)}")
+                                 f"{', '.join(EVAL_TASKS)}")
         parsed.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
     tasks = [task for task, _, _ in parsed]
     if len(set(tasks)) != len(tasks):

@@ -1,0 +1,187 @@
+"""Export a trained model to a folder others can load without this repository's training code.
+
+The folder holds:
+- the backbone with LoRA merged, as a plain open_clip model folder (`open_clip_config.json`,
+  `open_clip_pytorch_model.bin` and the tokenizer/BERT files of the source folder):
+  `open_clip.create_model_and_transforms("local-dir:FOLDER")` loads it and gives BiomedCLIP-style
+  global embeddings, without the hypergraph;
+- `ace_hgnn.safetensors`: the ACE-HGNN adapters (`img_edge_adapter.down.weight`, ...) and the learned
+  `logit_scale`, and `ace_lora_config.json`: the method, its settings and the trainable count;
+- `README.md`: a model card (Hugging Face metadata header, how to load, training data, metrics).
+`ace_lora.factory.load_model_for_eval(checkpoint=FOLDER)` (and so `ace_lora.load`, every evaluation
+script's --checkpoint) rebuilds the full ACE-LoRA model from it: the merged backbone, no LoRA left to
+apply, the adapters and the scale.
+"""
+import json
+import os
+import shutil
+from typing import Dict, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .backbone import LOCAL_PREFIX
+from .config import AceLoRAConfig
+from .errors import UserInputError
+from .io import prepare_output_dir
+from .lora import LoRAFactors, MergeableLoRA
+
+EXPORT_CONFIG = "ace_lora_config.json"
+ADAPTERS_FILE = "ace_hgnn.safetensors"
+WEIGHTS_FILE = "open_clip_pytorch_model.bin"
+EXPORT_FORMAT = "ace-lora-export-1"
+
+
+def is_export_folder(path: Optional[str]) -> bool:
+    return path is not None and os.path.isdir(path) and os.path.isfile(os.path.join(path, EXPORT_CONFIG))
+
+
+def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
+    """The open_clip state_dict with every LoRA update merged into its frozen weight, under the plain
+    open_clip names (a LoRA wrapper's `base.` prefix dropped, its factors left out)."""
+    was_merged = all(m.merged for m in model.clip.modules() if isinstance(m, MergeableLoRA))
+    model.merge_lora(True)
+    try:
+        factor_names = {f"{name}." for name, module in model.clip.named_modules() if isinstance(module, LoRAFactors)}
+        state = {}
+        for key, value in model.clip.state_dict().items():
+            if any(key.startswith(prefix) for prefix in factor_names):
+                continue
+            state[key.replace(".base.", ".")] = value.detach().clone().cpu()
+        return state
+    finally:
+        model.merge_lora(was_merged)
+
+
+def _source_folder(model_name: str) -> str:
+    """The files of the backbone's own folder (configs, tokenizer), to copy beside the merged weights."""
+    if model_name.startswith(LOCAL_PREFIX):
+        return model_name[len(LOCAL_PREFIX):]
+    if model_name.startswith("hf-hub:"):
+        from huggingface_hub import snapshot_download
+        try:
+            return snapshot_download(model_name[len("hf-hub:"):], allow_patterns=["*.json", "*.txt"])
+        except Exception as err:  # offline without a cache, or no such repository
+            raise UserInputError(f"cannot read the configuration of {model_name} ({type(err).__name__}); export "
+                                 "from --model local-dir:PATH") from None
+    raise UserInputError(f"cannot export a model named {model_name!r}: use hf-hub:ID or local-dir:PATH")
+
+
+def export_model(model, model_name: str, out_dir: str, source: str = "", training_data: str = "",
+                 metrics: Optional[dict] = None, license_name: str = "mit") -> Dict[str, str]:
+    """Write the export folder (module docstring) for `model` (an AceLoRAModel) built on `model_name`."""
+    prepare_output_dir(out_dir)
+    if os.listdir(out_dir):
+        raise UserInputError(f"--output-dir {out_dir} is not empty: export into a new folder")
+    folder = _source_folder(model_name)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and not name.endswith((".bin", ".pt", ".pth", ".safetensors")):
+            shutil.copy(path, os.path.join(out_dir, name))
+    config_path = os.path.join(out_dir, "open_clip_config.json")
+    with open(config_path, encoding="utf-8") as f:
+        open_clip_config = json.load(f)
+    text_cfg = open_clip_config["model_cfg"]["text_cfg"]
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if os.path.isdir(str(text_cfg.get(key))):  # a local folder: the copied files are in the export now
+            text_cfg[key] = os.path.abspath(out_dir)
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(open_clip_config, f, indent=1)
+    torch.save(merged_backbone_state(model), os.path.join(out_dir, WEIGHTS_FILE))
+
+    tensors = {"logit_scale": model.logit_scale.detach().float().cpu().reshape(1)}
+    for prefix, hgnn in (("img", model.image_hgnn), ("text", model.text_hgnn)):
+        if hgnn is not None:
+            for part, adapter in (("edge", hgnn.edge_adapter), ("node", hgnn.node_adapter)):
+                for key, value in adapter.state_dict().items():
+                    tensors[f"{prefix}_{part}_adapter.{key}"] = value.detach().float().cpu().contiguous()
+    save_file(tensors, os.path.join(out_dir, ADAPTERS_FILE))
+    cfg = model.config
+    summary = {"format": EXPORT_FORMAT, "base_model": model_name, "source_checkpoint": source,
+               "method": "ace_lora" if cfg.apply_gnn_encoders != "none" else "lora",
+               "trained_config": cfg.to_dict(), "trainable_parameters": model.num_trainable(),
+               "topk": cfg.topk, "hidden_features": cfg.hidden_features,
+               "apply_gnn_encoders": cfg.apply_gnn_encoders, "training_data": training_data,
+               "metrics": metrics or {}, "license": license_name}
+    with open(os.path.join(out_dir, EXPORT_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(summary))
+    return {"folder": out_dir, "weights": os.path.join(out_dir, WEIGHTS_FILE),
+            "adapters": os.path.join(out_dir, ADAPTERS_FILE)}
+
+
+def model_card(summary: dict) -> str:
+    metrics = "".join(f"| {k} | {v} |\n" for k, v in summary["metrics"].items()) or "| (none given) | |\n"
+    return f"""---
+license: {summary['license']}
+library_name: open_clip
+base_model: {summary['base_model'].split(':', 1)[-1]}
+tags:
+- medical-imaging
+- vision-language
+- zero-shot-classification
+- ace-lora
+---
+
+# ACE-LoRA ({summary['method']}) on {summary['base_model']}
+
+LoRA (r {summary['trained_config']['r']}, alpha {summary['trained_config']['alpha']}, projections
+{', '.join(summary['trained_config']['params'])}, layers '{summary['trained_config']['position']}') merged into the
+backbone, plus the ACE-HGNN adapters (towers: {summary['apply_gnn_encoders']}, top-k {summary['topk']}) and the
+learned logit scale. Trained numbers: {summary['trainable_parameters']:,}. Training data: {summary['training_data'] or
+'not stated'}. Source checkpoint: {summary['source_checkpoint'] or 'not stated'}.
+
+## Load
+
+```python
+import ace_lora                                    # the full model: merged backbone + ACE-HGNN
+model = ace_lora.load("THIS_FOLDER", model="local-dir:THIS_FOLDER")
+probabilities = model.classify(["image.png"], ["pneumonia", "no finding"])
+
+import open_clip                                   # the merged backbone alone (no hypergraph)
+clip, _, preprocess = open_clip.create_model_and_transforms("local-dir:THIS_FOLDER")
+```
+
+## Metrics
+
+| metric | value |
+| --- | --- |
+{metrics}"""
+
+
+def read_export(folder: str) -> dict:
+    with open(os.path.join(folder, EXPORT_CONFIG), encoding="utf-8") as f:
+        summary = json.load(f)
+    if summary.get("format") != EXPORT_FORMAT:
+        raise UserInputError(f"{folder}: not an ACE-LoRA export folder (format {summary.get('format')!r})")
+    return summary
+
+
+def export_config(summary: dict) -> AceLoRAConfig:
+    """The model an export folder rebuilds: no LoRA (it is merged), the adapters it holds."""
+    return AceLoRAConfig(params=[], topk=int(summary["topk"]), hidden_features=int(summary["hidden_features"]),
+                         apply_gnn_encoders=summary["apply_gnn_encoders"])
+
+
+def load_export_trainables(model, folder: str) -> None:
+    """Copy the exported adapters and scale into `model` (built with `export_config`); strict."""
+    tensors = load_file(os.path.join(folder, ADAPTERS_FILE))
+    expected = {"logit_scale"}
+    with torch.no_grad():
+        model.logit_scale.copy_(tensors["logit_scale"].reshape(()))
+        for prefix, hgnn in (("img", model.image_hgnn), ("text", model.text_hgnn)):
+            if hgnn is None:
+                continue
+            for part, adapter in (("edge", hgnn.edge_adapter), ("node", hgnn.node_adapter)):
+                for key, value in adapter.state_dict().items():
+                    name = f"{prefix}_{part}_adapter.{key}"
+                    if name not in tensors or tensors[name].shape != value.shape:
+                        raise UserInputError(f"{folder}/{ADAPTERS_FILE}: {name} is missing or has another shape")
+                    if not torch.isfinite(tensors[name]).all():
+                        raise UserInputError(f"{folder}/{ADAPTERS_FILE}: {name} holds NaN or infinite values")
+                    value.copy_(tensors[name])
+                    expected.add(name)
+    extra = sorted(set(tensors) - expected)
+    if extra:
+        raise UserInputError(f"{folder}/{ADAPTERS_FILE}: tensors the model does not have: {', '.join(extra)}")

@@ -1,0 +1,267 @@
+"""Use a trained model on your own images and label names: the Python API behind predict.py.
+
+    import ace_lora
+    model = ace_lora.load("ACE_LoRA.pt", model="local-dir:/models/biomedclip")
+    probabilities = model.classify(["a.png", "b.dcm"], ["pneumonia", "pleural effusion"])  # (N, C)
+
+Images may be paths (JPEG, PNG, DICOM, ... through the one image loader), PIL images, or tensors:
+(3, H, W) or (N, 3, H, W), float in [0, 1] or uint8 in [0, 255], as torchvision's ToTensor gives them.
+They go through the model's own evaluation transform and are encoded in batches of `batch_size`.
+`classify` scores softmax(s * cosine) with s the base model's exp(logit_scale), as the evaluation
+scripts do by default (`logit_scale="learned"` for the trained scale); `templates` are strings with
+`{}` for the class name, None meaning the chest X-ray ensemble of the chest data sets.
+"""
+import glob
+import os
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.functional import to_pil_image
+from tqdm import tqdm
+
+from .config import BIOMEDCLIP_HUB
+from .data.images import load_image
+from .data.paths import data_root_for, resolve_path
+from .data.tables import read_table
+from .dense.features import token_grid
+from .errors import UserInputError
+from .evaluation.figures import save_heatmap_overlay
+from .evaluation.tasks import LOGIT_SCALES
+from .factory import load_model_for_eval
+from .prompts import CHEST_XRAY_TEMPLATES, prompt_ensemble_embeddings
+from .runtime import autocast, resolve_device, resolve_precision
+
+ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
+
+
+def as_pil_images(images: Union[ImageInput, Sequence[ImageInput]]) -> List[Image.Image]:
+    """RGB PIL images from paths, PIL images or (N, 3, H, W) / (3, H, W) tensors (see the module docstring)."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    elif isinstance(images, torch.Tensor):
+        if images.ndim not in (3, 4):
+            raise UserInputError(f"an image tensor must be (3, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
+        images = list(images) if images.ndim == 4 else [images]
+    out = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            out.append(load_image(image))
+        elif isinstance(image, Image.Image):
+            out.append(image.convert("RGB"))
+        elif isinstance(image, torch.Tensor):
+            if image.ndim != 3 or image.shape[0] not in (1, 3):
+                raise UserInputError(f"an image tensor must be (3, H, W), got {tuple(image.shape)}")
+            out.append(to_pil_image(image.expand(3, -1, -1).cpu()).convert("RGB"))
+        else:
+            raise UserInputError(f"cannot use a {type(image).__name__} as an image: give a path, a PIL image or a "
+                                 "tensor")
+    return out
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Predictor:
+    """A model in evaluation mode with batched classify / embed / similarity-map calls."""
+
+    def __init__(self, model, device: torch.device, precision: str = "fp32", batch_size: int = 64,
+                 logit_scale: str = "base"):
+        if logit_scale not in LOGIT_SCALES:
+            raise UserInputError(f"logit_scale must be one of {', '.join(LOGIT_SCALES)}, not {logit_scale!r}")
+        if batch_size < 1:
+            raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval().to(device)
+        self.device, self.precision, self.batch_size = device, precision, batch_size
+        self.logit_scale = logit_scale
+
+    def _image_batches(self, images) -> Iterable[torch.Tensor]:
+        pil = as_pil_images(images)
+        for chunk in _chunks(pil, self.batch_size):
+            yield torch.stack([self.model.preprocess(image) for image in chunk]).to(self.device)  # (B, 3, S, S)
+
+    @torch.no_grad()
+    def embed_images(self, images) -> torch.Tensor:
+        """(N, D) refined, L2-normalised image embeddings (CPU, float32)."""
+        out = []
+        for batch in self._image_batches(images):
+            with autocast(self.device, self.precision):
+                out.append(self.model.encode_image(batch).float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """(T, D) refined, L2-normalised text embeddings (CPU, float32)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise UserInputError("no texts to embed")
+        out = []
+        for chunk in _chunks(texts, self.batch_size):
+            with autocast(self.device, self.precision):
+                out.append(self.model.encode_text(self.model.tokenize(chunk).to(self.device)).float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def class_embeddings(self, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """(C, D) class embeddings from the prompt ensemble `templates` (None: the chest X-ray one)."""
+        class_names = list(class_names)
+        if not class_names:
+            raise UserInputError("no class names given")
+        templates = list(templates) if templates is not None else list(CHEST_XRAY_TEMPLATES)
+        bad = [t for t in templates if t.count("{}") != 1]
+        if bad:
+            raise UserInputError(f"each template needs exactly one {{}} for the class name: {bad[0]!r}")
+        with autocast(self.device, self.precision):
+            return prompt_ensemble_embeddings(self.model, class_names, templates, self.device).float().cpu()
+
+    def temperature(self) -> float:
+        scale = self.model.base_logit_scale() if self.logit_scale == "base" else self.model.logit_scale
+        return float(scale)
+
+    @torch.no_grad()
+    def classify(self, images, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
+        """(N, C) probabilities: softmax over the classes of s * cosine(image, class)."""
+        classes = self.class_embeddings(class_names, templates)  # (C, D)
+        cosine = self.embed_images(images) @ classes.T  # (N, C)
+        return (self.temperature() * cosine).softmax(dim=-1).numpy()
+
+    def similarity_maps(self, images, texts: Sequence[str]) -> List[np.ndarray]:
+        """Per image a (T, H, W) map: the cosine between each refined patch token and each text's
+        embedding, bilinearly upsampled from the patch grid to the image's own size."""
+        return self.maps_to(images, self.embed_texts(texts))
+
+    @torch.no_grad()
+    def maps_to(self, images, embeddings: torch.Tensor) -> List[np.ndarray]:
+        """`similarity_maps` against given (T, D) embeddings (texts, or class prompt ensembles)."""
+        texts_emb = F.normalize(embeddings.float(), dim=-1)
+        pil = as_pil_images(images)
+        maps = []
+        for chunk in _chunks(pil, self.batch_size):
+            batch = torch.stack([self.model.preprocess(image) for image in chunk]).to(self.device)
+            with autocast(self.device, self.precision):
+                grid = token_grid(self.model, batch, "hgnn").float().cpu()  # (B, D, h, w)
+            cosine = torch.einsum("bdhw,td->bthw", F.normalize(grid, dim=1), texts_emb)  # (B, T, h, w)
+            for image, image_maps in zip(chunk, cosine):
+                width, height = image.size
+                maps.append(F.interpolate(image_maps[None], size=(height, width), mode="bilinear",
+                                          align_corners=False)[0].numpy())
+        return maps
+
+
+def load(checkpoint: Optional[str] = None, model: str = BIOMEDCLIP_HUB, device: str = "auto",
+         precision: str = "auto", batch_size: int = 64, logit_scale: str = "base") -> Predictor:
+    """A Predictor for a released weight file, one of our checkpoints, an exported folder, or (None)
+    the bare BiomedCLIP backbone `model`."""
+    resolved = resolve_device(device)
+    net = load_model_for_eval(model, checkpoint, device=resolved)
+    return Predictor(net, resolved, resolve_precision(precision, resolved), batch_size, logit_scale)
+
+
+# --------------------------------------------------------------------------- files in, files out (predict.py)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+
+
+def collect_images(inputs: Sequence[str], csv: Optional[str] = None, column: str = "Path",
+                   data_root: Optional[str] = None) -> List[str]:
+    """Image paths from folders (searched recursively for IMAGE_SUFFIXES), glob patterns and files, or
+    from a CSV column (relative paths start at `data_root`, default: the CSV's folder). Order: as given,
+    each folder and glob sorted."""
+    paths: List[str] = []
+    if csv is not None:
+        table = read_table(csv, (column,), dtype={column: str})
+        root = data_root_for(csv, data_root)
+        paths += [resolve_path(p, root) for p in table[column] if not pd.isna(p)]
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(item) for name in names
+                           if name.lower().endswith(IMAGE_SUFFIXES))
+            if not found:
+                raise UserInputError(f"{item}: no images in this folder or below (looked for "
+                                     f"{', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif any(ch in item for ch in "*?["):
+            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise UserInputError(f"{item}: the pattern matches no file")
+            paths += found
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise UserInputError(f"{item}: no such file or folder")
+    if not paths:
+        raise UserInputError("no images given: name folders, files or glob patterns, or --csv with --column")
+    return paths
+
+
+def read_names(values: Sequence[str], what: str) -> List[str]:
+    """Names given on the command line, or one per line of a text file (a single value ending in .txt)."""
+    if len(values) == 1 and values[0].lower().endswith(".txt"):
+        if not os.path.isfile(values[0]):
+            raise UserInputError(f"{what} file not found: {values[0]}")
+        with open(values[0], encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+        if not names:
+            raise UserInputError(f"{what} file {values[0]} has no names (one per line)")
+        return names
+    return [v for v in values if v.strip()]
+
+
+def _load_readable(paths: Sequence[str], skip_unreadable: bool) -> Tuple[List[int], List[Image.Image], List[tuple]]:
+    """(positions, images, [(path, error)]) of one batch of files."""
+    positions, images, failed = [], [], []
+    for position, path in enumerate(paths):
+        try:
+            images.append(load_image(path))
+            positions.append(position)
+        except UserInputError as error:
+            if not skip_unreadable:
+                raise UserInputError(f"{error} (pass --skip-unreadable to list and skip such files)") from None
+            failed.append((path, str(error)))
+    return positions, images, failed
+
+
+def predict_files(predictor: Predictor, paths: Sequence[str], class_names: Sequence[str],
+                  templates: Optional[Sequence[str]], output_dir: str, heatmaps_dir: Optional[str] = None,
+                  skip_unreadable: bool = False, progress: bool = True) -> dict:
+    """predictions.csv (path, one probability column per class, predicted), unreadable.csv when files
+    were skipped, and with `heatmaps_dir` one overlay PNG per image and class. Returns a summary."""
+    classes = predictor.class_embeddings(class_names, templates)  # (C, D)
+    scale = predictor.temperature()
+    rows, unreadable = [], []
+    batches = list(_chunks(list(paths), predictor.batch_size))
+    for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress):
+        positions, images, failed = _load_readable(batch, skip_unreadable)
+        unreadable += failed
+        if not images:
+            continue
+        probabilities = (scale * (predictor.embed_images(images) @ classes.T)).softmax(dim=-1).numpy()
+        for position, probs in zip(positions, probabilities):
+            rows.append({"path": batch[position], **dict(zip(class_names, map(float, probs))),
+                         "predicted": class_names[int(np.argmax(probs))]})
+        if heatmaps_dir is not None:
+            for position, image, maps in zip(positions, images, predictor.maps_to(images, classes)):
+                for name, heat in zip(class_names, maps):
+                    save_heatmap_overlay(image, heat, heatmap_path(heatmaps_dir, batch[position], name),
+                                         title=f"{os.path.basename(batch[position])}: {name}")
+    if not rows:
+        raise UserInputError(f"none of the {len(paths)} images could be read")
+    os.makedirs(output_dir, exist_ok=True)
+    pd.DataFrame(rows, columns=["path", *class_names, "predicted"]).to_csv(
+        os.path.join(output_dir, "predictions.csv"), index=False)
+    if unreadable:
+        pd.DataFrame(unreadable, columns=["path", "error"]).to_csv(os.path.join(output_dir, "unreadable.csv"),
+                                                                   index=False)
+    return {"n_images": len(paths), "n_predicted": len(rows), "n_unreadable": len(unreadable)}
+
+
+def heatmap_path(folder: str, image_path: str, class_name: str) -> str:
+    """<folder>/<image file stem>__<class>.png (characters other than letters, digits, - and _ as _)."""
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{stem}__{class_name}")
+    return os.path.join(folder, f"{safe}.png")

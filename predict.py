@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Classify your own images with ACE-LoRA (or bare BiomedCLIP): zero-shot, with your own class names.
+
+Examples:
+  python predict.py scans/ --classes pneumonia "pleural effusion" "no finding" --checkpoint ACE_LoRA.pt \
+      --model local-dir:/models/biomedclip --output-dir results/my_scans
+  python predict.py --csv my_images.csv --column file --classes classes.txt --heatmaps results/heatmaps
+  python predict.py "slides/**/*.png" --classes "benign colon" "colon adenocarcinoma" \
+      --templates "an H&E image of {}." "a histopathology image of {}."
+
+Writes predictions.csv (path, one probability column per class, predicted), unreadable.csv when
+--skip-unreadable skipped files, config.yaml, and with --heatmaps one overlay PNG per image and class.
+The Python API is `ace_lora.load(...)` (ace_lora/predict.py).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ace_lora.errors import UserInputError, main_guard  # noqa: E402
+from ace_lora.params import parse_with_config, predict_parser  # noqa: E402
+
+
+@main_guard
+def main(argv=None) -> int:
+    args = parse_with_config(predict_parser(__doc__), argv)
+    if args.batch_size < 1:
+        raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from ace_lora.io import check_output_dir, write_resolved_config  # after parsing: --help needs no torch
+    from ace_lora.predict import collect_images, load, predict_files, read_names
+    classes = read_names(args.classes, "class")
+    templates = read_names(args.templates, "template") if args.templates else None
+    paths = collect_images(args.inputs, args.csv, args.column, args.data_root)
+    check_output_dir(args.output_dir)
+    if args.heatmaps:
+        check_output_dir(args.heatmaps, flag="--heatmaps")
+    predictor = load(args.checkpoint, model=args.model, device=args.device, precision=args.precision,
+                     batch_size=args.batch_size, logit_scale=args.logit_scale)
+    summary = predict_files(predictor, paths, classes, templates, args.output_dir, args.heatmaps,
+                            args.skip_unreadable, args.progress)
+    write_resolved_config(args, args.output_dir)
+    skipped = f", {summary['n_unreadable']} unreadable listed in unreadable.csv" if summary["n_unreadable"] else ""
+    print(f"predicted {summary['n_predicted']} of {summary['n_images']} images{skipped}; "
+          f"wrote {Path(args.output_dir) / 'predictions.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Export: a merged open_clip folder plus adapters that reproduce the trained model, and its model card."""
+import json
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import export
+from ace_lora.checkpoint import save_released_checkpoint
+from ace_lora.config import AceLoRAConfig
+from ace_lora.factory import build_model, load_model_for_eval
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_name, tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_name, AceLoRAConfig())
+    for layers in (model.text_lora, model.vision_lora):
+        for parts in layers.values():
+            for factors in parts.values():
+                torch.nn.init.normal_(factors.lora_B, std=0.05)
+    with torch.no_grad():
+        model.logit_scale.fill_(42.0)
+    path = tmp_path_factory.mktemp("weights") / "weights.pt"
+    save_released_checkpoint(model, str(path))
+    return str(path)
+
+
+def test_export_round_trip_and_plain_open_clip_load(tiny_model_name, trained, tmp_path, capsys):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"metrics": {"auroc": 0.8125, "n": 20, "note": "text is left out"}}))
+    out = tmp_path / "export"
+    assert export.main(["--model", tiny_model_name, "--checkpoint", trained, "--output-dir", str(out),
+                        "--training-data", "synthetic demo", "--metrics", str(metrics)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"open_clip_config.json", "open_clip_pytorch_model.bin", "ace_hgnn.safetensors", "ace_lora_config.json",
+            "README.md", "vocab.txt"} <= names
+    original = load_model_for_eval(tiny_model_name, trained)
+    exported = load_model_for_eval("hf-hub:unused", str(out))  # an export folder is its own backbone
+    assert exported.num_trainable() == 0 and exported.logit_scale.item() == 42.0
+    assert not any("lora" in n for n, _ in exported.named_parameters())
+    images = torch.randn(3, 3, 64, 64)
+    ids = original.tokenize(["findings suggesting edema", "there is pneumonia", "a chest x-ray image of edema"])
+    with torch.no_grad():
+        torch.testing.assert_close(exported.encode_image(images), original.encode_image(images), rtol=0, atol=1e-5)
+        torch.testing.assert_close(exported.encode_text(ids), original.encode_text(ids), rtol=0, atol=1e-5)
+        # The merged backbone alone, through open_clip itself: the LoRA'd model's global embedding.
+        clip, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
+        clip.eval()
+        torch.testing.assert_close(clip.encode_image(images, normalize=True),
+                                   original.clip.encode_image(images, normalize=True), rtol=0, atol=1e-5)
+        bare = load_model_for_eval(tiny_model_name)
+        assert not torch.allclose(clip.encode_image(images), bare.clip.encode_image(images), atol=1e-4)
+    adapters = load_file(str(out / "ace_hgnn.safetensors"))
+    assert set(adapters) == {"logit_scale"} | {f"{t}_{p}_adapter.{k}" for t in ("img", "text") for p in ("edge", "node")
+                                               for k in ("down.weight", "down.bias", "up.weight", "up.bias")}
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: mit\nlibrary_name: open_clip\n") and "| auroc | 0.8125 |" in card
+    assert "synthetic demo" in card and "note" not in card
+    summary = json.loads((out / "ace_lora_config.json").read_text())
+    assert summary["trainable_parameters"] == original.num_trainable() and summary["method"] == "ace_lora"
+
+
+def test_export_refuses_a_non_empty_folder_and_a_bad_metrics_file(tiny_model_name, trained, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit):
+        export.main(["--model", tiny_model_name, "--checkpoint", trained, "--output-dir", str(taken)])
+    assert capsys.readouterr().err.strip() == f"error: --output-dir {taken} is not empty: export into a new folder"
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit):
+        export.main(["--model", tiny_model_name, "--checkpoint", trained, "--output-dir", str(tmp_path / "o"),
+                     "--metrics", str(bad)])
+    assert "not a readable JSON file" in capsys.readouterr().err
