@@ -37,7 +37,7 @@ def test_metrics_on_known_ranks_with_duplicate_reports_and_classes():
     assert m["n_images"] == 3 and m["n_distinct_reports"] == 2
     # image->text over the 2 distinct reports: a -> 'No acute' (rank 1); b -> 'Small effusion' (rank 1);
     # c (0.6, 0.8) scores 'Small effusion' higher than its own 'No acute' report: rank 2.
-    assert result.ranks.query(f"direction == 'image_to_text'")["rank"].tolist() == [1, 1, 2]
+    assert result.ranks.query("direction == 'image_to_text'")["rank"].tolist() == [1, 1, 2]
     assert m["i2t_recall@1"] == pytest.approx(2 / 3) and m["i2t_recall@5"] == 1.0
     assert m["i2t_mean_rank"] == pytest.approx(4 / 3) and m["i2t_median_rank"] == 1.0
     # text->image: 'No acute' is correct for a and c, a scores highest: rank 1; 'Small effusion': b is
