@@ -3,7 +3,7 @@
 Torch-free, so that command lines (and their --help) can offer these choices without loading torch.
 """
 from dataclasses import asdict, dataclass, field
-from typing import List
+from typing import List, Optional
 
 from .errors import UserInputError
 
@@ -46,6 +46,8 @@ class AceLoRAConfig:
     topk: int = 5
     hidden_features: int = 128
     apply_gnn_encoders: str = "both"
+    method: str = "ace_lora"  # ace_lora.methods.METHODS: what else trains (own LoRA in `params`, peft, full)
+    peft: Optional[dict] = None  # the peft config of a peft method (ace_lora.methods)
 
     def validate(self) -> None:
         unknown = [p for p in self.params if p not in LORA_PARAMS]

@@ -15,6 +15,7 @@ from .evaluation.tasks import RETRIEVAL, TASKS, parse_eval_specs
 from .factory import build_model
 from .io import prepare_output_dir
 from .loggers import check_logger_packages
+from .methods import check_method_file
 from .resume import RunFinished, read_resume_state
 from .run_folder import RunLock, check_run_folder, clear_run_files
 from .runtime import cpu_threads, resolve_precision
@@ -51,6 +52,12 @@ def check_eval_inputs(args, eval_specs: List[Tuple[str, str, Optional[str]]]) ->
 
 def check_training_args(args) -> None:
     """Flag values that torch or NumPy would otherwise reject late, or accept and misuse."""
+    if args.method == "bare":
+        raise UserInputError("--method bare trains nothing: evaluate the backbone with the evaluation scripts "
+                             "(no --checkpoint), or use it in a sweep")
+    if args.peft_config and args.method != "peft":
+        raise UserInputError("--peft-config goes with --method peft")
+    check_method_file(args.peft_config)
     if not args.train_csv:
         raise UserInputError("--train-csv is required (or --demo, or --dry-run)")
     for flag, value in (("--batch-size", args.batch_size), ("--epochs", args.epochs)):
@@ -109,6 +116,10 @@ def run_training(args, context: DistributedContext) -> Optional[Dict]:
     if args.demo:
         return run_demo(args, context)
     if args.dry_run:
+        if args.method == "bare":
+            print("trainable parameters: 0")
+            return None
+        check_method_file(args.peft_config)
         print_trainable_count(args, context)
         return None
     return train_in_run_folder(args, context)

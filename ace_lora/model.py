@@ -21,6 +21,7 @@ from .backbone import Backbone
 from .config import AceLoRAConfig
 from .hgnn import AceHgnn
 from .lora import LoRAFactors, inject_text_lora, inject_vision_lora, set_merged
+from .methods import apply_peft
 
 class _ProjectionCapture:
     """Keeps the latest output of the hooked projection modules (the last layer's q/k)."""
@@ -49,6 +50,12 @@ class AceLoRAModel(nn.Module):
         lora_args = (config.params, config.position, config.r, config.alpha, config.dropout)
         self.text_lora: Dict[int, Dict[str, LoRAFactors]] = inject_text_lora(bert_layers, *lora_args)
         self.vision_lora: Dict[int, Dict[str, LoRAFactors]] = inject_vision_lora(vit_blocks, *lora_args)
+        # Baselines (ace_lora.methods): a peft tuner in place of our LoRA, or every backbone weight.
+        self._peft_owner = (apply_peft(self.clip, config.peft, config.position, len(bert_layers), len(vit_blocks))
+                            if config.peft else [])  # a list, so not a submodule
+        if config.method == "full":
+            self.clip.requires_grad_(True)
+            self.clip.logit_scale.requires_grad_(False)  # the learned scale below is the one trained
 
         dim = self.clip.text.output_dim if hasattr(self.clip.text, "output_dim") else self.clip.embed_dim
         gnn = config.apply_gnn_encoders

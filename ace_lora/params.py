@@ -14,6 +14,7 @@ from .config import BIOMEDCLIP_HUB, GNN_CHOICES, LORA_PARAMS, LORA_POSITIONS, LO
 from .data.labels import UNCERTAIN_POLICIES
 from .dense.tasks import DENSE_TASKS, FEATURE_KINDS, SPLITS
 from .errors import UserInputError
+from .methods import METHOD_DEFAULTS, METHODS
 from .evaluation.tasks import LOGIT_SCALES, NIH_PROMPT_NAMES, TASKS, get_task
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -142,6 +143,12 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     add_config_arg(parser)
     model = parser.add_argument_group("model")
     add_model_args(model)
+    model.add_argument("--method", default="ace_lora", choices=METHODS,
+                       help="what trains (README 'Baselines and ablations'): ace_lora, lora (LoRA only), full "
+                            "(every backbone weight, lr 1e-5), the peft methods dora / ia3 / loha / vera, peft "
+                            "(--peft-config), bare (nothing: the zero-shot backbone, for --dry-run and sweeps)")
+    model.add_argument("--peft-config", metavar="FILE",
+                       help="with --method peft: a peft config as JSON (any peft tuner for Linear layers)")
     model.add_argument("--init-from", metavar="PATH",
                        help="start from the trained tensors of a weight file (e.g. the released ACE_LoRA.pt) or one of "
                             "our checkpoints; fresh optimiser, schedule and step counter; the LoRA/ACE-HGNN flags must "
@@ -229,6 +236,8 @@ def parse_training_args(argv: Optional[Sequence[str]], description: str, distrib
     """The training command line; with --demo, DEMO_DEFAULTS replace the defaults (flags and config still win)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_training_args(parser, distributed)
+    method = parse_with_config(parser, argv).method
+    parser.set_defaults(**METHOD_DEFAULTS.get(method, {}))  # explicit flags and --config still win
     return parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS)
 
 

@@ -36,6 +36,7 @@ from .factory import build_model
 from .interrupts import StopRequest
 from .io import append_jsonl, atomic_save, read_jsonl, write_resolved_config
 from .loggers import ScalarLoggers
+from .methods import OWN_LORA_METHODS, peft_config_for
 from .model import AceLoRAModel
 from .resume import CHECKPOINT_FORMAT, data_identity
 from .train_step import NonFiniteLoss, train_step, warmup_cosine_schedule, wrap_ddp
@@ -54,9 +55,13 @@ def seed_everything(seed: int) -> None:
 
 
 def model_config(args) -> AceLoRAConfig:
-    return AceLoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, params=list(args.params),
-                         position=args.position, topk=args.topk, hidden_features=args.hidden_features,
-                         apply_gnn_encoders=args.apply_gnn_encoders)
+    """The model of the training flags; --method decides what trains besides the scale (ace_lora.methods)."""
+    own_lora = args.method in OWN_LORA_METHODS
+    return AceLoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                         params=list(args.params) if own_lora else [], position=args.position, topk=args.topk,
+                         hidden_features=args.hidden_features, apply_gnn_encoders=args.apply_gnn_encoders,
+                         method=args.method, peft=peft_config_for(args.method, args.lora_r, args.lora_alpha,
+                                                                  args.lora_dropout, args.peft_config))
 
 
 def _finite_or_none(value):
@@ -162,14 +167,17 @@ class Trainer:
         }
 
     def save(self, best: bool = False) -> None:
-        """checkpoints/last.pt (and best.pt) plus the released-format weights; collective in DDP."""
+        """checkpoints/last.pt (and best.pt) plus, for our own LoRA methods, the released-format weights
+        (the other methods have no released format: their checkpoints load everywhere); collective in DDP."""
         rng_states = gather_objects(rng_state(), self.context)
         if self.context.is_main:
             state = self._state(rng_states)
             use_labels = self.args.loss == "label_guided"
             for name in ("last", "best") if best else ("last",):
                 atomic_save(state, os.path.join(self.checkpoint_dir, f"{name}.pt"))
-                save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format(name)), use_labels=use_labels)
+                if self.config.method in OWN_LORA_METHODS:
+                    save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format(name)),
+                                             use_labels=use_labels)
 
     def resume(self) -> None:
         state, path = self.resume_state, self.resume_state["path"]
