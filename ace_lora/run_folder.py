@@ -102,6 +102,16 @@ class RunLock:
         self.release()
 
 
+def remove_stale_lock(folder: str) -> bool:
+    """For a tool that owns the folder (the sweep): remove `.lock` if its process is gone (same host)."""
+    path = os.path.join(folder, LOCK_NAME)
+    owner = _read_owner(path) if os.path.isfile(path) else None
+    if owner is None or owner[1] != socket.gethostname() or _process_alive(owner[0]):
+        return False
+    os.remove(path)
+    return True
+
+
 def _read_owner(path: str) -> Optional[tuple]:
     try:
         with open(path, encoding="utf-8") as f:
