@@ -86,3 +86,15 @@ def test_bad_sweep_configs_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--output-dir", str(tmp_path / "o")])
     assert "give a sweep YAML or --demo" in capsys.readouterr().err
+
+
+def test_every_paper_config_is_a_valid_sweep_whose_runs_parse_as_training_flags():
+    from ace_lora.params import parse_training_args
+    configs = sorted(f for f in os.listdir(os.path.join(ROOT, "configs", "paper")) if f.endswith(".yaml"))
+    assert len(configs) >= 7
+    for name in configs:
+        config = sweep.read_sweep(os.path.join(ROOT, "configs", "paper", name))
+        for run in config["runs"]:
+            values = {**config.get("train", {}), **run.get("overrides", {}), "method": run.get("method", "ace_lora")}
+            args = parse_training_args(sweep.flags(values), "", distributed=False)
+            assert args.method == run.get("method", "ace_lora"), (name, run["name"])
