@@ -100,3 +100,19 @@ def write_resolved_config(args: argparse.Namespace, output_dir: str, name: str =
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(json.loads(json.dumps(vars(args), default=str)), f, sort_keys=True)
     return path
+
+
+def read_yaml_mapping(path: str, what: str = "YAML file") -> dict:
+    """A YAML file that holds a mapping; one clear error for a missing file, bad YAML or another type."""
+    if not os.path.isfile(path):
+        raise UserInputError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserInputError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(values, dict):
+        raise UserInputError(f"{path}: expected a mapping of names to values")
+    return values

@@ -5,15 +5,13 @@ A YAML file given with `--config` supplies defaults (keys are flag names with '-
 the command line override it. This module imports no torch, so `--help` answers at once.
 """
 import argparse
-import os
 from typing import Optional, Sequence
-
-import yaml
 
 from .config import BIOMEDCLIP_HUB, GNN_CHOICES, LORA_PARAMS, LORA_POSITIONS, LOSS_CHOICES
 from .data.labels import UNCERTAIN_POLICIES
 from .dense.tasks import DENSE_TASKS, FEATURE_KINDS, SPLITS
 from .errors import UserInputError
+from .io import read_yaml_mapping
 from .methods import METHOD_DEFAULTS, METHODS
 from .evaluation.tasks import LOGIT_SCALES, NIH_PROMPT_NAMES, TASKS, get_task
 
@@ -67,17 +65,7 @@ def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Optional[Seq
 
 
 def _read_config(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise UserInputError(f"config file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserInputError(f"{path}: not valid YAML{where}") from err
-    if not isinstance(values, dict):
-        raise UserInputError(f"{path}: expected a mapping of flag names to values")
+    values = read_yaml_mapping(path, "config file")
     return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
@@ -241,21 +229,28 @@ def parse_training_args(argv: Optional[Sequence[str]], description: str, distrib
     return parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS)
 
 
+def evaluation_parser(description: str):
+    """A parser with --config and the model group of every script that evaluates or applies a model:
+    --model and --checkpoint. Returns (parser, model group)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_config_arg(parser)
+    model = parser.add_argument_group("model")
+    add_model_args(model)
+    model.add_argument("--checkpoint", help="ACE-LoRA weights: the released .pt, a training checkpoint or an export "
+                                            "folder; omit for the bare BiomedCLIP backbone")
+    return parser, model
+
+
 # ---- zero-shot evaluation (every zero_shot_eval/zero_shot_eval_ace_lora_<task>.py) ---------------
 
 
 def zero_shot_parser(task_name: str) -> argparse.ArgumentParser:
     """The command line of zero_shot_eval/zero_shot_eval_ace_lora_<task>.py."""
     task = get_task(task_name)
-    parser = argparse.ArgumentParser(
-        formatter_class=HelpFormatter, description=f"Zero-shot {task.title}: classes {', '.join(task.class_names)}; prompts "
-                    f"{' / '.join(repr(t.format('{c}')) for t in task.templates)}. Writes predictions.csv, "
-                    f"metrics.json, roc.png" + ("" if task.multilabel else ", confusion_matrix.png") + ".")
-    add_config_arg(parser)
-    model = parser.add_argument_group("model")
-    add_model_args(model)
-    model.add_argument("--checkpoint", help="ACE-LoRA weights: the released ACE_LoRA.pt or a training checkpoint; "
-                                            "omit to evaluate the bare BiomedCLIP baseline")
+    parser, model = evaluation_parser(
+        f"Zero-shot {task.title}: classes {', '.join(task.class_names)}; prompts "
+        f"{' / '.join(repr(t.format('{c}')) for t in task.templates)}. Writes predictions.csv, "
+        f"metrics.json, roc.png" + ("" if task.multilabel else ", confusion_matrix.png") + ".")
     model.add_argument("--logit-scale", choices=LOGIT_SCALES, default="base",
                        help="softmax temperature: 'base' = the backbone's exp(logit_scale), as the released "
                             "scripts; 'learned' = the checkpoint's learned scale")
@@ -387,12 +382,7 @@ def parse_dense_args(task_name: str, argv: Optional[Sequence[str]] = None) -> ar
 
 def predict_parser(description: str) -> argparse.ArgumentParser:
     """The command line of predict.py."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    add_config_arg(parser)
-    model = parser.add_argument_group("model")
-    add_model_args(model)
-    model.add_argument("--checkpoint", help="ACE-LoRA weights (released .pt, a training checkpoint or an exported "
-                                            "folder); omit for the bare BiomedCLIP backbone")
+    parser, model = evaluation_parser(description)
     model.add_argument("--logit-scale", choices=LOGIT_SCALES, default="base",
                        help="softmax temperature: the backbone's exp(logit_scale), as the evaluation scripts, or "
                             "the learned one")
@@ -426,12 +416,7 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
 
 def retrieval_parser(description: str) -> argparse.ArgumentParser:
     """The command line of zero_shot_eval/retrieval.py."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    add_config_arg(parser)
-    model = parser.add_argument_group("model")
-    add_model_args(model)
-    model.add_argument("--checkpoint", help="ACE-LoRA weights (released .pt, a training checkpoint or an exported "
-                                            "folder); omit for the bare BiomedCLIP baseline")
+    parser, _ = evaluation_parser(description)
     data = parser.add_argument_group("data")
     data.add_argument("--csv", required=True, help="CSV with one image and its report per row")
     data.add_argument("--data-root", help="folder that relative image paths start from (default: the CSV's folder)")

@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 
 from .errors import UserInputError, main_guard
 from .evaluation.tasks import RETRIEVAL, TASKS
-from .io import prepare_output_dir
+from .io import prepare_output_dir, read_yaml_mapping
 from .methods import METHODS
 from .params import HelpFormatter
 from .run_folder import remove_stale_lock
@@ -69,13 +69,7 @@ def flags(values: dict) -> List[str]:
 
 
 def read_sweep(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise UserInputError(f"sweep config not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            sweep = yaml.safe_load(f) or {}
-    except yaml.YAMLError:
-        raise UserInputError(f"{path}: not valid YAML") from None
+    sweep = read_yaml_mapping(path, "sweep config")
     for key in ("model", "runs", "evaluations"):
         if key not in sweep:
             raise UserInputError(f"{path}: missing '{key}'")
