@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ace_lora.errors import UserInputError, main_guard  # noqa: E402
-from ace_lora.params import parse_with_config, predict_parser  # noqa: E402
+from ace_lora.params import parse_with_config  # noqa: E402
+from ace_lora.params.evaluation import predict_parser  # noqa: E402
 
 
 @main_guard

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ace_lora.errors import main_guard  # noqa: E402
-from ace_lora.params import parse_training_args  # noqa: E402
+from ace_lora.params.training import parse_training_args  # noqa: E402
 
 
 @main_guard

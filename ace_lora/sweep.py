@@ -281,7 +281,7 @@ def demo_sweep(output_dir: str) -> dict:
     from .data.synthetic import write_demo_dataset
     from .demo import DEMO_DATA, DEMO_DIR, TINY_MODEL_DIR
     from .dense.synthetic import write_siim_demo
-    from .params import DEMO_DEFAULTS
+    from .params.training import DEMO_DEFAULTS
     from .tiny_model import write_tiny_biomedclip
     root = os.path.join(os.path.abspath(output_dir), DEMO_DIR)
     data = write_demo_dataset(root, **DEMO_DATA)

@@ -89,7 +89,7 @@ def test_bad_sweep_configs_are_one_line_errors(tmp_path, capsys):
 
 
 def test_every_paper_config_is_a_valid_sweep_whose_runs_parse_as_training_flags():
-    from ace_lora.params import parse_training_args
+    from ace_lora.params.training import parse_training_args
     configs = sorted(f for f in os.listdir(os.path.join(ROOT, "configs", "paper")) if f.endswith(".yaml"))
     assert len(configs) >= 7
     for name in configs:

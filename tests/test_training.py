@@ -17,7 +17,7 @@ from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model, load_model_for_eval
 from ace_lora.config import AceLoRAConfig
 from ace_lora.train_step import train_step, warmup_cosine_schedule
-from ace_lora.params import DEMO_DEFAULTS, parse_training_args
+from ace_lora.params.training import DEMO_DEFAULTS, parse_training_args
 
 N_TRAIN = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -173,7 +173,7 @@ def test_11_a_truncated_jpeg_fails_the_dense_up_front_check(tmp_path):
     assert decode_error(str(truncated)) == "truncated JPEG (no end-of-image marker)"
 
 
-ENTRY_SCRIPTS = sorted(["train.py", "train_multi_gpu.py"] + glob.glob("zero_shot_eval/*.py", root_dir=ROOT)
+ENTRY_SCRIPTS = sorted(["train.py", "train_multi_gpu.py", "predict.py", "export.py"] + glob.glob("zero_shot_eval/*.py", root_dir=ROOT)
                        + glob.glob("dataset_prep/*.py", root_dir=ROOT) + glob.glob("benchmarks/*.py", root_dir=ROOT))
 ENTRY_SCRIPTS.remove("zero_shot_eval/__init__.py")
 HEAVY = ("torch", "open_clip", "transformers", "timm", "sklearn")
@@ -182,12 +182,15 @@ HEAVY = ("torch", "open_clip", "transformers", "timm", "sklearn")
 def test_11_help_of_every_entry_script_imports_no_heavy_library():
     """--help answers before torch, open_clip or scikit-learn load (the cost of a slow --help)."""
     probe = ("import runpy, sys\n"
-             "sys.argv = [sys.argv[1], '--help']\n"
-             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "target = sys.argv[1]\n"
+             "sys.argv = [target, '--help']\n"
+             "run = runpy.run_path if target.endswith('.py') else runpy.run_module\n"
+             "try:\n    run(target, run_name='__main__')\n"
              "except SystemExit as exit:\n    assert exit.code in (0, None), exit.code\n"
              f"print('LOADED', sorted(name for name in {HEAVY!r} if name in sys.modules))\n")
-    for script in ENTRY_SCRIPTS:
-        done = subprocess.run([sys.executable, "-c", probe, os.path.join(ROOT, script)], capture_output=True,
+    for script in ENTRY_SCRIPTS + ["ace_lora.sweep"]:
+        target = script if script == "ace_lora.sweep" else os.path.join(ROOT, script)
+        done = subprocess.run([sys.executable, "-c", probe, target], capture_output=True,
                               text=True, cwd=ROOT)
         assert done.returncode == 0, (script, done.stderr)
         assert "usage:" in done.stdout and done.stdout.strip().splitlines()[-1] == "LOADED []", (script, done.stdout)

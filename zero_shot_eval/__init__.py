@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.tasks import get_task
 from ace_lora.io import prepare_output_dir, write_resolved_config
-from ace_lora.params import check_runtime_args, parse_with_config, zero_shot_parser
+from ace_lora.params import check_runtime_args, parse_with_config
+from ace_lora.params.evaluation import zero_shot_parser
 
 
 def run(task_name: str, argv: Optional[Sequence[str]] = None):

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.errors import main_guard  # noqa: E402
-from ace_lora.params import parse_dense_args  # noqa: E402
+from ace_lora.params.dense import parse_dense_args  # noqa: E402
 
 
 @main_guard

@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ace_lora.errors import main_guard  # noqa: E402
-from ace_lora.params import check_runtime_args, parse_with_config, retrieval_parser  # noqa: E402
+from ace_lora.params import check_runtime_args, parse_with_config  # noqa: E402
+from ace_lora.params.evaluation import retrieval_parser  # noqa: E402
 
 
 @main_guard

@@ -1,0 +1,128 @@
+"""Every command line of the project, in one package: here the YAML-defaults mechanism and the flags
+that many scripts share; `params.training` (train.py, train_multi_gpu.py), `params.evaluation` (the
+zero-shot, retrieval, predict and export scripts) and `params.dense` (segmentation, detection).
+
+A YAML file given with `--config` supplies defaults (keys are flag names with '-' or '_'); flags on
+the command line override it. The package imports no torch, so every `--help` answers at once.
+"""
+import argparse
+from typing import Optional, Sequence
+
+from ..config import BIOMEDCLIP_HUB
+from ..errors import UserInputError
+from ..io import read_yaml_mapping
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every script's --help: its docstring as written, and each flag's default after its help (unless the
+    help already says what the default is, or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.nargs == 0 or action.default in (None,
+                                                                                                     argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse argv; values from `--config FILE.yaml` become defaults that explicit flags override.
+
+    YAML values get the same checks as flags (type conversion, choices, one value vs a list), with
+    errors that name the file and key: argparse itself never checks defaults.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        values = _read_config(known.config)
+        actions = {a.dest: a for a in parser._actions}
+        unknown = sorted(set(values) - set(actions))
+        if unknown:
+            raise UserInputError(f"{known.config}: unknown keys {', '.join(unknown)}")
+        parser.set_defaults(**{k: _checked_value(actions[k], v, known.config, k) for k, v in values.items()})
+    return parser.parse_args(argv)
+
+
+def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+                             demo_defaults: dict) -> argparse.Namespace:
+    """`parse_with_config`; when --demo is on (as a flag or in --config), `demo_defaults` replace the
+    parser's defaults first, so explicit flags and config values still win."""
+    args = parse_with_config(parser, argv)
+    if not args.demo:
+        return args
+    parser.set_defaults(**demo_defaults)
+    return parse_with_config(parser, argv)
+
+
+def _read_config(path: str) -> dict:
+    values = read_yaml_mapping(path, "config file")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def _checked_value(action: argparse.Action, value, path: str, key: str):
+    """A YAML value converted and validated as argparse would a command-line value."""
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            raise UserInputError(f"{path}: {key} must be true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    if isinstance(value, list) != many:
+        raise UserInputError(f"{path}: {key} takes {'a list' if many else 'one value'}, got {value!r}")
+    items = []
+    for item in (value if many else [value]):
+        if action.type is not None:
+            try:
+                item = action.type(str(item))
+            except (TypeError, ValueError) as err:
+                raise UserInputError(f"{path}: {key} has an invalid value {item!r}") from err
+        if action.choices is not None and item not in action.choices:
+            raise UserInputError(f"{path}: {key}={item!r} is not one of {', '.join(map(str, action.choices))}")
+        items.append(item)
+    return items if many else items[0]
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file whose keys (flag names) set defaults; explicit flags win")
+
+
+def add_model_args(group) -> None:
+    group.add_argument("--model", default=BIOMEDCLIP_HUB,
+                       help="open_clip model: hf-hub:ID (needs network once) or local-dir:PATH (offline; "
+                            "see README 'A local BiomedCLIP folder')")
+
+
+def add_device_args(group) -> None:
+    group.add_argument("--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1'")
+    group.add_argument("--precision", default="auto", choices=PRECISIONS,
+                       help="autocast precision; 'auto' = bf16 on CUDA, fp32 on CPU")
+
+
+def add_runtime_args(group, batch_size: int = 64) -> None:
+    add_device_args(group)
+    group.add_argument("--batch-size", type=int, default=batch_size, help="images per batch (per GPU)")
+    group.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
+
+
+def check_runtime_args(args: argparse.Namespace) -> None:
+    """--batch-size >= 1 and --num-workers >= 0, checked before any model is loaded."""
+    if args.batch_size < 1:
+        raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise UserInputError(f"--num-workers must be >= 0, got {args.num_workers}")
+
+
+def evaluation_parser(description: str):
+    """A parser with --config and the model group of every script that evaluates or applies a model:
+    --model and --checkpoint. Returns (parser, model group)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_config_arg(parser)
+    model = parser.add_argument_group("model")
+    add_model_args(model)
+    model.add_argument("--checkpoint", help="ACE-LoRA weights: the released .pt, a training checkpoint or an export "
+                                            "folder; omit for the bare BiomedCLIP backbone")
+    return parser, model
