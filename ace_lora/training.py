@@ -9,7 +9,6 @@ scaler, counters, the running loss sums and every rank's RNG states, so an inter
 from `checkpoints/last.pt` ends bit-identical to an uninterrupted one.
 """
 import json
-import math
 import os
 import random
 import signal
@@ -29,9 +28,8 @@ from .distributed import (DistributedContext, all_ranks_true, barrier, gather_ob
 from .config import AceLoRAConfig
 from .errors import RunInterrupted, UserInputError
 from .evaluation.figures import plot_training_curves
-from .evaluation.retrieval import evaluate_retrieval
-from .evaluation.tasks import RETRIEVAL, parse_eval_specs
-from .evaluation.zero_shot import evaluate
+from .evaluation.tasks import parse_eval_specs
+from .evaluation.validation import validation_metrics
 from .factory import build_model
 from .interrupts import StopRequest
 from .io import append_jsonl, atomic_save, read_jsonl, write_resolved_config
@@ -62,10 +60,6 @@ def model_config(args) -> AceLoRAConfig:
                          hidden_features=args.hidden_features, apply_gnn_encoders=args.apply_gnn_encoders,
                          method=args.method, peft=peft_config_for(args.method, args.lora_r, args.lora_alpha,
                                                                   args.lora_dropout, args.peft_config))
-
-
-def _finite_or_none(value):
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -211,25 +205,13 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict:
-        """Zero-shot metrics of the current model (rank 0 only); eval mode and no_grad, LoRA not merged."""
-        out = {}
+        """Validation metrics of the current model (rank 0 only); eval mode and no_grad, LoRA not merged."""
         sets = ([("val", self.args.val_dataset, self.args.val_csv, self.args.val_data_root)]
                 if self.args.val_dataset else [])
         sets += [(task, task, csv, root) for task, csv, root in self.eval_specs]
-        for prefix, task, csv, root in sets:
-            if task == RETRIEVAL:
-                metrics = evaluate_retrieval(self.raw_model, csv, root, batch_size=self.args.batch_size,
-                                             num_workers=self.args.num_workers, precision=self.args.precision,
-                                             progress=self.args.progress).metrics
-                out.update({f"retrieval_{k}": v for k, v in metrics.items() if k.startswith(("i2t", "t2i"))})
-                continue
-            result = evaluate(self.raw_model, task, csv, root, batch_size=self.args.batch_size,
-                              num_workers=self.args.num_workers, device=None, precision=self.args.precision,
-                              n_bootstrap=0, progress=self.args.progress)
-            out[f"{prefix}_auroc"] = _finite_or_none(result.metrics["auroc"])
-            if "accuracy" in result.metrics:
-                out[f"{prefix}_accuracy"] = _finite_or_none(result.metrics["accuracy"])
-        return out
+        return validation_metrics(self.raw_model, sets, batch_size=self.args.batch_size,
+                                  num_workers=self.args.num_workers, precision=self.args.precision,
+                                  progress=self.args.progress)
 
     def _evaluate_on_main(self) -> dict:
         """`evaluate()` on rank 0 ({} elsewhere); a failure there stops every rank (collective)."""

@@ -228,11 +228,11 @@ def test_bad_validation_inputs_fail_before_training(problem, expected, tiny_mode
 
 
 def test_failed_evaluation_keeps_the_epoch_checkpoint(tiny_model_name, demo_data, tmp_path, capsys, monkeypatch):
-    import ace_lora.training as training
+    import ace_lora.evaluation.validation as validation
 
     def broken(*args, **kwargs):
         raise UserInputError("cannot read image x.jpg")
-    monkeypatch.setattr(training, "evaluate", broken)  # the zero-shot engine as the trainer calls it
+    monkeypatch.setattr(validation, "evaluate", broken)  # the zero-shot engine as training validation calls it
     out = tmp_path / "run"
     argv = run_args(tiny_model_name, demo_data, out, "--val-dataset", "chexpert", "--val-csv", demo_data.test_csv)
     assert error_line(capsys, argv) == "error: cannot read image x.jpg"
