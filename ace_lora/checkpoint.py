@@ -49,7 +49,7 @@ def _lora_entries(model: AceLoRAModel) -> Iterator[Tuple[str, str, LoRAFactors]]
             yield f"layer_{n}", PROJECTION_KEYS[p], factors
 
 
-def _adapters(model: AceLoRAModel) -> Dict[str, torch.nn.Module]:
+def adapter_modules(model: AceLoRAModel) -> Dict[str, torch.nn.Module]:
     out = {}
     for prefix, hgnn in (("img", model.image_hgnn), ("text", model.text_hgnn)):
         if hgnn is not None:
@@ -69,11 +69,11 @@ def released_state(model: AceLoRAModel, use_labels: bool = True) -> dict:
             "w_lora_A": factors.lora_A.detach().float().cpu().clone(),
             "w_lora_B": factors.lora_B.detach().float().cpu().clone(),
         }
-    for name, adapter in _adapters(model).items():
+    for name, adapter in adapter_modules(model).items():
         weights[name] = {k: v.detach().float().cpu().clone() for k, v in adapter.state_dict().items()}
     weights["logit_scale"] = model.logit_scale.detach().float().cpu().clone()
     cfg = model.config
-    loss_type = HGNN_LOSS_TYPE if _adapters(model) else LORA_ONLY_LOSS_TYPE
+    loss_type = HGNN_LOSS_TYPE if adapter_modules(model) else LORA_ONLY_LOSS_TYPE
     metadata = {"r": cfg.r, "topk": cfg.topk, "k_nearest": cfg.topk, "params": list(cfg.params),
                 "position": cfg.position, "loss_type": loss_type, "use_labels": bool(use_labels), "alpha": cfg.alpha,
                 "dropout_rate": cfg.dropout, "hidden_features": cfg.hidden_features,
@@ -131,7 +131,7 @@ def _config_from_metadata(metadata: dict) -> AceLoRAConfig:
         apply_gnn_encoders=gnn_encoders_from_metadata(metadata))
 
 
-def _copy_checked(dst: torch.Tensor, src: Any, where: str, path: str) -> None:
+def copy_checked(dst: torch.Tensor, src: Any, where: str, path: str) -> None:
     if not isinstance(src, torch.Tensor):
         raise UserInputError(f"{path}: {where} is missing or not a tensor")
     if tuple(src.shape) != tuple(dst.shape):
@@ -156,17 +156,17 @@ def load_released_weights(model: AceLoRAModel, state: dict, path: str = "checkpo
         entry = weights.get(layer, {}).get(proj)
         if entry is None:
             raise UserInputError(f"{path}: missing LoRA weights weights['{layer}']['{proj}']")
-        _copy_checked(factors.lora_A, entry.get("w_lora_A"), f"weights['{layer}']['{proj}']['w_lora_A']", path)
-        _copy_checked(factors.lora_B, entry.get("w_lora_B"), f"weights['{layer}']['{proj}']['w_lora_B']", path)
-    adapters = _adapters(model)
+        copy_checked(factors.lora_A, entry.get("w_lora_A"), f"weights['{layer}']['{proj}']['w_lora_A']", path)
+        copy_checked(factors.lora_B, entry.get("w_lora_B"), f"weights['{layer}']['{proj}']['w_lora_B']", path)
+    adapters = adapter_modules(model)
     for name, adapter in adapters.items():
         if name not in weights:
             raise UserInputError(f"{path}: missing adapter weights['{name}']")
         for key, tensor in adapter.state_dict().items():
-            _copy_checked(tensor, weights[name].get(key), f"weights['{name}']['{key}']", path)
+            copy_checked(tensor, weights[name].get(key), f"weights['{name}']['{key}']", path)
     if "logit_scale" not in weights:
         raise UserInputError(f"{path}: missing weights['logit_scale']")
-    _copy_checked(model.logit_scale.data, torch.as_tensor(weights["logit_scale"]).reshape(()),
+    copy_checked(model.logit_scale.data, torch.as_tensor(weights["logit_scale"]).reshape(()),
                   "weights['logit_scale']", path)
     extra = sorted(k for k in weights if k not in expected and k not in adapters and k != "logit_scale")
     extra += sorted(f"{layer}/{proj}" for layer in expected for proj in set(weights[layer]) - expected[layer])
@@ -211,7 +211,7 @@ def load_trainable_state_dict(model: AceLoRAModel, state: Dict[str, torch.Tensor
     for name, tensor in state.items():
         if name not in params:
             raise UserInputError(f"{path}: parameter {name} does not exist in this model")
-        _copy_checked(params[name].data, tensor, name, path)
+        copy_checked(params[name].data, tensor, name, path)
     missing = [name for name, p in params.items() if p.requires_grad and name not in state]
     if missing:
         raise UserInputError(f"{path}: has no value for {missing[0]}" + (f" and {len(missing) - 1} more trained "

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .backbone import LOCAL_PREFIX
+from .checkpoint import adapter_modules, copy_checked
 from .config import AceLoRAConfig
 from .errors import UserInputError
 from .io import prepare_output_dir
@@ -90,11 +91,9 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
     torch.save(merged_backbone_state(model), os.path.join(out_dir, WEIGHTS_FILE))
 
     tensors = {"logit_scale": model.logit_scale.detach().float().cpu().reshape(1)}
-    for prefix, hgnn in (("img", model.image_hgnn), ("text", model.text_hgnn)):
-        if hgnn is not None:
-            for part, adapter in (("edge", hgnn.edge_adapter), ("node", hgnn.node_adapter)):
-                for key, value in adapter.state_dict().items():
-                    tensors[f"{prefix}_{part}_adapter.{key}"] = value.detach().float().cpu().contiguous()
+    for name, adapter in adapter_modules(model).items():  # the released names: img_edge_adapter, ...
+        for key, value in adapter.state_dict().items():
+            tensors[f"{name}.{key}"] = value.detach().float().cpu().contiguous()
     save_file(tensors, os.path.join(out_dir, ADAPTERS_FILE))
     cfg = model.config
     summary = {"format": EXPORT_FORMAT, "base_model": model_name, "source_checkpoint": source,
@@ -166,22 +165,15 @@ def export_config(summary: dict) -> AceLoRAConfig:
 
 def load_export_trainables(model, folder: str) -> None:
     """Copy the exported adapters and scale into `model` (built with `export_config`); strict."""
-    tensors = load_file(os.path.join(folder, ADAPTERS_FILE))
+    source = os.path.join(folder, ADAPTERS_FILE)
+    tensors = load_file(source)
+    scale = tensors.get("logit_scale")
+    copy_checked(model.logit_scale.data, None if scale is None else scale.reshape(()), "logit_scale", source)
     expected = {"logit_scale"}
-    with torch.no_grad():
-        model.logit_scale.copy_(tensors["logit_scale"].reshape(()))
-        for prefix, hgnn in (("img", model.image_hgnn), ("text", model.text_hgnn)):
-            if hgnn is None:
-                continue
-            for part, adapter in (("edge", hgnn.edge_adapter), ("node", hgnn.node_adapter)):
-                for key, value in adapter.state_dict().items():
-                    name = f"{prefix}_{part}_adapter.{key}"
-                    if name not in tensors or tensors[name].shape != value.shape:
-                        raise UserInputError(f"{folder}/{ADAPTERS_FILE}: {name} is missing or has another shape")
-                    if not torch.isfinite(tensors[name]).all():
-                        raise UserInputError(f"{folder}/{ADAPTERS_FILE}: {name} holds NaN or infinite values")
-                    value.copy_(tensors[name])
-                    expected.add(name)
+    for name, adapter in adapter_modules(model).items():
+        for key, value in adapter.state_dict().items():
+            copy_checked(value, tensors.get(f"{name}.{key}"), f"{name}.{key}", source)
+            expected.add(f"{name}.{key}")
     extra = sorted(set(tensors) - expected)
     if extra:
         raise UserInputError(f"{folder}/{ADAPTERS_FILE}: tensors the model does not have: {', '.join(extra)}")

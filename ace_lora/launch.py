@@ -83,8 +83,8 @@ def check_training_args(args) -> None:
 
 
 def print_trainable_count(args, context: DistributedContext) -> int:
-    model = build_model(args.model, model_config(args))
-    count = model.num_trainable()
+    check_method_file(args.peft_config)
+    count = 0 if args.method == "bare" else build_model(args.model, model_config(args)).num_trainable()
     if context.is_main:
         print(f"trainable parameters: {count}")
     return count
@@ -116,10 +116,6 @@ def run_training(args, context: DistributedContext) -> Optional[Dict]:
     if args.demo:
         return run_demo(args, context)
     if args.dry_run:
-        if args.method == "bare":
-            print("trainable parameters: 0")
-            return None
-        check_method_file(args.peft_config)
         print_trainable_count(args, context)
         return None
     return train_in_run_folder(args, context)

@@ -30,7 +30,8 @@ from .data.tables import read_table
 from .dense.features import token_grid
 from .errors import UserInputError
 from .evaluation.figures import save_heatmap_overlay
-from .evaluation.tasks import LOGIT_SCALES
+from .evaluation.tasks import LOGIT_SCALES, SOFTMAX
+from .evaluation.zero_shot import score, temperature
 from .factory import load_model_for_eval
 from .prompts import CHEST_XRAY_TEMPLATES, prompt_ensemble_embeddings
 from .runtime import autocast, resolve_device, resolve_precision
@@ -119,16 +120,13 @@ class Predictor:
         with autocast(self.device, self.precision):
             return prompt_ensemble_embeddings(self.model, class_names, templates, self.device).float().cpu()
 
-    def temperature(self) -> float:
-        scale = self.model.base_logit_scale() if self.logit_scale == "base" else self.model.logit_scale
-        return float(scale)
+    def probabilities(self, images, classes: torch.Tensor) -> np.ndarray:
+        """(N, C) softmax over the classes of s * cosine(image, class), scored as the evaluation engine does."""
+        return score(self.embed_images(images) @ classes.T, SOFTMAX, temperature(self.model, self.logit_scale)).numpy()
 
-    @torch.no_grad()
     def classify(self, images, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
         """(N, C) probabilities: softmax over the classes of s * cosine(image, class)."""
-        classes = self.class_embeddings(class_names, templates)  # (C, D)
-        cosine = self.embed_images(images) @ classes.T  # (N, C)
-        return (self.temperature() * cosine).softmax(dim=-1).numpy()
+        return self.probabilities(images, self.class_embeddings(class_names, templates))
 
     def similarity_maps(self, images, texts: Sequence[str]) -> List[np.ndarray]:
         """Per image a (T, H, W) map: the cosine between each refined patch token and each text's
@@ -232,7 +230,6 @@ def predict_files(predictor: Predictor, paths: Sequence[str], class_names: Seque
     """predictions.csv (path, one probability column per class, predicted), unreadable.csv when files
     were skipped, and with `heatmaps_dir` one overlay PNG per image and class. Returns a summary."""
     classes = predictor.class_embeddings(class_names, templates)  # (C, D)
-    scale = predictor.temperature()
     rows, unreadable = [], []
     batches = list(_chunks(list(paths), predictor.batch_size))
     for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress):
@@ -240,7 +237,7 @@ def predict_files(predictor: Predictor, paths: Sequence[str], class_names: Seque
         unreadable += failed
         if not images:
             continue
-        probabilities = (scale * (predictor.embed_images(images) @ classes.T)).softmax(dim=-1).numpy()
+        probabilities = predictor.probabilities(images, classes)
         for position, probs in zip(positions, probabilities):
             rows.append({"path": batch[position], **dict(zip(class_names, map(float, probs))),
                          "predicted": class_names[int(np.argmax(probs))]})
