@@ -37,3 +37,33 @@ def tiny_model_name(tmp_path_factory):
     words = ("a chest x-ray image of findings suggesting no finding pneumonia pneumothorax atelectasis "
              "cardiomegaly consolidation edema pleural effusion there is")
     return write_tiny_biomedclip(str(tmp_path_factory.mktemp("tiny_biomedclip")), words.split())
+
+
+def error_exit_line(capsys, main, argv, progress_lines: bool = False) -> str:
+    """Run an entry point's `main(argv)`, expect exit status 2 and one `error: ...` line on stderr (after a
+    progress bar when `progress_lines`), no traceback; returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    if progress_lines:
+        errors = [line for line in err if "error" in line.lower() or "Traceback" in line]
+        assert len(errors) == 1 and err[-1].startswith("error: "), err
+    else:
+        assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[-1]
+
+
+def tiny_model_with_lora_updates(model_name: str):
+    """A tiny ACE-LoRA model whose LoRA B matrices are random (seed 0), so that LoRA changes its outputs."""
+    import torch
+
+    from ace_lora.config import AceLoRAConfig
+    from ace_lora.factory import build_model
+    torch.manual_seed(0)
+    model = build_model(model_name, AceLoRAConfig())
+    for layers in (model.text_lora, model.vision_lora):
+        for parts in layers.values():
+            for factors in parts.values():
+                torch.nn.init.normal_(factors.lora_B, std=0.05)
+    return model

@@ -8,18 +8,13 @@ from safetensors.torch import load_file
 
 import export
 from ace_lora.checkpoint import save_released_checkpoint
-from ace_lora.config import AceLoRAConfig
-from ace_lora.factory import build_model, load_model_for_eval
+from ace_lora.factory import load_model_for_eval
+from tests.conftest import tiny_model_with_lora_updates
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_name, tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model(tiny_model_name, AceLoRAConfig())
-    for layers in (model.text_lora, model.vision_lora):
-        for parts in layers.values():
-            for factors in parts.values():
-                torch.nn.init.normal_(factors.lora_B, std=0.05)
+    model = tiny_model_with_lora_updates(tiny_model_name)
     with torch.no_grad():
         model.logit_scale.fill_(42.0)
     path = tmp_path_factory.mktemp("weights") / "weights.pt"

@@ -11,13 +11,12 @@ from torchvision.transforms.functional import to_tensor
 import ace_lora
 import predict
 from ace_lora.checkpoint import save_released_checkpoint
-from ace_lora.config import AceLoRAConfig
 from ace_lora.data.labels import CHEXPERT_5X200_CLASSES
 from ace_lora.data.synthetic import write_demo_dataset
-from ace_lora.factory import build_model
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES
 from tests.test_parity import write_dicom_8bit
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert
+from tests.conftest import error_exit_line, tiny_model_with_lora_updates
 
 CLASSES = ["pneumonia", "pleural effusion", "edema"]
 
@@ -25,12 +24,7 @@ CLASSES = ["pneumonia", "pleural effusion", "edema"]
 @pytest.fixture(scope="module")
 def weights(tiny_model_name, tmp_path_factory):
     """A tiny model with non-zero LoRA updates, saved in the released format."""
-    torch.manual_seed(0)
-    model = build_model(tiny_model_name, AceLoRAConfig())
-    for layers in (model.text_lora, model.vision_lora):
-        for parts in layers.values():
-            for factors in parts.values():
-                torch.nn.init.normal_(factors.lora_B, std=0.05)
+    model = tiny_model_with_lora_updates(tiny_model_name)
     path = tmp_path_factory.mktemp("weights") / "weights.pt"
     save_released_checkpoint(model, str(path))
     return str(path)
@@ -104,12 +98,7 @@ def test_cli_on_a_folder_writes_predictions_heatmaps_and_config(tiny_model_name,
 
 
 def one_line(capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        predict.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0][len("error: "):]
+    return error_exit_line(capsys, predict.main, argv)[len("error: "):]
 
 
 def test_cli_bad_inputs_and_unreadable_files(tiny_model_name, mixed_folder, tmp_path, capsys):

@@ -13,6 +13,7 @@ import torch
 
 import train
 from ace_lora.data.synthetic import write_demo_dataset
+from tests.conftest import error_exit_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -89,12 +90,7 @@ def snapshot(folder):
 
 
 def one_error_line(capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return error_exit_line(capsys, train.main, argv)
 
 
 @pytest.fixture()

@@ -18,6 +18,7 @@ from ace_lora.factory import build_model, load_model_for_eval
 from ace_lora.config import AceLoRAConfig
 from ace_lora.train_step import train_step, warmup_cosine_schedule
 from ace_lora.params.training import DEMO_DEFAULTS, parse_training_args
+from tests.conftest import error_exit_line
 
 N_TRAIN = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,12 +36,7 @@ def run_args(model, data, out_dir, *extra):
 
 def error_line(capsys, argv):
     """Run train.main, expect exit status 2 and return the one-line message."""
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return error_exit_line(capsys, train.main, argv)
 
 
 def test_only_lora_adapters_and_scale_are_trainable(tiny_model_name):

@@ -22,6 +22,7 @@ from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.dense.splits import decode_error
 from ace_lora.factory import build_model
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert
+from tests.conftest import error_exit_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_MODEL = "local-dir:/nonexistent/model"  # loading it would fail: a check that passes must come first
@@ -33,13 +34,8 @@ def demo_data(tmp_path_factory):
 
 
 def one_line(capsys, main, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()  # a progress bar may precede the message
-    errors = [line for line in err if "error" in line.lower() or "Traceback" in line]
-    assert len(errors) == 1 and err[-1].startswith("error: "), err
-    return err[-1][len("error: "):]
+    # A progress bar may precede the message.
+    return error_exit_line(capsys, main, argv, progress_lines=True)[len("error: "):]
 
 
 def train_args(model, data, out, *extra):
