@@ -9,7 +9,8 @@ Examples:
       --templates "an H&E image of {}." "a histopathology image of {}."
 
 Writes predictions.csv (path, one probability column per class, predicted), unreadable.csv when
---skip-unreadable skipped files, config.yaml, and with --heatmaps one overlay PNG per image and class.
+--skip-unreadable skipped files, config.yaml, and with --heatmaps one overlay PNG per image and class
+(listed in heatmaps.csv). A folder that holds a previous prediction is refused unless --overwrite.
 The Python API is `ace_lora.load(...)` (ace_lora/predict.py).
 """
 import sys
@@ -28,11 +29,17 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
     from ace_lora.io import check_output_dir, write_resolved_config  # after parsing: --help needs no torch
-    from ace_lora.predict import collect_images, load, predict_files, read_names
+    from ace_lora.predict import (check_class_columns, check_prediction_folder, collect_images, load,
+                                  predict_files, read_names)
     classes = read_names(args.classes, "class")
+    check_class_columns(classes)
     templates = read_names(args.templates, "template") if args.templates else None
-    paths = collect_images(args.inputs, args.csv, args.column, args.data_root)
+    paths, skipped = collect_images(args.inputs, args.csv, args.column, args.data_root)
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) in the folders that are neither images nor DICOM (e.g. {skipped[0]})",
+              file=sys.stderr)
     check_output_dir(args.output_dir)
+    check_prediction_folder(args.output_dir, args.overwrite)
     if args.heatmaps:
         check_output_dir(args.heatmaps, flag="--heatmaps")
     predictor = load(args.checkpoint, model=args.model, device=args.device, precision=args.precision,

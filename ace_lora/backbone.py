@@ -14,10 +14,9 @@ from typing import Callable
 import open_clip
 from torch import nn
 
-from .config import BIOMEDCLIP_HUB
+from .config import BIOMEDCLIP_HUB, LOCAL_PREFIX
 from .errors import UserInputError
 
-LOCAL_PREFIX = "local-dir:"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, Tuple
 import numpy as np
 import torch
 
-from .errors import UserInputError
+from .errors import TrainingDiverged, UserInputError
 from .io import atomic_save
 from .lora import LoRAFactors
 from .config import AceLoRAConfig
@@ -81,7 +81,16 @@ def released_state(model: AceLoRAModel, use_labels: bool = True) -> dict:
     return {"weights": weights, "metadata": metadata}
 
 
+def check_finite_trainables(model: AceLoRAModel) -> None:
+    """No weight file or checkpoint is ever written with a NaN/inf trained tensor (TrainingDiverged)."""
+    bad = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"{len(bad)} trained tensor(s) hold NaN or infinite values ({bad[0]}, ...); "
+                               "not saved")
+
+
 def save_released_checkpoint(model: AceLoRAModel, path: str, use_labels: bool = True) -> None:
+    check_finite_trainables(model)
     atomic_save(released_state(model, use_labels), path)
 
 

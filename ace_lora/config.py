@@ -8,6 +8,7 @@ from typing import List, Optional
 from .errors import UserInputError
 
 BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+LOCAL_PREFIX = "local-dir:"  # open_clip's name for a model folder on disk
 LOSS_CHOICES = ("label_guided", "clip")
 LORA_POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top", "top3")
 LORA_PARAMS = ("q", "k", "v", "o")

@@ -12,20 +12,22 @@ The folder holds:
 script's --checkpoint) rebuilds the full ACE-LoRA model from it: the merged backbone, no LoRA left to
 apply, the adapters and the scale.
 """
+import copy
 import json
 import os
 import shutil
 from typing import Dict, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
-from .backbone import LOCAL_PREFIX
 from .checkpoint import adapter_modules, copy_checked
-from .config import AceLoRAConfig
+from .config import LOCAL_PREFIX, AceLoRAConfig
 from .errors import UserInputError
-from .io import prepare_output_dir
+from .io import atomic_save, atomic_write, prepare_output_dir
 from .lora import LoRAFactors, MergeableLoRA
+from .methods import OWN_LORA_METHODS
 
 EXPORT_CONFIG = "ace_lora_config.json"
 ADAPTERS_FILE = "ace_hgnn.safetensors"
@@ -38,8 +40,18 @@ def is_export_folder(path: Optional[str]) -> bool:
 
 
 def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
-    """The open_clip state_dict with every LoRA update merged into its frozen weight, under the plain
-    open_clip names (a LoRA wrapper's `base.` prefix dropped, its factors left out)."""
+    """The open_clip state_dict with the method's update merged into the frozen weights, under the plain
+    open_clip names: our LoRA merged (a wrapper's `base.` prefix dropped, its factors left out), a peft
+    tuner merged by peft's own `merge_and_unload` (on a copy: the model stays usable), `full` as trained.
+    A peft tuner that cannot be merged is one UserInputError."""
+    if model._peft_owner:
+        peft_type = (model.config.peft or {}).get("peft_type", "?")
+        try:
+            clip = copy.deepcopy(model._peft_owner[0]).merge_and_unload()
+        except (ValueError, NotImplementedError, AttributeError, TypeError) as error:
+            raise UserInputError(f"cannot export --method {model.config.method}: peft cannot merge its {peft_type} "
+                                 f"tuner into the backbone ({str(error).splitlines()[0]})") from None
+        return {key: value.detach().clone().cpu() for key, value in clip.state_dict().items()}
     was_merged = all(m.merged for m in model.clip.modules() if isinstance(m, MergeableLoRA))
     model.merge_lora(True)
     try:
@@ -52,6 +64,14 @@ def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
         return state
     finally:
         model.merge_lora(was_merged)
+
+
+def exported_method(config: AceLoRAConfig) -> str:
+    """The method an export states: our own LoRA is 'ace_lora' with a hypergraph and 'lora' without (a
+    released-format file does not record --method); every other method by its name."""
+    if config.method in OWN_LORA_METHODS:
+        return "ace_lora" if config.apply_gnn_encoders != "none" else "lora"
+    return config.method
 
 
 def _source_folder(model_name: str) -> str:
@@ -74,6 +94,7 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
     prepare_output_dir(out_dir)
     if os.listdir(out_dir):
         raise UserInputError(f"--output-dir {out_dir} is not empty: export into a new folder")
+    merged = merged_backbone_state(model)  # first: a method that cannot be merged leaves the folder empty
     folder = _source_folder(model_name)
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
@@ -88,17 +109,17 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
             text_cfg[key] = os.path.abspath(out_dir)
     with open(config_path, "w", encoding="utf-8") as f:
         json.dump(open_clip_config, f, indent=1)
-    torch.save(merged_backbone_state(model), os.path.join(out_dir, WEIGHTS_FILE))
+    atomic_save(merged, os.path.join(out_dir, WEIGHTS_FILE))
 
     tensors = {"logit_scale": model.logit_scale.detach().float().cpu().reshape(1)}
     for name, adapter in adapter_modules(model).items():  # the released names: img_edge_adapter, ...
         for key, value in adapter.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().float().cpu().contiguous()
-    save_file(tensors, os.path.join(out_dir, ADAPTERS_FILE))
+    atomic_write(os.path.join(out_dir, ADAPTERS_FILE), lambda f: f.write(save_safetensors(tensors)))
     cfg = model.config
     summary = {"format": EXPORT_FORMAT, "base_model": model_name, "source_checkpoint": source,
-               "method": "ace_lora" if cfg.apply_gnn_encoders != "none" else "lora",
-               "trained_config": cfg.to_dict(), "trainable_parameters": model.num_trainable(),
+               "method": exported_method(cfg),
+               "trained_config": cfg.to_dict(), "trainable_parameters": model.method_parameter_count,
                "topk": cfg.topk, "hidden_features": cfg.hidden_features,
                "apply_gnn_encoders": cfg.apply_gnn_encoders, "training_data": training_data,
                "metrics": metrics or {}, "license": license_name}
@@ -125,10 +146,7 @@ tags:
 
 # ACE-LoRA ({summary['method']}) on {summary['base_model']}
 
-LoRA (r {summary['trained_config']['r']}, alpha {summary['trained_config']['alpha']}, projections
-{', '.join(summary['trained_config']['params'])}, layers '{summary['trained_config']['position']}') merged into the
-backbone, plus the ACE-HGNN adapters (towers: {summary['apply_gnn_encoders']}, top-k {summary['topk']}) and the
-learned logit scale. Trained numbers: {summary['trainable_parameters']:,}. Training data: {summary['training_data'] or
+{_method_sentence(summary)}, plus {_hgnn_phrase(summary)} and the learned logit scale. Trained numbers: {summary['trainable_parameters']:,}. Training data: {summary['training_data'] or
 'not stated'}. Source checkpoint: {summary['source_checkpoint'] or 'not stated'}.
 
 ## Load
@@ -147,6 +165,22 @@ clip, _, preprocess = open_clip.create_model_and_transforms("local-dir:THIS_FOLD
 | metric | value |
 | --- | --- |
 {metrics}"""
+
+
+def _method_sentence(summary: dict) -> str:
+    trained = summary["trained_config"]
+    if trained["method"] == "full":
+        return "Every backbone weight fine-tuned"
+    if trained.get("peft"):
+        return f"The {summary['method']} tuner (peft {trained['peft'].get('peft_type')}) merged into the backbone"
+    return (f"LoRA (r {trained['r']}, alpha {trained['alpha']}, projections {', '.join(trained['params'])}, layers "
+            f"'{trained['position']}') merged into the backbone")
+
+
+def _hgnn_phrase(summary: dict) -> str:
+    if summary["apply_gnn_encoders"] == "none":
+        return "no ACE-HGNN adapters"
+    return f"the ACE-HGNN adapters (towers: {summary['apply_gnn_encoders']}, top-k {summary['topk']})"
 
 
 def read_export(folder: str) -> dict:

@@ -1,8 +1,8 @@
 """Building ACE-LoRA models: for training, and for evaluation from a checkpoint or the bare backbone."""
 from typing import Optional
 
-from .backbone import LOCAL_PREFIX, load_backbone
-from .config import BIOMEDCLIP_HUB, AceLoRAConfig
+from .backbone import load_backbone
+from .config import BIOMEDCLIP_HUB, LOCAL_PREFIX, AceLoRAConfig
 from .checkpoint import checkpoint_config, load_checkpoint_file, load_trainables
 from .export import export_config, is_export_folder, load_export_trainables, read_export
 from .model import AceLoRAModel

@@ -5,10 +5,19 @@ import threading
 from typing import Optional
 
 
+class StopNow(BaseException):
+    """A second signal: stop at once, without saving (a BaseException, as KeyboardInterrupt, so that no
+    `except Exception` on the way swallows it). The trainer turns it into RunInterrupted (128 + signum)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class StopRequest:
     """SIGINT / SIGTERM during training (Ctrl-C, SLURM preemption): the trainer finishes the current step,
-    saves checkpoints/last.pt and stops; a second signal stops at once. Handlers are installed only in
-    the main thread and restored on exit."""
+    saves checkpoints/last.pt and stops; a second signal stops at once (StopNow). Handlers are installed
+    only in the main thread and restored on exit."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -28,7 +37,7 @@ class StopRequest:
 
     def _handle(self, signum, _frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         self.signum = signum
         print(f"{signal.Signals(signum).name}: finishing this step, then saving checkpoints/last.pt (send it again "
               "to stop at once)", file=sys.stderr, flush=True)

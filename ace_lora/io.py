@@ -1,16 +1,17 @@
 """Files every entry point writes: output folders, atomic checkpoints, strict JSON, JSON lines, the
 resolved configuration. Importing it does not import torch."""
 import argparse
+import errno
 import json
 import math
 import os
 import tempfile
-from typing import Any, List
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import yaml
 
-from .errors import UserInputError
+from .errors import StorageError, UserInputError
 
 
 def check_output_dir(output_dir: str, flag: str = "--output-dir") -> str:
@@ -49,24 +50,80 @@ def check_output_file(path: str, flag: str = "--output") -> str:
     return path
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    import torch  # here, not at the top: the command lines import this module before --help
+STORAGE_REASONS = {errno.ENOSPC: "the device is full", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EROFS: "the file system is read-only", errno.EIO: "an I/O error of the device",
+                   errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def storage_error(error: OSError, path: str) -> StorageError:
+    """The one-line StorageError of an OSError met while writing `path`."""
+    reason = STORAGE_REASONS.get(error.errno, "the write failed")
+    return StorageError(f"cannot write {path}: {reason} ({error.strerror or error})")
+
+
+class _RecordingWriter:
+    """A file wrapper that remembers the OSError of a failed write: torch.save reports a full disk only as
+    'RuntimeError: [enforce fail at inline_container.cc] unexpected pos', which names neither cause nor file."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """`write(file)` into a temporary file in the same folder, fsync, then rename over `path`: a reader never
+    sees half a file, and a failed write (a full disk, a read-only file system) leaves the previous `path`
+    intact, removes the temporary file and raises a one-line StorageError naming the file and the cause."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.splitext(path)[1], dir=folder)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            writer = _RecordingWriter(f)
+            try:
+                write(writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        kept = (f"the previous {os.path.basename(path)} is intact" if os.path.exists(path)
+                else "nothing was written")
+        error = storage_error(err, path)
+        raise StorageError(f"{error}; {kept}") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass  # a read-only file system keeps it; it is a hidden .tmp_ file nothing reads
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save through `atomic_write`."""
+    import torch  # here, not at the top: the command lines import this module before --help
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def strict_json(value):
@@ -80,6 +137,20 @@ def strict_json(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def write_json(path: str, document: Any, indent: int = 2) -> None:
+    """Strict JSON (non-finite floats as null), written atomically."""
+    text = json.dumps(strict_json(document), indent=indent, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def read_json(path: str) -> Optional[Any]:
+    """The JSON document at `path`, None when there is no such file."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def append_jsonl(path: str, record: dict) -> None:

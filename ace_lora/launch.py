@@ -8,6 +8,7 @@ import pandas as pd
 
 from .demo import prepare_demo, write_demo_metrics
 from .data.paths import data_root_for
+from .data.tables import separator_hint
 from .distributed import DistributedContext, run_on_main
 from .errors import UserInputError
 from .evaluation.retrieval import retrieval_columns
@@ -40,14 +41,15 @@ def check_eval_inputs(args, eval_specs: List[Tuple[str, str, Optional[str]]]) ->
         try:
             header = [str(name).strip() for name in pd.read_csv(csv, nrows=0).columns]
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-            raise UserInputError(f"{csv_flag} {csv}: not a readable CSV file ({str(error).splitlines()[0]})") from None
+            raise UserInputError(f"{csv_flag} {csv}: not a readable CSV file ({str(error).splitlines()[0]})"
+                                 f"{separator_hint(csv)}") from None
         if task == RETRIEVAL:
             retrieval_columns(header, source=f"{csv_flag} {csv}")
             continue
         missing = [name for name in TASKS[task].required_columns if name not in header]
         if missing:
             raise UserInputError(f"{csv_flag} {csv}: missing column(s) {', '.join(map(repr, missing))} that the "
-                                 f"{task} task needs (found: {', '.join(header)})")
+                                 f"{task} task needs (found: {', '.join(header)}){separator_hint(csv)}")
 
 
 def check_training_args(args) -> None:
@@ -76,6 +78,9 @@ def check_training_args(args) -> None:
         raise UserInputError("--val-dataset needs --val-csv")
     if args.val_csv and not args.val_dataset:
         raise UserInputError("--val-csv needs --val-dataset (which zero-shot task it is)")
+    if args.resume and args.overwrite:
+        raise UserInputError(f"--resume {args.resume} continues the run in --output-dir, --overwrite deletes it to "
+                             "start over: give one")
     if args.init_from and args.resume:
         raise UserInputError("--init-from starts a new run from trained weights, --resume continues a run: give one")
     if args.init_from and not os.path.isfile(args.init_from):

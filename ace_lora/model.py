@@ -58,6 +58,7 @@ class AceLoRAModel(nn.Module):
             self.clip.logit_scale.requires_grad_(False)  # the learned scale below is the one trained
 
         dim = self.clip.text.output_dim if hasattr(self.clip.text, "output_dim") else self.clip.embed_dim
+        self.embed_dim = dim  # the joint space
         gnn = config.apply_gnn_encoders
         self.image_hgnn = AceHgnn(dim, config.hidden_features, config.topk) if gnn in ("both", "vision") else None
         self.text_hgnn = AceHgnn(dim, config.hidden_features, config.topk) if gnn in ("both", "text") else None
@@ -72,6 +73,8 @@ class AceLoRAModel(nn.Module):
         last_bert.key.register_forward_hook(self._capture.hook("bert_k"))
         self._vit_attn = last_attn
         self._bert_attn = last_bert
+        # What the method trains, fixed here: evaluation freezes everything, export still reports this number.
+        self.method_parameter_count = self.num_trainable()
 
     # ---- parameters ---------------------------------------------------------------------------
     def trainable_parameters(self) -> List[nn.Parameter]:

@@ -24,7 +24,7 @@ from torchvision.transforms.functional import to_pil_image
 from tqdm import tqdm
 
 from .config import BIOMEDCLIP_HUB
-from .data.images import load_image
+from .data.images import is_dicom, load_image
 from .data.paths import data_root_for, resolve_path
 from .data.tables import read_table
 from .dense.features import token_grid
@@ -39,14 +39,34 @@ from .runtime import autocast, resolve_device, resolve_precision
 ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
 
 
+def _tensor_image(image: torch.Tensor) -> Image.Image:
+    """A (1 or 3, H, W) tensor as an RGB PIL image: uint8 in 0..255, or float in [0, 1] (ToTensor's range)."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise UserInputError(f"an image tensor must be (3, H, W), got {tuple(image.shape)}")
+    if image.dtype != torch.uint8:
+        if not image.is_floating_point():
+            raise UserInputError(f"an image tensor must be uint8 (0..255) or float (0..1), not {image.dtype}")
+        if not torch.isfinite(image).all():
+            raise UserInputError("an image tensor holds NaN or infinite values")
+        low, high = image.min().item(), image.max().item()
+        if low < 0 or high > 1:
+            raise UserInputError(f"a float image tensor must hold values in [0, 1] (as ToTensor gives), got "
+                                 f"{low:.4g}..{high:.4g}: divide 0..255 values by 255, or pass uint8")
+    return to_pil_image(image.expand(3, -1, -1).cpu()).convert("RGB")
+
+
 def as_pil_images(images: Union[ImageInput, Sequence[ImageInput]]) -> List[Image.Image]:
-    """RGB PIL images from paths, PIL images or (N, 3, H, W) / (3, H, W) tensors (see the module docstring)."""
+    """RGB PIL images from paths, PIL images or (N, 3, H, W) / (3, H, W) tensors (see the module docstring);
+    an empty sequence gives an empty list."""
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     elif isinstance(images, torch.Tensor):
         if images.ndim not in (3, 4):
             raise UserInputError(f"an image tensor must be (3, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
         images = list(images) if images.ndim == 4 else [images]
+    elif not isinstance(images, (list, tuple)):
+        raise UserInputError(f"cannot use a {type(images).__name__} as images: give a path, a PIL image, a tensor "
+                             "or a list of them")
     out = []
     for image in images:
         if isinstance(image, (str, os.PathLike)):
@@ -54,13 +74,25 @@ def as_pil_images(images: Union[ImageInput, Sequence[ImageInput]]) -> List[Image
         elif isinstance(image, Image.Image):
             out.append(image.convert("RGB"))
         elif isinstance(image, torch.Tensor):
-            if image.ndim != 3 or image.shape[0] not in (1, 3):
-                raise UserInputError(f"an image tensor must be (3, H, W), got {tuple(image.shape)}")
-            out.append(to_pil_image(image.expand(3, -1, -1).cpu()).convert("RGB"))
+            out.append(_tensor_image(image))
         else:
             raise UserInputError(f"cannot use a {type(image).__name__} as an image: give a path, a PIL image or a "
                                  "tensor")
     return out
+
+
+def as_names(values: Union[str, Sequence[str]], what: str) -> List[str]:
+    """A list of non-empty, distinct names; a single string is one name (not one per letter)."""
+    names = [values] if isinstance(values, str) else list(values)
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise UserInputError(f"each {what} must be a non-empty string, got {bad[0]!r}")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise UserInputError(f"{what} {name!r} is given twice")
+        seen.add(name)
+    return names
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -78,6 +110,7 @@ class Predictor:
         if batch_size < 1:
             raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval().to(device)
+        self.embed_dim = model.embed_dim
         self.device, self.precision, self.batch_size = device, precision, batch_size
         self.logit_scale = logit_scale
 
@@ -88,8 +121,8 @@ class Predictor:
 
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
-        """(N, D) refined, L2-normalised image embeddings (CPU, float32)."""
-        out = []
+        """(N, D) refined, L2-normalised image embeddings (CPU, float32); (0, D) for no images."""
+        out = [torch.empty(0, self.embed_dim)]
         for batch in self._image_batches(images):
             with autocast(self.device, self.precision):
                 out.append(self.model.encode_image(batch).float().cpu())
@@ -97,11 +130,12 @@ class Predictor:
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """(T, D) refined, L2-normalised text embeddings (CPU, float32)."""
+        """(T, D) refined, L2-normalised text embeddings (CPU, float32); a string is one text, (0, D) for none."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            raise UserInputError("no texts to embed")
-        out = []
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise UserInputError(f"texts must be strings, got a {type(bad[0]).__name__}")
+        out = [torch.empty(0, self.embed_dim)]
         for chunk in _chunks(texts, self.batch_size):
             with autocast(self.device, self.precision):
                 out.append(self.model.encode_text(self.model.tokenize(chunk).to(self.device)).float().cpu())
@@ -109,11 +143,14 @@ class Predictor:
 
     @torch.no_grad()
     def class_embeddings(self, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """(C, D) class embeddings from the prompt ensemble `templates` (None: the chest X-ray one)."""
-        class_names = list(class_names)
+        """(C, D) class embeddings from the prompt ensemble `templates` (None: the chest X-ray one). A single
+        string is one class (one template); names must be distinct and non-empty."""
+        class_names = as_names(class_names, "class name")
         if not class_names:
             raise UserInputError("no class names given")
-        templates = list(templates) if templates is not None else list(CHEST_XRAY_TEMPLATES)
+        templates = as_names(templates, "template") if templates is not None else list(CHEST_XRAY_TEMPLATES)
+        if not templates:
+            raise UserInputError("no templates given")
         bad = [t for t in templates if t.count("{}") != 1]
         if bad:
             raise UserInputError(f"each template needs exactly one {{}} for the class name: {bad[0]!r}")
@@ -121,7 +158,8 @@ class Predictor:
             return prompt_ensemble_embeddings(self.model, class_names, templates, self.device).float().cpu()
 
     def probabilities(self, images, classes: torch.Tensor) -> np.ndarray:
-        """(N, C) softmax over the classes of s * cosine(image, class), scored as the evaluation engine does."""
+        """(N, C) softmax over the classes of s * cosine(image, class), scored as the evaluation engine does;
+        (0, C) for no images."""
         return score(self.embed_images(images) @ classes.T, SOFTMAX, temperature(self.model, self.logit_scale)).numpy()
 
     def classify(self, images, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
@@ -152,9 +190,9 @@ class Predictor:
 
 
 def load(checkpoint: Optional[str] = None, model: str = BIOMEDCLIP_HUB, device: str = "auto",
-         precision: str = "auto", batch_size: int = 64, logit_scale: str = "base") -> Predictor:
+         precision: str = "fp32", batch_size: int = 64, logit_scale: str = "base") -> Predictor:
     """A Predictor for a released weight file, one of our checkpoints, an exported folder, or (None)
-    the bare BiomedCLIP backbone `model`."""
+    the bare BiomedCLIP backbone `model`. fp32 by default, as the release evaluated ('bf16' / 'auto' for speed)."""
     resolved = resolve_device(device)
     net = load_model_for_eval(model, checkpoint, device=resolved)
     return Predictor(net, resolved, resolve_precision(precision, resolved), batch_size, logit_scale)
@@ -163,26 +201,40 @@ def load(checkpoint: Optional[str] = None, model: str = BIOMEDCLIP_HUB, device: 
 # --------------------------------------------------------------------------- files in, files out (predict.py)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+# predictions.csv's own columns: class names may not take them (the image paths would be lost).
+PREDICTION_COLUMNS = ("path", "predicted")
+# What predict.py writes into --output-dir: a folder holding any of them holds a previous prediction.
+PREDICT_FILES = ("predictions.csv", "unreadable.csv", "heatmaps.csv", "config.yaml")
+
+
+def _folder_images(folder: str) -> Tuple[List[str], List[str]]:
+    """(images, other files) below `folder`, sorted: image suffixes, and DICOM files by their DICM prefix
+    whatever their name (DICOM files often have none, or numeric ones such as 1.2.840.113619.2.55)."""
+    images, others = [], []
+    for path in sorted(os.path.join(d, name) for d, _, names in os.walk(folder) for name in names):
+        (images if path.lower().endswith(IMAGE_SUFFIXES) or is_dicom(path) else others).append(path)
+    return images, others
 
 
 def collect_images(inputs: Sequence[str], csv: Optional[str] = None, column: str = "Path",
-                   data_root: Optional[str] = None) -> List[str]:
-    """Image paths from folders (searched recursively for IMAGE_SUFFIXES), glob patterns and files, or
-    from a CSV column (relative paths start at `data_root`, default: the CSV's folder). Order: as given,
-    each folder and glob sorted."""
+                   data_root: Optional[str] = None) -> Tuple[List[str], List[str]]:
+    """(image paths, files skipped in folders) from folders (searched recursively: IMAGE_SUFFIXES and DICOM
+    files by content), glob patterns and files, or from a CSV column (relative paths start at `data_root`,
+    default: the CSV's folder). Order: as given, each folder and glob sorted."""
     paths: List[str] = []
+    skipped: List[str] = []
     if csv is not None:
         table = read_table(csv, (column,), dtype={column: str})
         root = data_root_for(csv, data_root)
         paths += [resolve_path(p, root) for p in table[column] if not pd.isna(p)]
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(item) for name in names
-                           if name.lower().endswith(IMAGE_SUFFIXES))
+            found, others = _folder_images(item)
             if not found:
                 raise UserInputError(f"{item}: no images in this folder or below (looked for "
-                                     f"{', '.join(IMAGE_SUFFIXES)})")
+                                     f"{', '.join(IMAGE_SUFFIXES)} and DICOM files)")
             paths += found
+            skipped += others
         elif any(ch in item for ch in "*?["):
             found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             if not found:
@@ -194,11 +246,20 @@ def collect_images(inputs: Sequence[str], csv: Optional[str] = None, column: str
             raise UserInputError(f"{item}: no such file or folder")
     if not paths:
         raise UserInputError("no images given: name folders, files or glob patterns, or --csv with --column")
-    return paths
+    return paths, skipped
+
+
+def check_class_columns(class_names: Sequence[str]) -> None:
+    """No class may be named as one of predictions.csv's own columns (PREDICTION_COLUMNS)."""
+    taken = [n for n in class_names if n in PREDICTION_COLUMNS]
+    if taken:
+        raise UserInputError(f"class {taken[0]!r} is the name of a predictions.csv column "
+                             f"({', '.join(PREDICTION_COLUMNS)}): rename it")
 
 
 def read_names(values: Sequence[str], what: str) -> List[str]:
-    """Names given on the command line, or one per line of a text file (a single value ending in .txt)."""
+    """Names given on the command line, or one per line of a text file (a single value ending in .txt):
+    non-empty and distinct."""
     if len(values) == 1 and values[0].lower().endswith(".txt"):
         if not os.path.isfile(values[0]):
             raise UserInputError(f"{what} file not found: {values[0]}")
@@ -206,8 +267,27 @@ def read_names(values: Sequence[str], what: str) -> List[str]:
             names = [line.strip() for line in f if line.strip()]
         if not names:
             raise UserInputError(f"{what} file {values[0]} has no names (one per line)")
-        return names
-    return [v for v in values if v.strip()]
+    else:
+        names = list(values)
+    return as_names(names, what)
+
+
+def check_prediction_folder(output_dir: str, overwrite: bool) -> None:
+    """Refuse a --output-dir that holds a previous prediction unless --overwrite; with it, remove that
+    prediction's files (and the heatmaps its heatmaps.csv lists) so that nothing of it stays mixed in."""
+    present = [name for name in PREDICT_FILES if os.path.lexists(os.path.join(output_dir, name))]
+    if not present:
+        return
+    if not overwrite:
+        raise UserInputError(f"--output-dir {output_dir} holds a previous prediction ({', '.join(present)}): "
+                             "choose another --output-dir, or --overwrite to replace it")
+    listing = os.path.join(output_dir, "heatmaps.csv")
+    if os.path.isfile(listing):
+        for path in pd.read_csv(listing, dtype=str)["heatmap"]:
+            if os.path.isfile(path):
+                os.remove(path)
+    for name in present:
+        os.remove(os.path.join(output_dir, name))
 
 
 def _load_readable(paths: Sequence[str], skip_unreadable: bool) -> Tuple[List[int], List[Image.Image], List[tuple]]:
@@ -228,11 +308,14 @@ def predict_files(predictor: Predictor, paths: Sequence[str], class_names: Seque
                   templates: Optional[Sequence[str]], output_dir: str, heatmaps_dir: Optional[str] = None,
                   skip_unreadable: bool = False, progress: bool = True) -> dict:
     """predictions.csv (path, one probability column per class, predicted), unreadable.csv when files
-    were skipped, and with `heatmaps_dir` one overlay PNG per image and class. Returns a summary."""
+    were skipped, and with `heatmaps_dir` one overlay PNG per image and class, listed in heatmaps.csv
+    (path, class, heatmap). Returns a summary."""
+    class_names = as_names(class_names, "class")
+    check_class_columns(class_names)
     classes = predictor.class_embeddings(class_names, templates)  # (C, D)
-    rows, unreadable = [], []
+    rows, unreadable, heatmaps = [], [], []
     batches = list(_chunks(list(paths), predictor.batch_size))
-    for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress):
+    for number, batch in enumerate(tqdm(batches, desc="predict", unit="batch", disable=not progress)):
         positions, images, failed = _load_readable(batch, skip_unreadable)
         unreadable += failed
         if not images:
@@ -243,9 +326,11 @@ def predict_files(predictor: Predictor, paths: Sequence[str], class_names: Seque
                          "predicted": class_names[int(np.argmax(probs))]})
         if heatmaps_dir is not None:
             for position, image, maps in zip(positions, images, predictor.maps_to(images, classes)):
-                for name, heat in zip(class_names, maps):
-                    save_heatmap_overlay(image, heat, heatmap_path(heatmaps_dir, batch[position], name),
-                                         title=f"{os.path.basename(batch[position])}: {name}")
+                image_number = number * predictor.batch_size + position
+                for class_number, (name, heat) in enumerate(zip(class_names, maps)):
+                    target = heatmap_path(heatmaps_dir, image_number, batch[position], class_number, name)
+                    save_heatmap_overlay(image, heat, target, title=f"{os.path.basename(batch[position])}: {name}")
+                    heatmaps.append((batch[position], name, target))
     if not rows:
         raise UserInputError(f"none of the {len(paths)} images could be read")
     os.makedirs(output_dir, exist_ok=True)
@@ -254,11 +339,15 @@ def predict_files(predictor: Predictor, paths: Sequence[str], class_names: Seque
     if unreadable:
         pd.DataFrame(unreadable, columns=["path", "error"]).to_csv(os.path.join(output_dir, "unreadable.csv"),
                                                                    index=False)
+    if heatmaps:
+        pd.DataFrame(heatmaps, columns=["path", "class", "heatmap"]).to_csv(os.path.join(output_dir, "heatmaps.csv"),
+                                                                            index=False)
     return {"n_images": len(paths), "n_predicted": len(rows), "n_unreadable": len(unreadable)}
 
 
-def heatmap_path(folder: str, image_path: str, class_name: str) -> str:
-    """<folder>/<image file stem>__<class>.png (characters other than letters, digits, - and _ as _)."""
+def heatmap_path(folder: str, image_number: int, image_path: str, class_number: int, class_name: str) -> str:
+    """<folder>/<image number>_<file stem>__<class number>_<class>.png: unique per (input, class) even when
+    stems or class names agree after characters other than letters, digits, - and _ become _."""
     stem = os.path.splitext(os.path.basename(image_path))[0]
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{stem}__{class_name}")
-    return os.path.join(folder, f"{safe}.png")
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{stem}__{class_number:02d}_{class_name}")
+    return os.path.join(folder, f"{image_number:05d}_{safe}.png")

@@ -28,6 +28,7 @@ time) and results_<evaluation>.png.
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,12 +38,12 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from .errors import UserInputError, main_guard
+from .config import LOCAL_PREFIX
+from .errors import RunInterrupted, UserInputError, main_guard
 from .evaluation.tasks import RETRIEVAL, TASKS
-from .io import prepare_output_dir, read_yaml_mapping
+from .io import prepare_output_dir, read_json, read_yaml_mapping, write_json
 from .methods import METHODS
 from .params import HelpFormatter
-from .run_folder import remove_stale_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DENSE_SCRIPTS = {"siim_segmentation": "segmentation_siim.py", "rsna_detection": "detection_rsna.py"}
@@ -68,7 +69,34 @@ def flags(values: dict) -> List[str]:
     return out
 
 
+# Keys whose values are paths: relative ones in a sweep YAML start at the YAML's folder.
+PATH_KEYS = ("train_csv", "data_root", "label_csv", "val_csv", "val_data_root", "init_from", "peft_config",
+             "image_cache", "csv", "split_dir")
+
+
+def _absolute(value: str, base: str) -> str:
+    return value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+
+
+def resolve_paths(values: dict, base: str) -> dict:
+    """`values` (train flags, an evaluation, overrides) with every relative path made absolute from `base`:
+    PATH_KEYS, the CSV and root of each --eval-datasets TASK:CSV[:ROOT] entry, and a local-dir: model."""
+    out = dict(values)
+    for key, value in values.items():
+        if key in PATH_KEYS and isinstance(value, str):
+            out[key] = _absolute(value, base)
+        elif key == "eval_datasets" and isinstance(value, (list, tuple)):
+            out[key] = [":".join([spec.split(":")[0]] + [_absolute(p, base) for p in spec.split(":")[1:]])
+                        for spec in value]
+        elif key == "model" and isinstance(value, str) and value.startswith(LOCAL_PREFIX):
+            out[key] = LOCAL_PREFIX + _absolute(value[len(LOCAL_PREFIX):], base)
+        elif key == "overrides" and isinstance(value, dict):
+            out[key] = resolve_paths(value, base)
+    return out
+
+
 def read_sweep(path: str) -> dict:
+    """The sweep YAML, checked, with relative paths resolved against its own folder."""
     sweep = read_yaml_mapping(path, "sweep config")
     for key in ("model", "runs", "evaluations"):
         if key not in sweep:
@@ -82,39 +110,80 @@ def read_sweep(path: str) -> dict:
     for evaluation in sweep["evaluations"]:
         if evaluation.get("task") not in (*TASKS, RETRIEVAL, *DENSE_SCRIPTS):
             raise UserInputError(f"{path}: evaluation {evaluation.get('name')}: unknown task {evaluation.get('task')!r}")
+    base = os.path.dirname(os.path.abspath(path))
+    sweep = resolve_paths(sweep, base)
+    sweep["train"] = resolve_paths(sweep.get("train") or {}, base)
+    sweep["runs"] = [resolve_paths(run, base) for run in sweep["runs"]]
+    sweep["evaluations"] = [resolve_paths(evaluation, base) for evaluation in sweep["evaluations"]]
     return sweep
 
 
 def write_done(folder: str, record: dict) -> None:
-    tmp = os.path.join(folder, f".{DONE}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, os.path.join(folder, DONE))
+    write_json(os.path.join(folder, DONE), record)
 
 
 def read_done(folder: str) -> Optional[dict]:
-    path = os.path.join(folder, DONE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(os.path.join(folder, DONE))
 
 
 def run_script(command: List[str], log_path: str) -> Optional[str]:
-    """Run a script, its output into `log_path`; None on success, else its last error line."""
-    with open(log_path, "w", encoding="utf-8") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if done.returncode == 0:
+    """Run a script, its output appended to `log_path`; None on success, else its last error line.
+
+    The script runs in its own session, so a Ctrl-C at the terminal reaches only the sweep, which
+    forwards SIGINT / SIGTERM to it once and waits: the training saves its checkpoint and exits, and the
+    sweep then stops with RunInterrupted (a second signal is forwarded too: the training stops at once).
+    """
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
+        log.flush()
+        offset = log.tell()  # this attempt's output starts here
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        received: List[int] = []
+
+        def forward(signum, _frame):
+            received.append(signum)
+            child.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            returncode = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if received:
+        raise SweepInterrupted(received[0], returncode)
+    if returncode == 0:
         return None
     with open(log_path, encoding="utf-8") as log:
+        log.seek(offset)
         lines = [line.strip() for line in log if line.strip()]
     errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
-    return (errors or lines or [f"exit status {done.returncode}"])[-1]
+    return (errors or lines or [f"exit status {returncode}"])[-1]
+
+
+class SweepInterrupted(Exception):
+    """A signal reached the sweep while a part ran; the part has been told and has exited."""
+
+    def __init__(self, signum: int, returncode: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.returncode = signum, returncode
+
+
+TRAIN_TIME = "train_time.json"  # seconds of every training attempt of a part, added up
+
+
+def _add_train_time(part: str, seconds: float) -> float:
+    path = os.path.join(part, TRAIN_TIME)
+    total = seconds + (read_json(path) or {}).get("seconds", 0.0)
+    write_json(path, {"seconds": total})
+    return total
 
 
 def train_part(sweep: dict, run: dict, seed: int, folder: str) -> dict:
-    """Train one run (skipped when finished or for `bare`); {status, checkpoint, trainable, seconds}."""
+    """Train one run (skipped when finished or for `bare`); {status, checkpoint, trainable, seconds}.
+
+    `seconds` counts every attempt (an interrupted one too); a resumed part appends to train.log."""
     method = run.get("method", "ace_lora")
     if method == "bare":
         return {"status": "ok", "checkpoint": None, "trainable": 0, "seconds": 0.0}
@@ -123,21 +192,22 @@ def train_part(sweep: dict, run: dict, seed: int, folder: str) -> dict:
     if done is not None:
         return done
     os.makedirs(part, exist_ok=True)
-    if remove_stale_lock(part):  # a killed sweep left its training's lock behind: the sweep owns this folder
-        print(f"removed the stale lock of a killed training in {part}", flush=True)
     values = {**sweep.get("train", {}), **run.get("overrides", {}), "method": method, "seed": seed,
               "model": sweep["model"], "output_dir": part, "resume": "auto", "no_progress": True}
     launcher = sweep.get("launcher") or []
     script = os.path.join(ROOT, "train_multi_gpu.py" if launcher else "train.py")
     start = time.perf_counter()
-    error = run_script([*map(str, launcher), *([] if launcher else [sys.executable]), script, *flags(values)],
-                       os.path.join(folder, "train.log"))
+    try:
+        error = run_script([*map(str, launcher), *([] if launcher else [sys.executable]), script, *flags(values)],
+                           os.path.join(folder, "train.log"))
+    finally:
+        seconds = _add_train_time(part, time.perf_counter() - start)
     if error is not None:
         return {"status": "failed", "error": error}
     import torch  # here: reading the checkpoint is the only torch work of the sweep process (fast --help)
     checkpoint = os.path.join(part, "checkpoints", "best.pt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    record = {"status": "ok", "checkpoint": checkpoint, "seconds": time.perf_counter() - start,
+    record = {"status": "ok", "checkpoint": checkpoint, "seconds": seconds,
               "trainable": int(sum(t.numel() for t in state["trainable"].values()))}
     write_done(part, record)
     return record
@@ -314,15 +384,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.demo == bool(args.config):
         raise UserInputError("give a sweep YAML or --demo (one of them)")
+    args.output_dir = os.path.abspath(args.output_dir)  # the parts run scripts by absolute path, from anywhere
     prepare_output_dir(args.output_dir)
     sweep = demo_sweep(args.output_dir) if args.demo else read_sweep(args.config)
     with open(os.path.join(args.output_dir, "sweep.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(sweep, f, sort_keys=False)
-    results = run_sweep(sweep, args.output_dir)
+    try:
+        results = run_sweep(sweep, args.output_dir)
+    except SweepInterrupted as stop:
+        again = "--demo" if args.demo else args.config
+        raise RunInterrupted(f"{stop}: the sweep stopped after its running part saved and exited (status "
+                             f"{stop.returncode}); continue with: python -m ace_lora.sweep {again} --output-dir "
+                             f"{args.output_dir}", 128 + stop.signum) from None
     write_results(sweep, results, args.output_dir)
     failed = results[results["status"] != "ok"]
     print(f"wrote {os.path.join(args.output_dir, 'results.md')} ({len(failed)} failed part(s))")
-    return 0
+    return 1 if len(failed) else 0
 
 
 if __name__ == "__main__":

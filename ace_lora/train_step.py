@@ -4,13 +4,13 @@
 """
 import inspect
 import math
-from typing import Tuple
+from typing import Iterable, Tuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .distributed import DistributedContext, all_ranks_true
-from .errors import UserInputError
+from .errors import TrainingDiverged
 from .loss import gather_batch, label_guided_info_nce
 from .model import AceLoRAModel
 from .runtime import autocast
@@ -26,8 +26,10 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class NonFiniteLoss(UserInputError):
-    """A NaN/inf loss: the run stops before the update, so the last checkpoint stays the last good one."""
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Every value of every tensor is finite (one device sync)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all().item()) if flags else True
 
 
 def train_step(model, batch, optimizer, scheduler, scaler, *, device: torch.device, precision: str,
@@ -36,7 +38,10 @@ def train_step(model, batch, optimizer, scheduler, scaler, *, device: torch.devi
 
     `model` is the AceLoRAModel or its DistributedDataParallel wrapper. With `gather_negatives` in DDP
     the loss is computed over the global batch on every rank (ace_lora.loss.gather_batch). A NaN/inf loss
-    on any rank stops every rank before the update. Returns (loss, learning rate of this step).
+    or gradient on any rank stops every rank before the update (TrainingDiverged), and so does a weight
+    that the update made non-finite: the run never continues, or saves, from non-finite weights. With
+    fp16 the gradient scaler skips steps with inf gradients itself, so gradients are not checked there.
+    Returns (loss, learning rate of this step).
     """
     images, ids, labels = (t.to(device, non_blocking=True) for t in batch)
     optimizer.zero_grad(set_to_none=True)
@@ -48,12 +53,18 @@ def train_step(model, batch, optimizer, scheduler, scaler, *, device: torch.devi
     loss = label_guided_info_nce(image_emb, text_emb, scale, labels)
     value = loss.item()
     if not all_ranks_true(math.isfinite(value), context):
-        raise NonFiniteLoss(f"the training loss became {value} (on this or another rank)")
+        raise TrainingDiverged(f"the training loss became {value} (on this or another rank)")
     lr = optimizer.param_groups[0]["lr"]
     scaler.scale(loss).backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not scaler.is_enabled() and not all_ranks_true(all_finite(p.grad for p in params if p.grad is not None),
+                                                      context):
+        raise TrainingDiverged("a gradient became NaN or infinite (on this or another rank)")
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+    if not all_ranks_true(all_finite(params), context):
+        raise TrainingDiverged("a trained weight became NaN or infinite in the update (on this or another rank)")
     return value, lr
 
 

@@ -19,25 +19,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (init_trainables_from, load_trainable_state_dict,
+from .checkpoint import (check_finite_trainables, init_trainables_from, load_trainable_state_dict,
                          restore_rng_state, rng_state, save_released_checkpoint, trainable_state_dict)
 from .data.train_dataset import (TokenizingCollate, build_training_dataset, epoch_loader, iterate_batches,
                                  steps_per_epoch)
 from .distributed import (DistributedContext, all_ranks_true, barrier, gather_objects, run_on_main,
                           sum_over_ranks)
 from .config import AceLoRAConfig
-from .errors import RunInterrupted, UserInputError
+from .errors import RunInterrupted, TrainingDiverged, UserInputError
 from .evaluation.figures import plot_training_curves
 from .evaluation.tasks import parse_eval_specs
 from .evaluation.validation import validation_metrics
 from .factory import build_model
-from .interrupts import StopRequest
+from .interrupts import StopNow, StopRequest
 from .io import append_jsonl, atomic_save, read_jsonl, write_resolved_config
 from .loggers import ScalarLoggers
 from .methods import OWN_LORA_METHODS, peft_config_for
 from .model import AceLoRAModel
 from .resume import CHECKPOINT_FORMAT, data_identity
-from .train_step import NonFiniteLoss, train_step, warmup_cosine_schedule, wrap_ddp
+from .train_step import train_step, warmup_cosine_schedule, wrap_ddp
 
 METRICS_FILE = "metrics.jsonl"  # one record per epoch (and epoch 0 / a final partial epoch)
 STEPS_FILE = "steps.jsonl"  # mean loss and learning rate every --log-every-steps
@@ -114,6 +114,7 @@ class Trainer:
         self.epoch_loss = [0.0, 0]  # this rank's (sum, count) over the current epoch
         self.log_loss = [0.0, 0]  # (sum, count) since the last steps.jsonl record
         self.best: Optional[dict] = None  # {"metric", "value", "epoch"}
+        self.saved_step: Optional[int] = None  # the step of checkpoints/last.pt
         self.images_per_step = args.batch_size * context.world_size
         self.stop = StopRequest()
         self.loggers: Optional[ScalarLoggers] = None  # TensorBoard / W&B, rank 0 (created in fit)
@@ -164,6 +165,11 @@ class Trainer:
         """checkpoints/last.pt (and best.pt) plus, for our own LoRA methods, the released-format weights
         (the other methods have no released format: their checkpoints load everywhere); collective in DDP."""
         rng_states = gather_objects(rng_state(), self.context)
+        try:
+            check_finite_trainables(self.raw_model)
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{err} at step {self.step}; {self._kept()}; try a lower --lr or --precision "
+                                   "fp32") from None
         if self.context.is_main:
             state = self._state(rng_states)
             use_labels = self.args.loss == "label_guided"
@@ -172,6 +178,7 @@ class Trainer:
                 if self.config.method in OWN_LORA_METHODS:
                     save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format(name)),
                                              use_labels=use_labels)
+        self.saved_step = self.step
 
     def resume(self) -> None:
         state, path = self.resume_state, self.resume_state["path"]
@@ -195,6 +202,7 @@ class Trainer:
         except (ValueError, KeyError) as err:
             raise UserInputError(f"{path}: optimizer state does not fit this model ({err})") from err
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        self.saved_step = self.step
         self.epoch_loss, self.log_loss = list(state["epoch_loss"]), list(state["log_loss"])
         self.best = state["best"]
         restore_rng_state(state["rng"][self.context.rank])
@@ -254,11 +262,10 @@ class Trainer:
                                       device=self.device, precision=args.precision,
                                       use_labels=args.loss == "label_guided",
                                       gather_negatives=args.gather_negatives, context=ctx)
-            except NonFiniteLoss as err:
-                last = os.path.join(self.checkpoint_dir, "last.pt")
-                kept = f"last good checkpoint: {last}" if os.path.isfile(last) else "no checkpoint was written yet"
-                raise NonFiniteLoss(f"{err} at step {self.step + 1} (epoch {self.epoch + 1}); stopped before the "
-                                    f"update, {kept}; try a lower --lr or --precision fp32") from None
+            except TrainingDiverged as err:
+                bar.close()
+                raise TrainingDiverged(f"{err} at step {self.step + 1} (epoch {self.epoch + 1}); stopped without "
+                                       f"saving it; {self._kept()}; try a lower --lr or --precision fp32") from None
             self.step += 1
             self.step_in_epoch += 1
             steps_run += 1
@@ -274,7 +281,8 @@ class Trainer:
             epoch_done = self.step_in_epoch == self.steps_per_epoch
             if self._max_steps_reached() and not epoch_done:
                 bar.close()
-                self.save()
+                # no epoch has ended yet: the final weights are the best known, and best.pt is what evaluations read
+                self.save(best=not os.path.isfile(os.path.join(self.checkpoint_dir, "best.pt")))
                 return False, time.perf_counter() - start, steps_run
             if args.save_every_steps and self.step % args.save_every_steps == 0 and not epoch_done:
                 self.save()
@@ -284,6 +292,13 @@ class Trainer:
     def _stop_requested(self) -> bool:
         """A signal reached this or another rank (collective: every rank stops at the same step)."""
         return not all_ranks_true(self.stop.signum is None, self.context)
+
+    def _kept(self) -> str:
+        """What a stopped run leaves to continue from (every checkpoint written holds finite weights only)."""
+        if self.saved_step is not None:
+            return (f"the last checkpoint, {os.path.join(self.checkpoint_dir, 'last.pt')} (step {self.saved_step}), "
+                    "holds finite weights; continue from it with --resume latest")
+        return "nothing was saved, so start again with --overwrite"
 
     def _save_and_stop(self) -> None:
         self.save()
@@ -347,15 +362,23 @@ class Trainer:
             print(f"training {self.raw_model.num_trainable()} parameters on {len(self.dataset)} image-report pairs: "
                   f"{self.steps_per_epoch} steps/epoch x {args.epochs} epochs, {ctx.world_size} process(es), "
                   f"batch {args.batch_size} per process, {args.precision} on {self.device}")
-        with self.stop:
-            while self.epoch < args.epochs and not self._max_steps_reached():
-                epoch_done, seconds, steps_run = self._train_epoch()
-                if epoch_done:
-                    self._end_epoch(seconds, steps_run)
+        try:
+            with self.stop:
+                while self.epoch < args.epochs and not self._max_steps_reached():
+                    epoch_done, seconds, steps_run = self._train_epoch()
+                    if epoch_done:
+                        self._end_epoch(seconds, steps_run)
+        except StopNow as stop:
+            raise RunInterrupted(f"{stop}: stopped at once during step {self.step + 1}; {self._kept()}",
+                                 128 + stop.signum) from None
         if self.step_in_epoch and self.has_eval:
             run_on_main(self._validate_partial_epoch, ctx, "evaluation")
         if ctx.is_main:
             self._plot_curves()
+            reason = (f"stopped at --max-steps {args.max_steps}" if self.epoch < args.epochs
+                      else f"finished {args.epochs} epochs")
+            print(f"{reason} (step {self.step}); weights: {os.path.join(self.checkpoint_dir, 'last.pt')} and "
+                  f"{os.path.join(self.checkpoint_dir, 'best.pt')}", flush=True)
         barrier(ctx)
         return {"epoch": self.epoch, "step": self.step, "best": self.best}
 

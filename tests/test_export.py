@@ -8,7 +8,10 @@ from safetensors.torch import load_file
 
 import export
 from ace_lora.checkpoint import save_released_checkpoint
-from ace_lora.factory import load_model_for_eval
+from ace_lora.factory import build_model, load_model_for_eval
+from ace_lora.io import atomic_save
+from ace_lora.methods import METHODS
+from tests.test_methods import method_config
 from tests.conftest import tiny_model_with_lora_updates
 
 
@@ -54,7 +57,8 @@ def test_export_round_trip_and_plain_open_clip_load(tiny_model_name, trained, tm
     assert card.startswith("---\nlicense: mit\nlibrary_name: open_clip\n") and "| auroc | 0.8125 |" in card
     assert "synthetic demo" in card and "note" not in card
     summary = json.loads((out / "ace_lora_config.json").read_text())
-    assert summary["trainable_parameters"] == original.num_trainable() and summary["method"] == "ace_lora"
+    trained = build_model(tiny_model_name, original.config).num_trainable()  # what training trains (78,593)
+    assert summary["trainable_parameters"] == trained > 0 and summary["method"] == "ace_lora"
 
 
 def test_export_refuses_a_non_empty_folder_and_a_bad_metrics_file(tiny_model_name, trained, tmp_path, capsys):
@@ -71,3 +75,67 @@ def test_export_refuses_a_non_empty_folder_and_a_bad_metrics_file(tiny_model_nam
         export.main(["--model", tiny_model_name, "--checkpoint", trained, "--output-dir", str(tmp_path / "o"),
                      "--metrics", str(bad)])
     assert "not a readable JSON file" in capsys.readouterr().err
+
+
+def trained_checkpoint(model_name, method, path, peft_file=None):
+    """A training checkpoint of `method` whose trained tensors all moved away from their initial values."""
+    torch.manual_seed(0)
+    model = build_model(model_name, method_config(method, gnn="both" if method == "ace_lora" else "none",
+                                                  peft_file=peft_file))
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    atomic_save({"trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                 "model_config": model.config.to_dict()}, str(path))
+    return model
+
+
+EXPORTABLE = [m for m in METHODS if m != "bare"]  # bare trains nothing: training refuses it, so there is no file
+
+
+@pytest.mark.parametrize("method", EXPORTABLE)
+def test_every_method_exports_to_a_folder_that_loads_to_equal_embeddings(tiny_model_name, tmp_path, method):
+    peft_file = None
+    if method == "peft":
+        peft_file = tmp_path / "lora_r2.json"
+        peft_file.write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2}))
+    model = trained_checkpoint(tiny_model_name, method, tmp_path / "last.pt", peft_file and str(peft_file))
+    out = tmp_path / "export"
+    assert export.main(["--model", tiny_model_name, "--checkpoint", str(tmp_path / "last.pt"), "--output-dir",
+                        str(out)]) == 0
+    summary = json.loads((out / "ace_lora_config.json").read_text())
+    assert summary["method"] == method and summary["trainable_parameters"] == model.num_trainable()
+    assert f"Trained numbers: {model.num_trainable():,}" in (out / "README.md").read_text()
+    weights = torch.load(out / "open_clip_pytorch_model.bin", weights_only=True)
+    assert not [k for k in weights if "lora_" in k or "base_layer" in k or "hada_" in k or "ia3_" in k
+                or "vera_" in k], "peft's keys left in the export"
+    model.eval()
+    exported = load_model_for_eval("hf-hub:unused", str(out))
+    images = torch.randn(2, 3, 64, 64)
+    ids = model.tokenize(["findings suggesting edema", "a chest x-ray image of pneumonia"])
+    with torch.no_grad():
+        torch.testing.assert_close(exported.encode_image(images), model.encode_image(images), rtol=0, atol=1e-5)
+        torch.testing.assert_close(exported.encode_text(ids), model.encode_text(ids), rtol=0, atol=1e-5)
+        clip, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
+        clip.eval()
+        torch.testing.assert_close(clip.encode_image(images, normalize=True),
+                                   model.encode_image(images) if method != "ace_lora" else
+                                   model.clip.encode_image(images, normalize=True), rtol=0, atol=1e-5)
+
+
+def test_a_tuner_peft_cannot_merge_is_one_line_and_writes_nothing(tiny_model_name, tmp_path, capsys, monkeypatch):
+    import peft.tuners.lora
+
+    trained_checkpoint(tiny_model_name, "dora", tmp_path / "last.pt")
+
+    def cannot_merge(self, *args, **kwargs):
+        raise NotImplementedError("merging is not supported for this tuner")
+
+    monkeypatch.setattr(peft.tuners.lora.LoraModel, "merge_and_unload", cannot_merge)
+    out = tmp_path / "export"
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--model", tiny_model_name, "--checkpoint", str(tmp_path / "last.pt"), "--output-dir", str(out)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: cannot export --method dora: peft cannot merge its LORA tuner "
+                                               "into the backbone (merging is not supported for this tuner)")
+    assert list(out.iterdir()) == []

@@ -13,6 +13,7 @@ import predict
 from ace_lora.checkpoint import save_released_checkpoint
 from ace_lora.data.labels import CHEXPERT_5X200_CLASSES
 from ace_lora.data.synthetic import write_demo_dataset
+from ace_lora.errors import UserInputError
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES
 from tests.test_parity import write_dicom_8bit
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert
@@ -92,7 +93,9 @@ def test_cli_on_a_folder_writes_predictions_heatmaps_and_config(tiny_model_name,
     assert (table["predicted"] == table[CLASSES].idxmax(axis=1)).all()
     api = ace_lora.load(weights, model=tiny_model_name, device="cpu")
     np.testing.assert_allclose(table[CLASSES].to_numpy(), api.classify(list(table["path"]), CLASSES), atol=1e-6)
-    assert len(list(heat.glob("*.png"))) == 4 * 3 and (heat / "d__pleural_effusion.png").is_file()
+    assert len(list(heat.glob("*.png"))) == 4 * 3 and (heat / "00002_d__01_pleural_effusion.png").is_file()
+    listing = pd.read_csv(out / "heatmaps.csv")
+    assert len(listing) == 12 and listing["heatmap"].map(os.path.isfile).all()
     assert (out / "config.yaml").is_file() and not (out / "unreadable.csv").exists()
     assert "predicted 4 of 4 images" in capsys.readouterr().out
 
@@ -121,3 +124,87 @@ def test_cli_bad_inputs_and_unreadable_files(tiny_model_name, mixed_folder, tmp_
     skipped = pd.read_csv(tmp_path / "o" / "unreadable.csv")
     assert skipped["path"].tolist() == [str(broken / "bad.png")] and "cannot read image" in skipped["error"][0]
     assert "1 unreadable listed in unreadable.csv" in capsys.readouterr().out
+
+
+def test_heatmaps_are_unique_per_input_and_class_and_listed(tiny_model_name, weights, tmp_path):
+    """a/x.png, b/x.png and x.jpg with the classes 'pleural effusion' and 'pleural_effusion' once wrote 2 files for 6."""
+    scans = tmp_path / "scans"
+    for name in ("a/x.png", "b/x.png", "x.jpg"):
+        (scans / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (40, 40), 90).convert("RGB").save(scans / name)
+    out, heat = tmp_path / "out", tmp_path / "heat"
+    assert predict.main([str(scans), "--classes", "pleural effusion", "pleural_effusion", "--model", tiny_model_name,
+                         "--checkpoint", weights, "--output-dir", str(out), "--heatmaps", str(heat), "--device", "cpu",
+                         "--no-progress"]) == 0
+    listing = pd.read_csv(out / "heatmaps.csv")
+    assert len(set(listing["heatmap"])) == 6 == len(list(heat.glob("*.png")))
+    assert sorted(zip(listing["path"], listing["class"])) == sorted(
+        (str(scans / n), c) for n in ("a/x.png", "b/x.png", "x.jpg") for c in ("pleural effusion", "pleural_effusion"))
+
+
+def test_class_names_never_take_the_csv_s_own_columns_and_must_be_distinct(tiny_model_name, mixed_folder, tmp_path,
+                                                                           capsys):
+    """`--classes path predicted` once wrote path,path,predicted,predicted and lost the image paths."""
+    common = [str(mixed_folder), "--model", tiny_model_name, "--device", "cpu", "--output-dir", str(tmp_path / "o")]
+    assert one_line(capsys, common + ["--classes", "path", "predicted"]) == (
+        "class 'path' is the name of a predictions.csv column (path, predicted): rename it")
+    assert one_line(capsys, common + ["--classes", "edema", "edema"]) == "class 'edema' is given twice"
+    assert one_line(capsys, common + ["--classes", "edema", " "]) == "each class must be a non-empty string, got ' '"
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_used_output_dir_is_refused_unless_overwrite(tiny_model_name, weights, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    Image.new("L", (40, 40), 100).save(broken / "good.png")
+    (broken / "bad.png").write_bytes(b"not an image")
+    out = tmp_path / "o"
+    common = ["--model", tiny_model_name, "--checkpoint", weights, "--device", "cpu", "--no-progress", "--output-dir",
+              str(out), "--classes", "a", "b"]
+    assert predict.main([str(broken), "--skip-unreadable"] + common) == 0
+    assert (out / "unreadable.csv").is_file()
+    before = (out / "predictions.csv").read_bytes()
+    assert one_line(capsys, [str(broken / "good.png")] + common).startswith(
+        f"--output-dir {out} holds a previous prediction (predictions.csv, unreadable.csv, config.yaml)")
+    assert (out / "predictions.csv").read_bytes() == before
+    assert predict.main([str(broken / "good.png"), "--overwrite"] + common) == 0
+    assert not (out / "unreadable.csv").exists()  # the previous run's list does not stay behind
+
+
+def test_a_folder_search_finds_extensionless_dicom_and_counts_the_rest(tiny_model_name, weights, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    rng = np.random.default_rng(0)
+    write_dicom_8bit(scans / "1.2.840.113619", rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    write_dicom_8bit(scans / "IM0001", rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    (scans / "README").write_text("not an image")
+    out = tmp_path / "o"
+    assert predict.main([str(scans), "--classes", "a", "b", "--model", tiny_model_name, "--checkpoint", weights,
+                         "--device", "cpu", "--no-progress", "--output-dir", str(out)]) == 0
+    assert sorted(os.path.basename(p) for p in pd.read_csv(out / "predictions.csv")["path"]) == [
+        "1.2.840.113619", "IM0001"]
+    assert f"skipped 1 file(s) in the folders that are neither images nor DICOM (e.g. {scans / 'README'})" in \
+        capsys.readouterr().err
+
+
+def test_the_api_does_not_guess(tiny_model_name, weights, mixed_folder):
+    model = ace_lora.load(weights, model=tiny_model_name, device="cpu")
+    path = str(mixed_folder / "a.png")
+    assert model.classify([path], "pneumonia").shape == (1, 1)  # one class, not one per letter
+    np.testing.assert_allclose(model.classify([path], ["edema", "pneumonia"], templates="There is {}."),
+                               model.classify([path], ["edema", "pneumonia"], templates=["There is {}."]))
+    image = to_tensor(Image.open(path).convert("RGB"))
+    for bad, message in ((image * 255, r"float image tensor must hold values in \[0, 1\]"),
+                         (image * float("nan"), "NaN or infinite"),
+                         (image.to(torch.int32), "must be uint8 .* or float"),
+                         (7, "cannot use a int as images")):
+        with pytest.raises(UserInputError, match=message):
+            model.classify(bad, ["edema", "pneumonia"])
+    for names, message in ((["edema", "edema"], "'edema' is given twice"), (["edema", ""], "non-empty")):
+        with pytest.raises(UserInputError, match=message):
+            model.classify([path], names)
+    assert model.embed_images([]).shape == (0, 64) and model.embed_texts([]).shape == (0, 64)
+    assert model.classify([], ["edema", "pneumonia"]).shape == (0, 2)
+    assert model.similarity_maps([], ["edema"]) == []
+    np.testing.assert_array_equal(model.classify(image.mul(255).round().to(torch.uint8), ["edema", "pneumonia"]),
+                                  model.classify(image, ["edema", "pneumonia"]))

@@ -149,8 +149,7 @@ def test_resuming_a_finished_run_does_nothing(tiny_model_name, demo_data, tmp_pa
     assert snapshot(out) == before
 
 
-def test_a_second_run_on_a_locked_folder_refuses_and_stale_locks_are_reported(tiny_model_name, demo_data, tmp_path,
-                                                                               capsys):
+def test_a_live_lock_refuses_and_a_dead_run_s_lock_is_taken_over(tiny_model_name, demo_data, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -161,12 +160,37 @@ def test_a_second_run_on_a_locked_folder_refuses_and_stale_locks_are_reported(ti
     finally:
         sleeper.kill()
         sleeper.wait()
-    line = one_error_line(capsys, run_args(tiny_model_name, demo_data, out))  # its process is gone now
-    assert f"stale lock of process {sleeper.pid}" in line and "remove the file and start again" in line
-    assert (out / ".lock").is_file() and sorted(p.name for p in out.iterdir()) == [".lock"]  # not taken over
-    (out / ".lock").unlink()
-    train.main(run_args(tiny_model_name, demo_data, out, "--epochs", "1"))
+    train.main(run_args(tiny_model_name, demo_data, out, "--epochs", "1"))  # its process is gone now
+    assert f"taking over the lock of process {sleeper.pid}" in capsys.readouterr().err
     assert not (out / ".lock").exists()  # released at the end of the run
+
+
+@pytest.mark.parametrize("resume", ["latest", "auto"])
+def test_after_kill_9_the_same_command_resumes_and_ends_bit_identical(tiny_model_name, demo_data, tmp_path, resume):
+    """`train.py ... --resume auto` (the sbatch recipe) after SIGKILL: the dead run's lock is taken over."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    epochs = ["--epochs", "12", "--save-every-steps", "3"]
+    train.main(run_args(tiny_model_name, demo_data, straight, *epochs))
+    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run_args(tiny_model_name, demo_data, killed, *epochs,
+                                                                        "--resume", resume)
+    if resume == "latest":
+        argv = argv[:-2]  # the first attempt is a new run; `--resume latest` needs a checkpoint
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    steps = killed / "steps.jsonl"
+    wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 7, process)
+    process.kill()
+    process.wait()
+    assert (killed / ".lock").is_file()  # left behind by the killed run
+    again = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")]
+                           + run_args(tiny_model_name, demo_data, killed, *epochs, "--resume", resume),
+                           capture_output=True, text=True, env=ENV)
+    assert again.returncode == 0, again.stderr
+    assert f"taking over the lock of process {process.pid} on {socket.gethostname()}" in again.stderr
+    expected, resumed = load(straight / "checkpoints/last.pt"), load(killed / "checkpoints/last.pt")
+    assert resumed["step"] == expected["step"] == 36
+    for name, tensor in expected["trainable"].items():
+        assert torch.equal(tensor, resumed["trainable"][name]), name
+    assert not (killed / ".lock").exists()
 
 
 def test_two_concurrent_runs_on_one_folder(tiny_model_name, demo_data, tmp_path):
@@ -188,19 +212,113 @@ def test_two_concurrent_runs_on_one_folder(tiny_model_name, demo_data, tmp_path)
     assert [r["step"] for r in read_jsonl(out / "steps.jsonl")] == list(range(1, step + 1))  # one run's log only
 
 
+def diverged_line(capsys, argv) -> str:
+    """A diverged run: exit 3 (not 2, a user mistake), one error line."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def all_finite_files(out):
+    files = [out / "checkpoints/last.pt", out / "ACE-LoRA_weights_last.pt"]
+    tensors = []
+    for path in files:
+        state = load(path)
+        tensors += list(state["trainable"].values()) if "trainable" in state else [
+            t for entry in state["weights"].values() for t in
+            (entry.values() if isinstance(entry, dict) else [entry]) for t in
+            (t.values() if isinstance(t, dict) else [t])]
+    return all(torch.isfinite(t).all() for t in tensors)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_name, demo_data, tmp_path, capsys):
     out = tmp_path / "run"
     # an absurd learning rate: the first update is finite, the second forward overflows to NaN
     argv = run_args(tiny_model_name, demo_data, out, "--lr", "1e30", "--warmup-epochs", "0", "--save-every-steps", "1")
     train.main(argv + ["--max-steps", "1"])
     before = (out / "checkpoints/last.pt").read_bytes()
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(argv + ["--resume", "latest"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: the training loss became nan")
-    assert "at step 2 (epoch 1)" in err[0] and "last good checkpoint" in err[0]
+    line = diverged_line(capsys, argv + ["--resume", "latest"])
+    assert line.startswith("error: the training loss became nan")
+    assert "at step 2 (epoch 1)" in line
+    assert f"the last checkpoint, {out / 'checkpoints' / 'last.pt'} (step 1), holds finite weights" in line
     assert (out / "checkpoints/last.pt").read_bytes() == before
+
+
+def test_a_run_that_diverges_before_saving_says_to_start_again_with_overwrite(tiny_model_name, demo_data, tmp_path,
+                                                                              capsys):
+    out = tmp_path / "run"
+    argv = run_args(tiny_model_name, demo_data, out, "--lr", "1e30", "--warmup-epochs", "0", "--save-every-steps", "0")
+    line = diverged_line(capsys, argv)
+    assert "at step 2 (epoch 1)" in line and "nothing was saved, so start again with --overwrite" in line
+    assert not (out / "checkpoints" / "last.pt").exists()
+    one_error_line(capsys, argv)  # the folder holds a run (its logs) ...
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv + ["--overwrite"])  # ... so --overwrite, as the message says
+    assert exit_info.value.code == 3
+
+
+def test_a_non_finite_weight_is_never_saved(tiny_model_name, demo_data, tmp_path, capsys, monkeypatch):
+    """Whatever makes a weight non-finite, no checkpoint or weight file gets it; the message names the last
+    finite checkpoint (`train.py --lr 100 --save-every-steps 2` once saved 12 NaN tensors as 'good')."""
+    from ace_lora import training
+
+    calls = []
+
+    def corrupting_step(model, *args, **kwargs):
+        result = real_step(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # after step 3's update, as an overflow in it would
+            with torch.no_grad():
+                model.logit_scale.fill_(float("nan"))
+        return result
+
+    real_step = training.train_step
+    monkeypatch.setattr(training, "train_step", corrupting_step)
+    out = tmp_path / "run"
+    line = diverged_line(capsys, run_args(tiny_model_name, demo_data, out, "--save-every-steps", "2"))
+    assert "1 trained tensor(s) hold NaN or infinite values (logit_scale, ...); not saved" in line
+    assert f"the last checkpoint, {out / 'checkpoints' / 'last.pt'} (step 2), holds finite weights" in line
+    assert load(out / "checkpoints/last.pt")["step"] == 2 and all_finite_files(out)
+
+
+def test_two_quick_sigterms_stop_at_once_with_143_and_say_what_is_saved(tiny_model_name, demo_data, tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run_args(tiny_model_name, demo_data, out, "--epochs",
+                                                                        "1000", "--save-every-steps", "3")
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    steps = out / "steps.jsonl"
+    wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 4, process)
+    process.send_signal(signal.SIGTERM)
+    first = process.stderr.readline()  # the handler has run (the kernel merges a second, still pending, SIGTERM)
+    assert first.startswith("SIGTERM: finishing this step"), first
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("SIGTERM: stopped at once during step ")
+    assert last.endswith("holds finite weights; continue from it with --resume latest") or \
+        last.endswith("nothing was saved, so start again with --overwrite")
+
+
+def test_max_steps_ends_with_a_line_and_leaves_best_pt_within_the_first_epoch(tiny_model_name, demo_data, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / "run"
+    train.main(run_args(tiny_model_name, demo_data, out, "--max-steps", "2", "--save-every-steps", "0"))
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"stopped at --max-steps 2 (step 2); weights: {out / 'checkpoints' / 'last.pt'} and "
+        f"{out / 'checkpoints' / 'best.pt'}")
+    assert load(out / "checkpoints/best.pt")["step"] == 2  # what a sweep's evaluation reads
+    assert (out / "ACE-LoRA_weights_best.pt").is_file()
+
+
+def test_resume_with_overwrite_is_refused(tiny_model_name, demo_data, tmp_path, capsys):
+    line = one_error_line(capsys, run_args(tiny_model_name, demo_data, tmp_path / "run", "--resume", "latest",
+                                           "--overwrite"))
+    assert line == ("error: --resume latest continues the run in --output-dir, --overwrite deletes it to start over: "
+                    "give one")
 
 
 def test_resume_refuses_a_different_number_of_processes(tiny_model_name, demo_data, tmp_path, capsys):
@@ -243,3 +361,55 @@ def test_a_signal_saves_the_step_and_resuming_ends_bit_identical(tiny_model_name
     for name, tensor in expected["trainable"].items():
         assert torch.equal(tensor, resumed["trainable"][name]), name
     assert read_jsonl(interrupted / "steps.jsonl") == read_jsonl(straight / "steps.jsonl")
+
+
+@pytest.fixture()
+def small_disk(tmp_path, request):
+    """A tmpfs of `request.param` (default 2.2 MB: room for one tiny-model checkpoint and its weight file, not a
+    second temporary copy), unmounted afterwards; skipped where mounting is not allowed (not root, no tmpfs)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    size = getattr(request, "param", "2200k")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.decode().strip()})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_model_name, demo_data, small_disk):
+    out = small_disk / "run"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")]
+                          + run_args(tiny_model_name, demo_data, out, "--save-every-steps", "1"),
+                          capture_output=True, text=True, env=ENV)
+    assert done.returncode == 4, done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in done.stderr
+    assert err[0].startswith("error: cannot write ") and "the device is full (No space left on device)" in err[0]
+    assert err[0].endswith("is intact") or err[0].endswith("nothing was written")
+    assert load(out / "checkpoints/last.pt")["step"] >= 1  # the previous checkpoint loads
+    assert not [p for p in out.rglob(".tmp_*")]  # no half-written temporary file left
+    assert not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("small_disk", ["50m"], indirect=True)
+def test_a_read_only_remount_reports_the_first_error_and_the_next_run_takes_the_lock(tiny_model_name, demo_data,
+                                                                                    small_disk):
+    out = small_disk / "run"
+    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run_args(tiny_model_name, demo_data, out, "--epochs",
+                                                                        "1000", "--save-every-steps", "0")
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    steps = out / "steps.jsonl"
+    wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 4, process)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert process.returncode == 4, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write ") and "Read-only file system" in lines[0]
+    assert ".lock" not in lines[0] and (out / ".lock").is_file()  # the lock stays, in a state the next run knows
+    again = subprocess.run(argv[:-2] + ["--epochs", "2", "--overwrite"], capture_output=True, text=True, env=ENV)
+    assert again.returncode == 0, again.stderr
+    assert f"taking over the lock of process {process.pid}" in again.stderr

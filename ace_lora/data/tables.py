@@ -28,6 +28,21 @@ def shown_value(value) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
+def separator_hint(path: str) -> str:
+    """' (the header looks ';'-separated ...)' when the first line splits on ';' or a tab but not on ',',
+    the usual cause of pandas' 'Expected 1 fields in line N, saw 2'; '' otherwise."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = f.readline()
+    except OSError:
+        return ""
+    for separator, name in ((";", "';'"), ("\t", "tab")):
+        if separator in header and "," not in header:
+            return (f" (the header looks {name}-separated: these files are comma-separated CSV; save it with "
+                    "commas)")
+    return ""
+
+
 def read_table(path: str, required: Sequence[str], dtype=None) -> pd.DataFrame:
     """Read a CSV whose column names are stripped of spaces; raise if the file or a column is missing."""
     if not os.path.isfile(path):
@@ -35,10 +50,11 @@ def read_table(path: str, required: Sequence[str], dtype=None) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=dtype)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise UserInputError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]})") from None
+        raise UserInputError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]})"
+                             f"{separator_hint(path)}") from None
     table.columns = [str(name).strip() for name in table.columns]
     missing = [name for name in required if name not in table.columns]
     if missing:
         raise UserInputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} "
-                             f"(found: {', '.join(table.columns)})")
+                             f"(found: {', '.join(table.columns)}){separator_hint(path)}")
     return table

@@ -90,12 +90,13 @@ def check_reports_present(table: pd.DataFrame, csv_path: str) -> None:
                              f"(row(s) {listed}{', ...' if len(rows) > MAX_LISTED else ''})")
 
 
-def check_images_exist(paths: Sequence[str], csv_path: str) -> None:
-    missing = [p for p in paths if not os.path.isfile(p)]
+def check_images_exist(table: pd.DataFrame, paths: Sequence[str], csv_path: str) -> None:
+    """Every image exists; else one line with the count and the first rows and paths that are missing."""
+    missing = [position for position, p in enumerate(paths) if not os.path.isfile(p)]
     if missing:
-        listed = ", ".join(missing[:MAX_LISTED]) + (", ..." if len(missing) > MAX_LISTED else "")
-        raise UserInputError(f"{csv_path}: {len(missing)} of {len(paths)} images not found: {listed} "
-                             "(check --data-root)")
+        listed = ", ".join(f"row {_csv_row(table, position)} {paths[position]}" for position in missing[:MAX_LISTED])
+        raise UserInputError(f"{csv_path}: {len(missing)} of {len(paths)} images not found: {listed}"
+                             f"{', ...' if len(missing) > MAX_LISTED else ''} (check --data-root)")
 
 
 class ImageReportDataset(Dataset):
@@ -134,7 +135,7 @@ def build_training_dataset(csv_path: str, eval_preprocess: Callable, data_root: 
     labels = label_matrix(table, uncertain_policy, source=csv_path)
     check_reports_present(table, csv_path)
     paths = table["image_path"].astype(str).tolist()
-    check_images_exist(paths, csv_path)
+    check_images_exist(table, paths, csv_path)
     return ImageReportDataset(paths, table["report"].tolist(), labels, input_spec(eval_preprocess).transform())
 
 

@@ -96,14 +96,16 @@ def add_model_args(group) -> None:
                             "see README 'A local BiomedCLIP folder')")
 
 
-def add_device_args(group) -> None:
+def add_device_args(group, precision: str = "auto") -> None:
+    """--device and --precision; `precision` is the default: 'auto' for training (bf16 on CUDA), 'fp32' for
+    evaluation, as the release evaluated, so that its numbers come out by default on a GPU too."""
     group.add_argument("--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1'")
-    group.add_argument("--precision", default="auto", choices=PRECISIONS,
+    group.add_argument("--precision", default=precision, choices=PRECISIONS,
                        help="autocast precision; 'auto' = bf16 on CUDA, fp32 on CPU")
 
 
-def add_runtime_args(group, batch_size: int = 64) -> None:
-    add_device_args(group)
+def add_runtime_args(group, batch_size: int = 64, precision: str = "auto") -> None:
+    add_device_args(group, precision)
     group.add_argument("--batch-size", type=int, default=batch_size, help="images per batch (per GPU)")
     group.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
 

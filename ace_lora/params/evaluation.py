@@ -38,7 +38,7 @@ def zero_shot_parser(task_name: str) -> argparse.ArgumentParser:
                         help="folder for the result files")
     output.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0 = none)")
     output.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    add_runtime_args(parser.add_argument_group("runtime"), batch_size=64)
+    add_runtime_args(parser.add_argument_group("runtime"), batch_size=64, precision="fp32")
     return parser
 
 
@@ -68,10 +68,12 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
     output.add_argument("--output-dir", default="results/predict",
                         help="folder for predictions.csv, unreadable.csv and config.yaml")
     output.add_argument("--heatmaps", metavar="DIR", help="also write one similarity-map overlay PNG per image "
-                                                          "and class to DIR")
+                                                          "and class to DIR (listed in heatmaps.csv)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace a previous prediction in --output-dir (its files and listed heatmaps)")
     output.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     runtime = parser.add_argument_group("runtime")
-    add_device_args(runtime)
+    add_device_args(runtime, precision="fp32")
     runtime.add_argument("--batch-size", type=int, default=32, help="images per batch")
     return parser
 
@@ -90,7 +92,7 @@ def retrieval_parser(description: str) -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default="results/retrieval", help="folder for metrics.json and ranks.csv")
     output.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    add_runtime_args(parser.add_argument_group("runtime"), batch_size=64)
+    add_runtime_args(parser.add_argument_group("runtime"), batch_size=64, precision="fp32")
     return parser
 
 
