@@ -132,13 +132,15 @@ def run_script(command: List[str], log_path: str) -> Optional[str]:
     The script runs in its own session, so a Ctrl-C at the terminal reaches only the sweep, which
     forwards SIGINT / SIGTERM to it once and waits: the training saves its checkpoint and exits, and the
     sweep then stops with RunInterrupted (a second signal is forwarded too: the training stops at once).
+    Should the sweep itself die (kill -9), the script gets SIGTERM (Linux: PR_SET_PDEATHSIG), saves and
+    exits, instead of training on unwatched.
     """
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
         log.flush()
         offset = log.tell()  # this attempt's output starts here
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                 preexec_fn=_terminate_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         received: List[int] = []
 
         def forward(signum, _frame):
@@ -160,6 +162,14 @@ def run_script(command: List[str], log_path: str) -> Optional[str]:
         lines = [line.strip() for line in log if line.strip()]
     errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
     return (errors or lines or [f"exit status {returncode}"])[-1]
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the sweep dies (Linux only; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class SweepInterrupted(Exception):

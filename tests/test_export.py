@@ -1,5 +1,6 @@
 """Export: a merged open_clip folder plus adapters that reproduce the trained model, and its model card."""
 import json
+import os
 
 import open_clip
 import pytest
@@ -50,6 +51,10 @@ def test_export_round_trip_and_plain_open_clip_load(tiny_model_name, trained, tm
                                    original.clip.encode_image(images, normalize=True), rtol=0, atol=1e-5)
         bare = load_model_for_eval(tiny_model_name)
         assert not torch.allclose(clip.encode_image(images), bare.clip.encode_image(images), atol=1e-4)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("ace_hgnn.safetensors", "open_clip_pytorch_model.bin", "ace_lora_config.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name  # safetensors alone once wrote 0600
     adapters = load_file(str(out / "ace_hgnn.safetensors"))
     assert set(adapters) == {"logit_scale"} | {f"{t}_{p}_adapter.{k}" for t in ("img", "text") for p in ("edge", "node")
                                                for k in ("down.weight", "down.bias", "up.weight", "up.bias")}

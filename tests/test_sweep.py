@@ -53,7 +53,7 @@ def small_sweep(tmp_path_factory):
 
 def test_a_killed_sweep_resumes_without_recomputing_and_ends_with_the_same_table(small_sweep, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert sweep.main([small_sweep, "--output-dir", str(straight)]) == 0
+    assert sweep.main([small_sweep, "--output-dir", str(straight)]) == 1  # the broken part: exit 1, table written
     expected = pd.read_csv(straight / "results.csv")
     broken = expected[expected["run"] == "broken"]
     assert broken["status"].str.startswith("failed: LoRA rank must be >= 1").all()  # reported, others went on
@@ -65,11 +65,15 @@ def test_a_killed_sweep_resumes_without_recomputing_and_ends_with_the_same_table
     while not (first / "chexpert" / "done.json").is_file():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the sweep and the training it has started, at once
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep at once; its training gets SIGTERM, saves and exits
     process.wait()
+    lock = killed / "runs" / "ace_lora" / "seed1" / "train" / ".lock"
+    while lock.exists():  # the orphaned training is saving
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     checkpoint = first / "train" / "checkpoints" / "best.pt"
     before = checkpoint.stat().st_mtime_ns
-    assert sweep.main([small_sweep, "--output-dir", str(killed)]) == 0
+    assert sweep.main([small_sweep, "--output-dir", str(killed)]) == 1
     assert checkpoint.stat().st_mtime_ns == before  # the finished run was not trained again
     resumed = pd.read_csv(killed / "results.csv")
     pd.testing.assert_frame_equal(resumed.drop(columns=["train_seconds"]), expected.drop(columns=["train_seconds"]))
@@ -98,3 +102,63 @@ def test_every_paper_config_is_a_valid_sweep_whose_runs_parse_as_training_flags(
             values = {**config.get("train", {}), **run.get("overrides", {}), "method": run.get("method", "ace_lora")}
             args = parse_training_args(sweep.flags(values), "", distributed=False)
             assert args.method == run.get("method", "ace_lora"), (name, run["name"])
+
+
+def write_sweep_yaml(folder, data_name="data", model_name="model", **train):
+    """A one-run sweep whose YAML names its data and model by paths relative to the YAML's folder."""
+    data = write_demo_dataset(str(folder / data_name), n_train=48, n_test_per_class=2)
+    write_tiny_biomedclip(str(folder / model_name), data.vocabulary)
+    config = {"model": f"local-dir:{model_name}", "seeds": [1],
+              "train": {"train_csv": os.path.relpath(data.train_csv, folder), "batch_size": 4, "device": "cpu",
+                        "num_workers": 0, **train},
+              "runs": [{"name": "ace_lora", "method": "ace_lora"}],
+              "evaluations": [{"name": "chexpert", "task": "chexpert", "csv": os.path.relpath(data.test_csv, folder),
+                               "overrides": {"device": "cpu", "num_workers": 0, "bootstrap": 0}}]}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_relative_paths_and_a_run_shorter_than_an_epoch(tmp_path):
+    """YAML paths start at the YAML's folder, --output-dir at the caller's; --max-steps inside epoch 1 still
+    leaves the best.pt that the evaluation reads."""
+    config_dir, caller = tmp_path / "configs", tmp_path / "elsewhere"
+    config_dir.mkdir()
+    caller.mkdir()
+    path = write_sweep_yaml(config_dir, epochs=1, max_steps=2)
+    done = subprocess.run([sys.executable, "-m", "ace_lora.sweep", os.path.relpath(path, caller), "--output-dir",
+                           "out"], cwd=caller, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = pd.read_csv(caller / "out" / "results.csv")
+    assert (results["status"] == "ok").all() and not (pd.Series(os.listdir(ROOT)) == "out").any()
+    assert (caller / "out" / "runs" / "ace_lora" / "seed1" / "train" / "checkpoints" / "best.pt").is_file()
+
+
+def test_ctrl_c_on_a_sweep_lets_the_training_save_and_the_rerun_continues_it(tmp_path):
+    path = write_sweep_yaml(tmp_path, epochs=3, save_every_steps=0, log_every_steps=1)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ace_lora.sweep", str(path), "--output-dir", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    part = out / "runs" / "ace_lora" / "seed1" / "train"
+    deadline = time.monotonic() + 300
+    while not ((part / "steps.jsonl").is_file() and len((part / "steps.jsonl").read_text().splitlines()) >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)  # to the sweep alone, as a terminal's Ctrl-C now reaches only it
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"SIGINT: the sweep stopped after its running part saved and exited (status 130); continue with: python -m "
+        f"ace_lora.sweep {path} --output-dir {out}")
+    import torch
+    saved = torch.load(part / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < saved["step"] < 36 and not (part / ".lock").exists()
+    first_seconds = sweep.read_json(str(part / "train_time.json"))["seconds"]
+    assert sweep.main([str(path), "--output-dir", str(out)]) == 0
+    log = (out / "runs" / "ace_lora" / "seed1" / "train.log").read_text()
+    assert log.count("\n--- ") + log.startswith("--- ") == 2  # both attempts, appended
+    assert f"resumed from {part / 'checkpoints' / 'last.pt'}" in log
+    results = pd.read_csv(out / "results.csv")
+    assert results["train_seconds"].iloc[0] > first_seconds  # every attempt counts

@@ -168,8 +168,10 @@ def test_demo_defaults_yield_to_explicit_flags():
 
 
 @pytest.mark.parametrize("problem, expected", [
-    ("missing_image", r"1 of 12 images not found: .*gone\.jpg"),
+    ("missing_image", r"1 of 12 images not found: row 6 .*gone\.jpg \(check --data-root\)"),
     ("missing_column", r"missing column\(s\) 'report'"),
+    ("semicolons", r"not a readable CSV file \(.*\) \(the header looks ';'-separated: these files are "
+                   r"comma-separated CSV; save it with commas\)"),
     ("corrupt_image", r"cannot read image .*000003\.jpg"),
     ("no_csv", r"--train-csv is required"),
 ])
@@ -180,13 +182,15 @@ def test_bad_data_gives_one_line_errors(problem, expected, tiny_model_name, demo
         table.loc[5, "image_path"] = "mimic/gone.jpg"
     if problem == "missing_column":
         table = table.drop(columns="report")
+    if problem == "semicolons":  # as a spreadsheet in a ';' locale saves it; the reports hold commas
+        table.loc[3, "report"] = "Findings suggesting edema, no pneumothorax."
     if problem == "corrupt_image":
         for i in range(N_TRAIN):  # every image but one is fine; the corrupt one is read in the first epoch
             src = os.path.join(demo_data.data_root, table.loc[i, "image_path"])
             dst = tmp_path / os.path.basename(src)
             dst.write_bytes(b"\xff\xd8 truncated" if i == 3 else open(src, "rb").read())
             table.loc[i, "image_path"] = str(dst)
-    table.to_csv(csv, index=False)
+    table.to_csv(csv, index=False, sep=";" if problem == "semicolons" else ",")
     argv = run_args(tiny_model_name, demo_data, tmp_path / "run", "--data-root", demo_data.data_root)
     argv[argv.index("--train-csv") + 1] = str(csv)
     if problem == "no_csv":
