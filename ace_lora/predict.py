@@ -157,10 +157,18 @@ class Predictor:
         with autocast(self.device, self.precision):
             return prompt_ensemble_embeddings(self.model, class_names, templates, self.device).float().cpu()
 
+    @torch.no_grad()
     def probabilities(self, images, classes: torch.Tensor) -> np.ndarray:
-        """(N, C) softmax over the classes of s * cosine(image, class), scored as the evaluation engine does;
-        (0, C) for no images."""
-        return score(self.embed_images(images) @ classes.T, SOFTMAX, temperature(self.model, self.logit_scale)).numpy()
+        """(N, C) softmax over the classes of s * cosine(image, class), scored as the evaluation engine does,
+        batch by batch: a matrix product's rounding depends on its shape, so equal batches give the
+        engine's numbers exactly. (0, C) for no images."""
+        scale = temperature(self.model, self.logit_scale)
+        out = [torch.empty(0, classes.shape[0])]
+        for batch in self._image_batches(images):
+            with autocast(self.device, self.precision):
+                embeddings = self.model.encode_image(batch).float().cpu()
+            out.append(score(embeddings @ classes.T, SOFTMAX, scale))
+        return torch.cat(out).numpy()
 
     def classify(self, images, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
         """(N, C) probabilities: softmax over the classes of s * cosine(image, class)."""
