@@ -11,13 +11,10 @@ evaluation script, or the merged backbone alone with open_clip (README: "Export 
 """
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ace_lora.errors import UserInputError, main_guard  # noqa: E402
-from ace_lora.params import parse_with_config  # noqa: E402
-from ace_lora.params.evaluation import export_parser  # noqa: E402
+from ace_lora.errors import UserInputError, main_guard
+from ace_lora.params import parse_with_config
+from ace_lora.params.evaluation import export_parser
 
 
 @main_guard

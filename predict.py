@@ -16,11 +16,9 @@ The Python API is `ace_lora.load(...)` (ace_lora/predict.py).
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ace_lora.errors import UserInputError, main_guard  # noqa: E402
-from ace_lora.params import parse_with_config  # noqa: E402
-from ace_lora.params.evaluation import predict_parser  # noqa: E402
+from ace_lora.errors import UserInputError, main_guard
+from ace_lora.params import parse_with_config
+from ace_lora.params.evaluation import predict_parser
 
 
 @main_guard
@@ -29,8 +27,14 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
     from ace_lora.io import check_output_dir, write_resolved_config  # after parsing: --help needs no torch
-    from ace_lora.predict import (check_class_columns, check_prediction_folder, collect_images, load,
-                                  predict_files, read_names)
+    from ace_lora.predict import (
+        check_class_columns,
+        check_prediction_folder,
+        collect_images,
+        load,
+        predict_files,
+        read_names,
+    )
     classes = read_names(args.classes, "class")
     check_class_columns(classes)
     templates = read_names(args.templates, "template") if args.templates else None

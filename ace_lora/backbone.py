@@ -18,7 +18,6 @@ from .config import BIOMEDCLIP_HUB, LOCAL_PREFIX
 from .errors import UserInputError
 
 
-
 @dataclass
 class Backbone:
     clip: nn.Module  # open_clip CustomTextCLIP: .visual (TimmModel), .text (HFTextEncoder), .logit_scale

@@ -18,12 +18,11 @@ from typing import Any, Dict, Iterator, Tuple
 import numpy as np
 import torch
 
+from .config import AceLoRAConfig
 from .errors import TrainingDiverged, UserInputError
 from .io import atomic_save
 from .lora import LoRAFactors
-from .config import AceLoRAConfig
 from .model import AceLoRAModel
-
 
 
 def load_checkpoint_file(path: str) -> dict:

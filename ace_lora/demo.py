@@ -10,11 +10,10 @@ import json
 import os
 from dataclasses import asdict
 
-
 from .data.synthetic import DemoDataset, write_demo_dataset
 from .distributed import DistributedContext, barrier, broadcast_object
-from .tiny_model import write_tiny_biomedclip
 from .io import read_jsonl
+from .tiny_model import write_tiny_biomedclip
 from .training import METRICS_FILE, RELEASED_NAME
 
 DEMO_DATA = dict(n_train=600, n_test_per_class=20, image_size=64)

@@ -12,8 +12,8 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .runtime import resolve_device
 from .errors import UserInputError
+from .runtime import resolve_device
 
 # Generous: rank 0 runs the zero-shot validation alone while the other ranks wait at a barrier.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)

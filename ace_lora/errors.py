@@ -6,14 +6,13 @@ catch it through `main_guard` and print `error: <message>` instead of a tracebac
 
 Exit statuses of every entry point (docs/training.md lists them too):
 
-| status | meaning |
-| --- | --- |
-| 0 | done (also: a resumed run that was already finished) |
-| 1 | a sweep finished with failed parts (its table is written), or an unexpected error (a traceback) |
-| 2 | a user mistake (`UserInputError`): flags, files, data, checkpoints; nothing half-written is left in use |
-| 3 | training diverged (`TrainingDiverged`): a non-finite loss, gradient or weight; the last finite checkpoint is named |
-| 4 | storage failed (`StorageError`): the disk is full, read-only or failing; the previous files are intact |
-| 128 + N | stopped by signal N (130 SIGINT, 143 SIGTERM) after saving, or at once on a second signal |
+- 0: done (also: a resumed run that was already finished).
+- 1: a sweep finished with failed parts (its table is written), or an unexpected error (a traceback).
+- 2: a user mistake (`UserInputError`): flags, files, data, checkpoints; nothing half-written is in use.
+- 3: training diverged (`TrainingDiverged`): a non-finite loss, gradient or weight; the message names
+  the last checkpoint, which holds finite weights only.
+- 4: storage failed (`StorageError`): the disk is full, read-only or failing; previous files are intact.
+- 128 + N: stopped by signal N (130 SIGINT, 143 SIGTERM) after saving, or at once on a second signal.
 """
 import errno
 import functools

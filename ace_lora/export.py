@@ -146,8 +146,9 @@ tags:
 
 # ACE-LoRA ({summary['method']}) on {summary['base_model']}
 
-{_method_sentence(summary)}, plus {_hgnn_phrase(summary)} and the learned logit scale. Trained numbers: {summary['trainable_parameters']:,}. Training data: {summary['training_data'] or
-'not stated'}. Source checkpoint: {summary['source_checkpoint'] or 'not stated'}.
+{_method_sentence(summary)}, plus {_hgnn_phrase(summary)} and the learned logit scale.
+Trained numbers: {summary['trainable_parameters']:,}. Training data: {summary['training_data'] or 'not stated'}.
+Source checkpoint: {summary['source_checkpoint'] or 'not stated'}.
 
 ## Load
 

@@ -2,8 +2,8 @@
 from typing import Optional
 
 from .backbone import load_backbone
-from .config import BIOMEDCLIP_HUB, LOCAL_PREFIX, AceLoRAConfig
 from .checkpoint import checkpoint_config, load_checkpoint_file, load_trainables
+from .config import BIOMEDCLIP_HUB, LOCAL_PREFIX, AceLoRAConfig
 from .export import export_config, is_export_folder, load_export_trainables, read_export
 from .model import AceLoRAModel
 

@@ -6,9 +6,9 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from .demo import prepare_demo, write_demo_metrics
 from .data.paths import data_root_for
 from .data.tables import separator_hint
+from .demo import prepare_demo, write_demo_metrics
 from .distributed import DistributedContext, run_on_main
 from .errors import UserInputError
 from .evaluation.retrieval import retrieval_columns

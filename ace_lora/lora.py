@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import select_layers
 
+
 class LoRAFactors(nn.Module):
     """One (A, B) pair: delta(x) = scaling * x @ A^T @ B^T."""
 

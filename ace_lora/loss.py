@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather
 
+
 def false_negative_mask(labels: torch.Tensor) -> torch.Tensor:
     """(B, B) bool: True where j != i and labels[j] == labels[i] (all 14 entries)."""
     same = (labels[:, None, :] == labels[None, :, :]).all(dim=-1)

@@ -23,6 +23,7 @@ from .hgnn import AceHgnn
 from .lora import LoRAFactors, inject_text_lora, inject_vision_lora, set_merged
 from .methods import apply_peft
 
+
 class _ProjectionCapture:
     """Keeps the latest output of the hooked projection modules (the last layer's q/k)."""
 

@@ -15,8 +15,8 @@ from .errors import UserInputError
 CHECKPOINT_FORMAT = "ace-lora-training-1"
 # Flags that shape a run (model, optimisation, schedule): a resumed run must keep every one. The data is
 # compared by identity (CSV path, row count, fingerprint of the image paths), see `data_identity`.
-RUN_SHAPING_FLAGS = ("model", "method", "peft_config", "lora_r", "lora_alpha", "lora_dropout", "params", "position", "topk",
-                     "hidden_features", "apply_gnn_encoders", "loss", "init_from", "split", "uncertain_policy",
+RUN_SHAPING_FLAGS = ("model", "method", "peft_config", "lora_r", "lora_alpha", "lora_dropout", "params", "position",
+                     "topk", "hidden_features", "apply_gnn_encoders", "loss", "init_from", "split", "uncertain_policy",
                      "batch_size", "epochs", "lr", "weight_decay", "betas", "warmup_epochs", "seed",
                      "gather_negatives")
 

@@ -109,7 +109,8 @@ def read_sweep(path: str) -> dict:
             raise UserInputError(f"{path}: run {run['name']}: unknown method {run.get('method')!r}")
     for evaluation in sweep["evaluations"]:
         if evaluation.get("task") not in (*TASKS, RETRIEVAL, *DENSE_SCRIPTS):
-            raise UserInputError(f"{path}: evaluation {evaluation.get('name')}: unknown task {evaluation.get('task')!r}")
+            raise UserInputError(f"{path}: evaluation {evaluation.get('name')}: unknown task "
+                                 f"{evaluation.get('task')!r}")
     base = os.path.dirname(os.path.abspath(path))
     sweep = resolve_paths(sweep, base)
     sweep["train"] = resolve_paths(sweep.get("train") or {}, base)

@@ -19,13 +19,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (check_finite_trainables, init_trainables_from, load_trainable_state_dict,
-                         restore_rng_state, rng_state, save_released_checkpoint, trainable_state_dict)
-from .data.train_dataset import (TokenizingCollate, build_training_dataset, epoch_loader, iterate_batches,
-                                 steps_per_epoch)
-from .distributed import (DistributedContext, all_ranks_true, barrier, gather_objects, run_on_main,
-                          sum_over_ranks)
+from .checkpoint import (
+    check_finite_trainables,
+    init_trainables_from,
+    load_trainable_state_dict,
+    restore_rng_state,
+    rng_state,
+    save_released_checkpoint,
+    trainable_state_dict,
+)
 from .config import AceLoRAConfig
+from .data.train_dataset import (
+    TokenizingCollate,
+    build_training_dataset,
+    epoch_loader,
+    iterate_batches,
+    steps_per_epoch,
+)
+from .distributed import DistributedContext, all_ranks_true, barrier, gather_objects, run_on_main, sum_over_ranks
 from .errors import RunInterrupted, TrainingDiverged, UserInputError
 from .evaluation.figures import plot_training_curves
 from .evaluation.tasks import parse_eval_specs

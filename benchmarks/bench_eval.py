@@ -19,15 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from ace_lora.data.labels import CHEXPERT_5X200_CLASSES  # noqa: E402
-from ace_lora.errors import UserInputError, main_guard  # noqa: E402
-from ace_lora.params import HelpFormatter, add_config_arg, add_model_args, add_runtime_args, parse_with_config  # noqa: E402
+from ace_lora.data.labels import CHEXPERT_5X200_CLASSES
+from ace_lora.errors import UserInputError, main_guard
+from ace_lora.params import HelpFormatter, add_config_arg, add_model_args, add_runtime_args, parse_with_config
 
 # torch and the model code are imported inside the functions that use them: --help answers at once.
 

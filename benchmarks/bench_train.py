@@ -24,12 +24,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ace_lora.errors import UserInputError, main_guard  # noqa: E402
-from ace_lora.params import HelpFormatter, add_config_arg, add_device_args, add_model_args, parse_with_config  # noqa: E402
+from ace_lora.errors import UserInputError, main_guard
+from ace_lora.params import HelpFormatter, add_config_arg, add_device_args, add_model_args, parse_with_config
 
 # torch and the model code are imported inside the functions that use them: --help answers at once,
 # and the parent process, which only starts one process per variant, loads no model.

@@ -6,12 +6,9 @@ folder (--output-dir), where the evaluation resolves them by default.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ace_lora.errors import main_guard  # noqa: E402
-from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
+from ace_lora.errors import main_guard
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,17 +11,20 @@ Train with --data-root set to --mimic-root (or write the CSV into --mimic-root).
 import argparse
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ace_lora.data.mimic import (  # noqa: E402
-    CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, UNCERTAIN_POLICIES, build_training_table,
+from ace_lora.data.mimic import (
+    CHEXPERT_CSV,
+    METADATA_CSV,
+    SPLIT_CSV,
+    UNCERTAIN_POLICIES,
+    build_training_table,
 )
-from ace_lora.errors import UserInputError  # noqa: E402
-from ace_lora.io import check_output_file  # noqa: E402
-from ace_lora.errors import main_guard  # noqa: E402
-from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
+from ace_lora.errors import (
+    UserInputError,
+    main_guard,
+)
+from ace_lora.io import check_output_file
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config
 
 SPLITS = ("train", "validate", "test")
 KEEP_UNCERTAIN = "keep"

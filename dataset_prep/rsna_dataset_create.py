@@ -6,13 +6,10 @@ boxes is a JSON list of [x1, y1, x2, y2] pixel boxes.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ace_lora.data.paths import RSNA_IMAGE_DIR  # noqa: E402
-from ace_lora.errors import main_guard  # noqa: E402
-from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config  # noqa: E402
+from ace_lora.data.paths import RSNA_IMAGE_DIR
+from ace_lora.errors import main_guard
+from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config
 
 
 def build_parser() -> argparse.ArgumentParser:

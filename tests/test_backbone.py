@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from ace_lora.backbone import load_backbone
-from ace_lora.runtime import resolve_device
 from ace_lora.errors import UserInputError
+from ace_lora.runtime import resolve_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from ace_lora.backbone import load_backbone
-from ace_lora.checkpoint import (load_released_checkpoint, read_released_checkpoint,
-                                 released_state, save_released_checkpoint)
+from ace_lora.checkpoint import (
+    load_released_checkpoint,
+    read_released_checkpoint,
+    released_state,
+    save_released_checkpoint,
+)
 from ace_lora.config import AceLoRAConfig
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model, load_model_for_eval

@@ -10,10 +10,16 @@ from PIL import Image
 
 from ace_lora.data.transforms import input_spec
 from ace_lora.dense import features as F
-from ace_lora.dense.splits import (balanced_subset, check_decodable, decode_error, fraction_subset, read_split,
-                                   split_csv_paths)
-from ace_lora.dense.tasks import IMAGE_FILE, MASK_FILE, RSNA_DETECTION, SIIM_SEGMENTATION
+from ace_lora.dense.splits import (
+    balanced_subset,
+    check_decodable,
+    decode_error,
+    fraction_subset,
+    read_split,
+    split_csv_paths,
+)
 from ace_lora.dense.synthetic import write_rsna_demo, write_siim_demo
+from ace_lora.dense.tasks import IMAGE_FILE, MASK_FILE, RSNA_DETECTION, SIIM_SEGMENTATION
 from ace_lora.errors import UserInputError
 from ace_lora.factory import load_model_for_eval
 

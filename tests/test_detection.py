@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ace_lora.dense import benchmark
-from ace_lora.dense.tasks import DENSE_TASKS
-from ace_lora.params.dense import parse_dense_args
 from ace_lora.dense.detection import SimpleFeaturePyramid, TokenGridFCOS, input_boxes, scale_boxes
 from ace_lora.dense.localisation import boxes_from_map, choose_threshold, predict_region_boxes
+from ace_lora.dense.tasks import DENSE_TASKS
 from ace_lora.errors import UserInputError
+from ace_lora.params.dense import parse_dense_args
 from zero_shot_eval.detection_rsna import main as detection_main
 
 TASK = "rsna_detection"

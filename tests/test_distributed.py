@@ -10,11 +10,18 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ace_lora.distributed import (StoppedByMainRank, barrier, init_distributed, run_on_main, shutdown, single_process,
-                                  world_from_env)
+from ace_lora.config import AceLoRAConfig
+from ace_lora.distributed import (
+    StoppedByMainRank,
+    barrier,
+    init_distributed,
+    run_on_main,
+    shutdown,
+    single_process,
+    world_from_env,
+)
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model
-from ace_lora.config import AceLoRAConfig
 from ace_lora.train_step import train_step, warmup_cosine_schedule, wrap_ddp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,8 +12,8 @@ from ace_lora.checkpoint import save_released_checkpoint
 from ace_lora.factory import build_model, load_model_for_eval
 from ace_lora.io import atomic_save
 from ace_lora.methods import METHODS
-from tests.test_methods import method_config
 from tests.conftest import tiny_model_with_lora_updates
+from tests.test_methods import method_config
 
 
 @pytest.fixture(scope="module")

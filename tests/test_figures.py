@@ -3,7 +3,12 @@ import pytest
 from PIL import Image
 
 from ace_lora.evaluation.figures import (
-    plot_box_overlays, plot_confusion_matrix, plot_mask_overlays, plot_roc, plot_training_curves)
+    plot_box_overlays,
+    plot_confusion_matrix,
+    plot_mask_overlays,
+    plot_roc,
+    plot_training_curves,
+)
 from ace_lora.evaluation.metrics import classification_metrics, multilabel_metrics
 
 

@@ -7,9 +7,14 @@ from sklearn.metrics import roc_auc_score
 from torchmetrics.detection import MeanAveragePrecision
 
 from ace_lora.evaluation.metrics import (
-    bootstrap_ci, classification_metrics, detection_metrics, dice_per_image, iou_per_image,
-    multilabel_metrics, segmentation_metrics)
-
+    bootstrap_ci,
+    classification_metrics,
+    detection_metrics,
+    dice_per_image,
+    iou_per_image,
+    multilabel_metrics,
+    segmentation_metrics,
+)
 
 # --------------------------------------------------------------------------- bootstrap
 

@@ -147,7 +147,7 @@ LABEL_ROWS = {  # 52000002 has no label row; blanks are empty cells in the CSV
 def make_mimic(root):
     """MIMIC-CXR-JPG tree with the three CSVs and the reports in the same folder."""
     rows = []
-    for dicom_id, subject, study, view, split, has_file in IMAGES:
+    for dicom_id, subject, study, view, _split, has_file in IMAGES:
         rows.append({"dicom_id": dicom_id, "subject_id": subject, "study_id": study,
                      "PerformedProcedureStepDescription": "CHEST (PA AND LAT)", "ViewPosition": view,
                      "Rows": 3056, "Columns": 2544, "StudyDate": 21800506, "StudyTime": 213014.531,

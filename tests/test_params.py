@@ -2,8 +2,8 @@ import argparse
 
 import pytest
 
-from ace_lora.params import parse_with_config
 from ace_lora.errors import UserInputError
+from ace_lora.params import parse_with_config
 
 
 def make_parser():

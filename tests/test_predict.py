@@ -15,9 +15,9 @@ from ace_lora.data.labels import CHEXPERT_5X200_CLASSES
 from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.errors import UserInputError
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES
+from tests.conftest import error_exit_line, tiny_model_with_lora_updates
 from tests.test_parity import write_dicom_8bit
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert
-from tests.conftest import error_exit_line, tiny_model_with_lora_updates
 
 CLASSES = ["pneumonia", "pleural effusion", "edema"]
 
@@ -127,7 +127,7 @@ def test_cli_bad_inputs_and_unreadable_files(tiny_model_name, mixed_folder, tmp_
 
 
 def test_heatmaps_are_unique_per_input_and_class_and_listed(tiny_model_name, weights, tmp_path):
-    """a/x.png, b/x.png and x.jpg with the classes 'pleural effusion' and 'pleural_effusion' once wrote 2 files for 6."""
+    """a/x.png, b/x.png and x.jpg with the classes 'pleural effusion' and 'pleural_effusion' (once 2 files for 6)."""
     scans = tmp_path / "scans"
     for name in ("a/x.png", "b/x.png", "x.jpg"):
         (scans / name).parent.mkdir(parents=True, exist_ok=True)

@@ -178,7 +178,8 @@ def test_siim_class_labels(tmp_path, capsys):
     csv = write_siim_csv(tmp_path / "stage_2_train.csv", relative=False)
     out = tmp_path / "out"
     assert script.main(["--rle-csv", csv, "--output-dir", str(out)]) == 0
-    test, train = pd.read_csv(out / "siim_test.csv", dtype={"ImageId": str}), pd.read_csv(out / "siim_train.csv", dtype={"ImageId": str})
+    test = pd.read_csv(out / "siim_test.csv", dtype={"ImageId": str})
+    train = pd.read_csv(out / "siim_train.csv", dtype={"ImageId": str})
     assert list(test.columns) == ["ImageId", "Label"]
     assert (len(test), len(train)) == (3, 7)  # int(30% of 10 unique images)
     labels = pd.concat([test, train]).set_index("ImageId")["Label"]

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from ace_lora.checkpoint import save_released_checkpoint
+from ace_lora.config import AceLoRAConfig
 from ace_lora.dense import benchmark
-from ace_lora.params.dense import dense_parser, parse_dense_args
 from ace_lora.dense.segmentation import ProgressiveUpsamplingDecoder, focal_dice_loss
 from ace_lora.dense.synthetic import write_siim_demo
 from ace_lora.factory import build_model
-from ace_lora.config import AceLoRAConfig
+from ace_lora.params.dense import dense_parser, parse_dense_args
 from zero_shot_eval.segmentation_siim import main as segmentation_main
 
 TASK = "siim_segmentation"

@@ -10,8 +10,15 @@ from torch.utils.data import Dataset
 
 from ace_lora.data.labels import CHEXPERT_LABELS
 from ace_lora.data.synthetic import write_demo_dataset
-from ace_lora.data.train_dataset import (ImageReportDataset, TokenizingCollate, build_training_dataset,
-                                         epoch_loader, iterate_batches, label_matrix, steps_per_epoch)
+from ace_lora.data.train_dataset import (
+    ImageReportDataset,
+    TokenizingCollate,
+    build_training_dataset,
+    epoch_loader,
+    iterate_batches,
+    label_matrix,
+    steps_per_epoch,
+)
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model
 

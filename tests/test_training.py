@@ -10,14 +10,14 @@ import torch
 
 import train
 from ace_lora.checkpoint import read_released_checkpoint, save_released_checkpoint
+from ace_lora.config import AceLoRAConfig
 from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.data.train_dataset import TokenizingCollate, build_training_dataset, epoch_loader
 from ace_lora.distributed import single_process
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model, load_model_for_eval
-from ace_lora.config import AceLoRAConfig
-from ace_lora.train_step import train_step, warmup_cosine_schedule
 from ace_lora.params.training import DEMO_DEFAULTS, parse_training_args
+from ace_lora.train_step import train_step, warmup_cosine_schedule
 from tests.conftest import error_exit_line
 
 N_TRAIN = 12

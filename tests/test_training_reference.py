@@ -153,7 +153,7 @@ def reference_run(setup):
         text_tokens = F.normalize(clip.text.proj(clip.text.transformer(input_ids=ids, attention_mask=pad)[0]), dim=-1)
         self_attn = bert[-1].attention.self
         heads = self_attn.num_attention_heads
-        split = lambda x: x.view(*x.shape[:2], heads, -1).permute(0, 2, 1, 3)  # noqa: E731
+        split = lambda x, heads=heads: x.view(*x.shape[:2], heads, -1).permute(0, 2, 1, 3)  # noqa: E731
         scores = split(self_attn.query(captured["bert"])) @ split(self_attn.key(captured["bert"])).transpose(-1, -2)
         scores = scores / math.sqrt(self_attn.attention_head_size) + (1.0 - pad[:, None, None, :]) * -1e9
         text_cls = scores.softmax(dim=-1).mean(dim=1)[:, 0, 1:]

@@ -21,8 +21,8 @@ from ace_lora.config import AceLoRAConfig
 from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.dense.splits import decode_error
 from ace_lora.factory import build_model
-from zero_shot_eval import zero_shot_eval_ace_lora_chexpert
 from tests.conftest import error_exit_line
+from zero_shot_eval import zero_shot_eval_ace_lora_chexpert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_MODEL = "local-dir:/nonexistent/model"  # loading it would fail: a check that passes must come first
@@ -169,8 +169,9 @@ def test_11_a_truncated_jpeg_fails_the_dense_up_front_check(tmp_path):
     assert decode_error(str(truncated)) == "truncated JPEG (no end-of-image marker)"
 
 
-ENTRY_SCRIPTS = sorted(["train.py", "train_multi_gpu.py", "predict.py", "export.py"] + glob.glob("zero_shot_eval/*.py", root_dir=ROOT)
-                       + glob.glob("dataset_prep/*.py", root_dir=ROOT) + glob.glob("benchmarks/*.py", root_dir=ROOT))
+ENTRY_SCRIPTS = sorted(["train.py", "train_multi_gpu.py", "predict.py", "export.py"]
+                       + glob.glob("zero_shot_eval/*.py", root_dir=ROOT) + glob.glob("dataset_prep/*.py", root_dir=ROOT)
+                       + glob.glob("benchmarks/*.py", root_dir=ROOT))
 ENTRY_SCRIPTS.remove("zero_shot_eval/__init__.py")
 HEAVY = ("torch", "open_clip", "transformers", "timm", "sklearn")
 

@@ -14,12 +14,9 @@ and mAP@.50.
 See --help for every flag; the work is done by ace_lora.dense.benchmark.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ace_lora.errors import main_guard  # noqa: E402
-from ace_lora.params.dense import parse_dense_args  # noqa: E402
+from ace_lora.errors import main_guard
+from ace_lora.params.dense import parse_dense_args
 
 
 @main_guard

@@ -15,13 +15,10 @@ and config.yaml.
 import json
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ace_lora.errors import main_guard  # noqa: E402
-from ace_lora.params import check_runtime_args, parse_with_config  # noqa: E402
-from ace_lora.params.evaluation import retrieval_parser  # noqa: E402
+from ace_lora.errors import main_guard
+from ace_lora.params import check_runtime_args, parse_with_config
+from ace_lora.params.evaluation import retrieval_parser
 
 
 @main_guard

@@ -8,19 +8,10 @@ Reads lc25000.csv from dataset_prep/lc25000_prep.py (Path, label = class folder)
 See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ace_lora.evaluation.command_line import task_main
 
-from ace_lora.errors import main_guard  # noqa: E402
-from zero_shot_eval import run  # noqa: E402
-
-
-@main_guard
-def main(argv=None) -> int:
-    run("lc25000", argv)
-    return 0
-
+main = task_main("lc25000")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,19 +8,10 @@ Reads rsna_test.csv from dataset_prep/rsna_dataset_create.py (Path to DICOM, Tar
 See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ace_lora.evaluation.command_line import task_main
 
-from ace_lora.errors import main_guard  # noqa: E402
-from zero_shot_eval import run  # noqa: E402
-
-
-@main_guard
-def main(argv=None) -> int:
-    run("rsna", argv)
-    return 0
-
+main = task_main("rsna")
 
 if __name__ == "__main__":
     sys.exit(main())

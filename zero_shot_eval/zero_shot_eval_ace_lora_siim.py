@@ -9,19 +9,10 @@ Reads siim_test.csv from dataset_prep/SIIM_generate_class_labels.py (ImageId, La
 See --help for every flag; the engine is ace_lora.evaluation.zero_shot.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ace_lora.evaluation.command_line import task_main
 
-from ace_lora.errors import main_guard  # noqa: E402
-from zero_shot_eval import run  # noqa: E402
-
-
-@main_guard
-def main(argv=None) -> int:
-    run("siim", argv)
-    return 0
-
+main = task_main("siim")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,8 +13,8 @@ Decisions:
 """
 import os
 import re
-from typing import Dict, Optional, Sequence, Tuple
 from collections import Counter
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -129,7 +129,8 @@ def _report_path(reports_root: str, subject_id: int, study_id: int) -> str:
     return os.path.join(reports_root, "files", f"p{str(subject_id)[:2]}", f"p{subject_id}", f"s{study_id}.txt")
 
 
-def _read_reports(studies: Sequence[Tuple[int, int]], reports_root: str) -> Dict[Tuple[int, int], Optional[Tuple[str, str]]]:
+def _read_reports(studies: Sequence[Tuple[int, int]],
+                  reports_root: str) -> Dict[Tuple[int, int], Optional[Tuple[str, str]]]:
     """{(subject, study): (text, source) or None if the file is missing}."""
     reports = {}
     for subject_id, study_id in studies:

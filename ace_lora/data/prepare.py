@@ -130,7 +130,8 @@ def prepare_rsna(labels_csv: str, output_dir: str, data_root: Optional[str] = No
     over positive patients (rsna_detection_{train,val,test}.csv, 70/15/15), both with random_state=0.
 
     Images are `<data_root>/<image_dir>/<patientId>.dcm` (data_root default: the folder of the labels
-    CSV); Path is written relative to `output_dir` (the CSVs' folder), or absolute if `absolute_paths`. The classification split is not stratified, as in the released code,
+    CSV); Path is written relative to `output_dir` (the CSVs' folder), or absolute if `absolute_paths`.
+    The classification split is not stratified, as in the released code,
     so that the test set is the paper's; with 26,684 patients its positive rate stays close to 22.5%.
     """
     check_output_dir(output_dir)
@@ -256,7 +257,8 @@ def nih_one_hot(finding_labels: pd.Series, source: str) -> pd.DataFrame:
     unknown = sorted(set().union(*findings) - set(NIH_LABELS) - {NIH_NO_FINDING}) if len(findings) else []
     if unknown:
         raise UserInputError(f"{source}: unknown label(s) in 'Finding Labels': {', '.join(map(repr, unknown))}")
-    return pd.DataFrame({label: findings.apply(lambda names: int(label in names)).to_numpy() for label in NIH_LABELS})
+    return pd.DataFrame({label: findings.apply(lambda names, label=label: int(label in names)).to_numpy()
+                         for label in NIH_LABELS})
 
 
 def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: float = 0.2,

@@ -32,8 +32,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ace_lora.data.labels import (CHEXPERT_5X200_CLASSES, CHEXPERT_FILE_LABELS, CHEXPERT_LABELS, RSNA_CLASSES,
-                                  SIIM_CLASSES)
+from ace_lora.data.labels import (
+    CHEXPERT_5X200_CLASSES,
+    CHEXPERT_FILE_LABELS,
+    CHEXPERT_LABELS,
+    RSNA_CLASSES,
+    SIIM_CLASSES,
+)
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts
 
 DEMO_FINDINGS = CHEXPERT_5X200_CLASSES

@@ -36,11 +36,18 @@ import torch
 from torchvision.ops import box_iou
 
 from ace_lora.data.images import load_image
-from ace_lora.dense.detection import TokenGridFCOS, box_targets, input_boxes, predict_boxes, train_detector
 from ace_lora.data.transforms import InputSpec, input_spec
+from ace_lora.dense.detection import TokenGridFCOS, box_targets, input_boxes, predict_boxes, train_detector
 from ace_lora.dense.features import CachedSplit, cache_file, extract_split
-from ace_lora.dense.localisation import (choose_threshold, class_text_embedding, mean_dice_at, predict_region_boxes,
-                                         similarity_maps, threshold_candidates, threshold_masks)
+from ace_lora.dense.localisation import (
+    choose_threshold,
+    class_text_embedding,
+    mean_dice_at,
+    predict_region_boxes,
+    similarity_maps,
+    threshold_candidates,
+    threshold_masks,
+)
 from ace_lora.dense.segmentation import ProgressiveUpsamplingDecoder, predict_masks, train_decoder
 from ace_lora.dense.splits import balanced_subset, check_decodable, fraction_subset, read_split, split_csv_paths
 from ace_lora.dense.synthetic import write_rsna_demo, write_siim_demo
@@ -49,12 +56,11 @@ from ace_lora.dense.training import FitResult, FitSettings
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_box_overlays, plot_mask_overlays, plot_training_curves
 from ace_lora.evaluation.metrics import detection_metrics, dice_per_image, iou_per_image, segmentation_metrics
+from ace_lora.factory import load_model_for_eval
 from ace_lora.io import atomic_save, prepare_output_dir, strict_json, write_resolved_config
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts
-from ace_lora.factory import load_model_for_eval
-from ace_lora.tiny_model import write_tiny_biomedclip
 from ace_lora.runtime import cpu_threads, runtime_device
-
+from ace_lora.tiny_model import write_tiny_biomedclip
 
 DEMO_IMAGE_SIZE = 64  # tiny model input: a 4 x 4 patch grid
 DEMO_DATA, DEMO_MODEL = "demo_data", "demo_model"

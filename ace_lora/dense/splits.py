@@ -19,10 +19,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from ace_lora.data.images import is_dicom
-from ace_lora.errors import UserInputError
 from ace_lora.data.paths import data_root_for, resolve_path
 from ace_lora.data.tables import read_table, row_name, shown_value
 from ace_lora.dense.tasks import IMAGE_FILE, MASK_FILE, SPLITS, SplitLayout
+from ace_lora.errors import UserInputError
+
 
 def split_csv_paths(layout: SplitLayout, split_dir: Optional[str], explicit: Dict[str, Optional[str]],
                     splits: Sequence[str] = SPLITS) -> Dict[str, str]:

@@ -21,13 +21,18 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from ace_lora.data.labels import (CHEXPERT_5X200_CLASSES, LC25000_CLASSES, MHIST_CLASSES, NIH_LABELS, RSNA_CLASSES,
-                                  SIIM_CLASSES)
+from ace_lora.data.labels import (
+    CHEXPERT_5X200_CLASSES,
+    LC25000_CLASSES,
+    MHIST_CLASSES,
+    NIH_LABELS,
+    RSNA_CLASSES,
+    SIIM_CLASSES,
+)
 from ace_lora.data.paths import index_siim_images, resolve_path
 from ace_lora.data.tables import row_name, shown_value
 from ace_lora.errors import UserInputError
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES, PATHOLOGY_TEMPLATES, class_major_prompts
-
 
 # Scorings turn cosine similarities (B, C) into the per-class scores that are written and evaluated.
 SOFTMAX = "softmax"  # softmax(scale * cosine): single-label probabilities

@@ -4,7 +4,6 @@ import argparse
 from ..evaluation.tasks import LOGIT_SCALES, NIH_PROMPT_NAMES, get_task
 from . import HelpFormatter, add_config_arg, add_device_args, add_model_args, add_runtime_args, evaluation_parser
 
-
 # ---- zero-shot evaluation (every zero_shot_eval/zero_shot_eval_ace_lora_<task>.py) ---------------
 
 

@@ -6,7 +6,14 @@ from ..config import GNN_CHOICES, LORA_PARAMS, LORA_POSITIONS, LOSS_CHOICES
 from ..data.labels import UNCERTAIN_POLICIES
 from ..evaluation.tasks import TASKS
 from ..methods import METHOD_DEFAULTS, METHODS
-from . import HelpFormatter, add_config_arg, add_model_args, add_runtime_args, parse_with_config, parse_with_demo_defaults
+from . import (
+    HelpFormatter,
+    add_config_arg,
+    add_model_args,
+    add_runtime_args,
+    parse_with_config,
+    parse_with_demo_defaults,
+)
 
 # Flag defaults of a --demo run unless given on the command line or in --config (chosen for a robust,
 # < 3 minute CPU run).
@@ -85,8 +92,8 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
                       help="append the mean loss and the learning rate to steps.jsonl every N steps")
     logs.add_argument("--resume",
                       help="continue a run: a resume checkpoint, 'latest' (= <output-dir>/checkpoints/last.pt) or "
-                           "'auto' (latest if it exists, else a new run; for requeued cluster jobs). Every setting that "
-                           "shapes the run must be the same")
+                           "'auto' (latest if it exists, else a new run; for requeued cluster jobs). Every setting "
+                           "that shapes the run must be the same")
     logs.add_argument("--overwrite", action="store_true",
                       help="start a new run in an --output-dir that holds another one (its run files are deleted)")
     logs.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
