@@ -6,9 +6,10 @@ Released format (`torch.save` dict, loads with weights_only=True):
   weights['img_edge_adapter' | 'img_node_adapter' | 'text_edge_adapter' | 'text_node_adapter']:
       adapter state_dicts (down.weight/bias, up.weight/bias).
   weights['logit_scale']: the learned scale, linear (already exponentiated).
-  metadata: {'r', 'topk', 'params', 'position', 'loss_type', 'use_labels', ...}. As released, `loss_type`
+  metadata: {'r', 'topk', 'params', 'position', 'loss_type', 'use_labels', 'loss', ...}. As released, `loss_type`
       says whether the hypergraph exists ('clip_loss_ace_hgnn', or '_hgat' in the published file: adapters
-      present; 'clip_loss': LoRA only); `use_labels` says whether same-label negatives were masked.
+      present; 'clip_loss': LoRA only); `use_labels` says whether same-label negatives were masked; our
+      files add `loss`, the loss's registry name (ace_lora.loss.LOSSES).
 Every write is atomic: a temporary file in the same folder, then os.replace.
 """
 import os
@@ -22,6 +23,7 @@ from .config import AceLoRAConfig
 from .errors import TrainingDiverged, UserInputError
 from .io import atomic_save
 from .lora import LoRAFactors
+from .loss import create_loss
 from .model import AceLoRAModel
 
 
@@ -60,7 +62,7 @@ def adapter_modules(model: AceLoRAModel) -> Dict[str, torch.nn.Module]:
 HGNN_LOSS_TYPE, LORA_ONLY_LOSS_TYPE = "clip_loss_ace_hgnn", "clip_loss"
 
 
-def released_state(model: AceLoRAModel, use_labels: bool = True) -> dict:
+def released_state(model: AceLoRAModel, loss: str = "label_guided") -> dict:
     """The model's trainables in the released format (fp32, CPU)."""
     weights: Dict[str, Any] = {}
     for layer, proj, factors in _lora_entries(model):
@@ -74,7 +76,8 @@ def released_state(model: AceLoRAModel, use_labels: bool = True) -> dict:
     cfg = model.config
     loss_type = HGNN_LOSS_TYPE if adapter_modules(model) else LORA_ONLY_LOSS_TYPE
     metadata = {"r": cfg.r, "topk": cfg.topk, "k_nearest": cfg.topk, "params": list(cfg.params),
-                "position": cfg.position, "loss_type": loss_type, "use_labels": bool(use_labels), "alpha": cfg.alpha,
+                "position": cfg.position, "loss_type": loss_type, "loss": loss,
+                "use_labels": create_loss(loss).uses_labels, "alpha": cfg.alpha,
                 "dropout_rate": cfg.dropout, "hidden_features": cfg.hidden_features,
                 "apply_gnn_encoders": cfg.apply_gnn_encoders}
     return {"weights": weights, "metadata": metadata}
@@ -88,9 +91,11 @@ def check_finite_trainables(model: AceLoRAModel) -> None:
                                "not saved")
 
 
-def save_released_checkpoint(model: AceLoRAModel, path: str, use_labels: bool = True) -> None:
+def save_released_checkpoint(model: AceLoRAModel, path: str, loss: str = "label_guided") -> None:
+    """The released format; `loss` (a registry name, ace_lora.loss) is recorded by name and, as released,
+    as `use_labels`."""
     check_finite_trainables(model)
-    atomic_save(released_state(model, use_labels), path)
+    atomic_save(released_state(model, loss), path)
 
 
 def read_released_checkpoint(path: str) -> dict:

@@ -27,7 +27,7 @@ from .config import LOCAL_PREFIX, AceLoRAConfig
 from .errors import UserInputError
 from .io import atomic_save, atomic_write, prepare_output_dir
 from .lora import LoRAFactors, MergeableLoRA
-from .methods import OWN_LORA_METHODS
+from .methods import get_method
 
 EXPORT_CONFIG = "ace_lora_config.json"
 ADAPTERS_FILE = "ace_hgnn.safetensors"
@@ -44,7 +44,10 @@ def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
     open_clip names: our LoRA merged (a wrapper's `base.` prefix dropped, its factors left out), a peft
     tuner merged by peft's own `merge_and_unload` (on a copy: the model stays usable), `full` as trained.
     A peft tuner that cannot be merged is one UserInputError."""
-    if model._peft_owner:
+    merge = get_method(model.config.method).export_merge
+    if merge == "none":
+        raise UserInputError(f"--method {model.config.method} trains nothing: there is nothing to export")
+    if merge == "peft":
         peft_type = (model.config.peft or {}).get("peft_type", "?")
         try:
             clip = copy.deepcopy(model._peft_owner[0]).merge_and_unload()
@@ -52,6 +55,7 @@ def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
             raise UserInputError(f"cannot export --method {model.config.method}: peft cannot merge its {peft_type} "
                                  f"tuner into the backbone ({str(error).splitlines()[0]})") from None
         return {key: value.detach().clone().cpu() for key, value in clip.state_dict().items()}
+    # own_lora: merge our factors; as_trained (full): no factors, the weights are plain already
     was_merged = all(m.merged for m in model.clip.modules() if isinstance(m, MergeableLoRA))
     model.merge_lora(True)
     try:
@@ -69,7 +73,7 @@ def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
 def exported_method(config: AceLoRAConfig) -> str:
     """The method an export states: our own LoRA is 'ace_lora' with a hypergraph and 'lora' without (a
     released-format file does not record --method); every other method by its name."""
-    if config.method in OWN_LORA_METHODS:
+    if get_method(config.method).own_lora:
         return "ace_lora" if config.apply_gnn_encoders != "none" else "lora"
     return config.method
 
@@ -170,7 +174,7 @@ clip, _, preprocess = open_clip.create_model_and_transforms("local-dir:THIS_FOLD
 
 def _method_sentence(summary: dict) -> str:
     trained = summary["trained_config"]
-    if trained["method"] == "full":
+    if get_method(trained["method"]).trains_backbone:
         return "Every backbone weight fine-tuned"
     if trained.get("peft"):
         return f"The {summary['method']} tuner (peft {trained['peft'].get('peft_type')}) merged into the backbone"

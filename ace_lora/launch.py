@@ -16,7 +16,7 @@ from .evaluation.tasks import RETRIEVAL, TASKS, parse_eval_specs
 from .factory import build_model
 from .io import prepare_output_dir
 from .loggers import check_logger_packages
-from .methods import check_method_file
+from .methods import check_method_file, get_method
 from .resume import RunFinished, read_resume_state
 from .run_folder import RunLock, check_run_folder, clear_run_files
 from .runtime import cpu_threads, resolve_precision
@@ -54,7 +54,7 @@ def check_eval_inputs(args, eval_specs: List[Tuple[str, str, Optional[str]]]) ->
 
 def check_training_args(args) -> None:
     """Flag values that torch or NumPy would otherwise reject late, or accept and misuse."""
-    if args.method == "bare":
+    if not get_method(args.method).trains:
         raise UserInputError("--method bare trains nothing: evaluate the backbone with the evaluation scripts "
                              "(no --checkpoint), or use it in a sweep")
     if args.peft_config and args.method != "peft":
@@ -89,7 +89,7 @@ def check_training_args(args) -> None:
 
 def print_trainable_count(args, context: DistributedContext) -> int:
     check_method_file(args.peft_config)
-    count = 0 if args.method == "bare" else build_model(args.model, model_config(args)).num_trainable()
+    count = 0 if not get_method(args.method).trains else build_model(args.model, model_config(args)).num_trainable()
     if context.is_main:
         print(f"trainable parameters: {count}")
     return count

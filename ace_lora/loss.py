@@ -1,15 +1,23 @@
-"""Contrastive losses: the CLIP InfoNCE loss and its label-guided variant.
+"""Contrastive losses: the CLIP InfoNCE loss and its label-guided variant, and their registry.
+
+LOSSES maps each `--loss` name (ace_lora.config.LOSS_CHOICES) to a ContrastiveLoss; the trainer resolves
+it once with `create_loss` (as open_clip's create_loss) and hands it to every step, and checkpoints
+record the loss by that name.
 
 Label-guided InfoNCE: for row i, every j != i whose CheXpert label vector equals row i's is not a
 negative (two studies with the same findings are not a mismatch), so its logit is set to -inf in both
 directions before the cross-entropies; the diagonal positive always stays.
 """
-from typing import Optional
+from dataclasses import dataclass
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather
+
+from .config import LOSS_CHOICES
+from .errors import UserInputError
 
 
 def false_negative_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -45,3 +53,28 @@ def gather_batch(image: torch.Tensor, text: torch.Tensor, labels: Optional[torch
         dist.all_gather(gathered, labels)
         labels = torch.cat(gathered, dim=0)
     return image, text, labels
+
+
+@dataclass(frozen=True)
+class ContrastiveLoss:
+    """A registered loss: `loss(image, text, scale, labels)`; labels are used only if `uses_labels`."""
+
+    name: str
+    uses_labels: bool
+
+    def __call__(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return label_guided_info_nce(image, text, logit_scale, labels if self.uses_labels else None)
+
+
+LOSSES: Dict[str, ContrastiveLoss] = {
+    "label_guided": ContrastiveLoss("label_guided", uses_labels=True),  # the released default
+    "clip": ContrastiveLoss("clip", uses_labels=False),
+}
+assert tuple(LOSSES) == LOSS_CHOICES  # the torch-free list the command line offers
+
+
+def create_loss(name: str) -> ContrastiveLoss:
+    if name not in LOSSES:
+        raise UserInputError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+    return LOSSES[name]

@@ -21,7 +21,7 @@ from .backbone import Backbone
 from .config import AceLoRAConfig
 from .hgnn import AceHgnn
 from .lora import LoRAFactors, inject_text_lora, inject_vision_lora, set_merged
-from .methods import apply_peft
+from .methods import apply_peft, get_method
 
 
 class _ProjectionCapture:
@@ -54,7 +54,7 @@ class AceLoRAModel(nn.Module):
         # Baselines (ace_lora.methods): a peft tuner in place of our LoRA, or every backbone weight.
         self._peft_owner = (apply_peft(self.clip, config.peft, config.position, len(bert_layers), len(vit_blocks))
                             if config.peft else [])  # a list, so not a submodule
-        if config.method == "full":
+        if get_method(config.method).trains_backbone:
             self.clip.requires_grad_(True)
             self.clip.logit_scale.requires_grad_(False)  # the learned scale below is the one trained
 

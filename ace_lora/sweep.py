@@ -42,7 +42,7 @@ from .config import LOCAL_PREFIX
 from .errors import RunInterrupted, UserInputError, main_guard
 from .evaluation.tasks import RETRIEVAL, TASKS
 from .io import prepare_output_dir, read_json, read_yaml_mapping, write_json
-from .methods import METHODS
+from .methods import METHODS, get_method
 from .params import HelpFormatter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,7 +196,7 @@ def train_part(sweep: dict, run: dict, seed: int, folder: str) -> dict:
 
     `seconds` counts every attempt (an interrupted one too); a resumed part appends to train.log."""
     method = run.get("method", "ace_lora")
-    if method == "bare":
+    if not get_method(method).trains:
         return {"status": "ok", "checkpoint": None, "trainable": 0, "seconds": 0.0}
     part = os.path.join(folder, "train")
     done = read_done(part)

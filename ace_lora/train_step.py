@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .distributed import DistributedContext, all_ranks_true
 from .errors import TrainingDiverged
-from .loss import gather_batch, label_guided_info_nce
+from .loss import ContrastiveLoss, gather_batch
 from .model import AceLoRAModel
 from .runtime import autocast
 
@@ -33,8 +33,9 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
 
 
 def train_step(model, batch, optimizer, scheduler, scaler, *, device: torch.device, precision: str,
-               use_labels: bool, gather_negatives: bool, context: DistributedContext) -> Tuple[float, float]:
-    """One update from one batch (images (B, 3, H, W), token ids (B, L), labels (B, 14)).
+               loss_fn: ContrastiveLoss, gather_negatives: bool, context: DistributedContext) -> Tuple[float, float]:
+    """One update from one batch (images (B, 3, H, W), token ids (B, L), labels (B, 14)) with `loss_fn`
+    (ace_lora.loss.create_loss).
 
     `model` is the AceLoRAModel or its DistributedDataParallel wrapper. With `gather_negatives` in DDP
     the loss is computed over the global batch on every rank (ace_lora.loss.gather_batch). A NaN/inf loss
@@ -47,10 +48,10 @@ def train_step(model, batch, optimizer, scheduler, scaler, *, device: torch.devi
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
         image_emb, text_emb, scale = model(images, ids)  # (B, D), (B, D), ()
-    labels = labels if use_labels else None
+    labels = labels if loss_fn.uses_labels else None
     if gather_negatives and context.is_distributed:
         image_emb, text_emb, labels = gather_batch(image_emb, text_emb, labels)  # (world * B, D)
-    loss = label_guided_info_nce(image_emb, text_emb, scale, labels)
+    loss = loss_fn(image_emb, text_emb, scale, labels)
     value = loss.item()
     if not all_ranks_true(math.isfinite(value), context):
         raise TrainingDiverged(f"the training loss became {value} (on this or another rank)")

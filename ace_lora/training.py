@@ -45,7 +45,8 @@ from .factory import build_model
 from .interrupts import StopNow, StopRequest
 from .io import append_jsonl, atomic_save, read_jsonl, write_resolved_config
 from .loggers import ScalarLoggers
-from .methods import OWN_LORA_METHODS, peft_config_for
+from .loss import create_loss
+from .methods import get_method, peft_config_for
 from .model import AceLoRAModel
 from .resume import CHECKPOINT_FORMAT, data_identity
 from .train_step import train_step, warmup_cosine_schedule, wrap_ddp
@@ -65,7 +66,7 @@ def seed_everything(seed: int) -> None:
 
 def model_config(args) -> AceLoRAConfig:
     """The model of the training flags; --method decides what trains besides the scale (ace_lora.methods)."""
-    own_lora = args.method in OWN_LORA_METHODS
+    own_lora = get_method(args.method).own_lora
     return AceLoRAConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                          params=list(args.params) if own_lora else [], position=args.position, topk=args.topk,
                          hidden_features=args.hidden_features, apply_gnn_encoders=args.apply_gnn_encoders,
@@ -90,6 +91,7 @@ class Trainer:
         seed_everything(args.seed + context.rank)
 
         self.config = model_config(args)
+        self.loss = create_loss(args.loss)  # resolved once, handed to every step
         self.raw_model: AceLoRAModel = build_model(args.model, self.config, self.device)
         if args.init_from:
             init_trainables_from(self.raw_model, args.init_from)  # trainables only: a fresh optimiser and schedule
@@ -183,12 +185,11 @@ class Trainer:
                                    "fp32") from None
         if self.context.is_main:
             state = self._state(rng_states)
-            use_labels = self.args.loss == "label_guided"
             for name in ("last", "best") if best else ("last",):
                 atomic_save(state, os.path.join(self.checkpoint_dir, f"{name}.pt"))
-                if self.config.method in OWN_LORA_METHODS:
+                if get_method(self.config.method).released_format:
                     save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format(name)),
-                                             use_labels=use_labels)
+                                             loss=self.loss.name)
         self.saved_step = self.step
 
     def resume(self) -> None:
@@ -271,7 +272,7 @@ class Trainer:
             try:
                 loss, lr = train_step(self.model, batch, self.optimizer, self.scheduler, self.scaler,
                                       device=self.device, precision=args.precision,
-                                      use_labels=args.loss == "label_guided",
+                                      loss_fn=self.loss,
                                       gather_negatives=args.gather_negatives, context=ctx)
             except TrainingDiverged as err:
                 bar.close()

@@ -57,6 +57,7 @@ def ace_steps(args, device):
 
     from ace_lora.distributed import single_process
     from ace_lora.factory import build_model
+    from ace_lora.loss import create_loss
     from ace_lora.train_step import train_step, warmup_cosine_schedule
     model = build_model(args.model, device=device).train()
     batch = synthetic_batch(image_size(model.clip), model.tokenize, args.batch_size)
@@ -65,7 +66,7 @@ def ace_steps(args, device):
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     context = single_process(str(device))
     return lambda: train_step(model, batch, optimizer, scheduler, scaler, device=device, precision=args.precision,
-                              use_labels=True, gather_negatives=False, context=context)
+                              loss_fn=create_loss("label_guided"), gather_negatives=False, context=context)
 
 
 def full_steps(args, device):

@@ -124,10 +124,10 @@ def test_hypergraph_and_label_mask_round_trip_independently(tiny_model_name, tmp
         for factors in parts.values():
             torch.nn.init.normal_(factors.lora_B, std=0.05)
     path = tmp_path / "weights.pt"
-    save_released_checkpoint(model, str(path), use_labels=use_labels)
+    save_released_checkpoint(model, str(path), loss="label_guided" if use_labels else "clip")
     metadata = read_released_checkpoint(str(path))["metadata"]
     assert metadata["loss_type"] == ("clip_loss_ace_hgnn" if gnn == "both" else "clip_loss")
-    assert metadata["use_labels"] is use_labels
+    assert metadata["use_labels"] is use_labels and metadata["loss"] == ("label_guided" if use_labels else "clip")
     del metadata["apply_gnn_encoders"]  # as in the authors' files: loss_type alone must decide
     state = read_released_checkpoint(str(path))
     state["metadata"] = metadata

@@ -22,6 +22,7 @@ from ace_lora.distributed import (
 )
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model
+from ace_lora.loss import create_loss
 from ace_lora.train_step import train_step, warmup_cosine_schedule, wrap_ddp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,7 @@ def loss_and_grads(model, step_model, batch, context, gather=True):
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.0)
     loss, _ = train_step(step_model, batch, optimizer, warmup_cosine_schedule(optimizer, 0, 1),
                          torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), precision="fp32",
-                         use_labels=True, gather_negatives=gather, context=context)
+                         loss_fn=create_loss("label_guided"), gather_negatives=gather, context=context)
     return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 

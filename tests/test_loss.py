@@ -52,3 +52,20 @@ def test_all_identical_labels_give_zero_loss_and_finite_grads():
     loss = label_guided_info_nce(img, txt, torch.tensor(5.0), torch.ones(4, 14))
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(img.grad).all()
+
+
+def test_the_loss_registry_resolves_each_name_once_and_the_clip_loss_ignores_labels():
+    from ace_lora.config import LOSS_CHOICES
+    from ace_lora.errors import UserInputError
+    from ace_lora.loss import LOSSES, create_loss
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    labels = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [0, 0]])
+    scale = torch.tensor(10.0)
+    assert tuple(LOSSES) == LOSS_CHOICES
+    assert create_loss("label_guided")(image, text, scale, labels) == label_guided_info_nce(image, text, scale, labels)
+    assert create_loss("clip")(image, text, scale, labels) == label_guided_info_nce(image, text, scale, None)
+    assert create_loss("label_guided")(image, text, scale, labels) != create_loss("clip")(image, text, scale, labels)
+    with pytest.raises(UserInputError, match="unknown loss 'focal'"):
+        create_loss("focal")

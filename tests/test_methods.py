@@ -6,6 +6,7 @@ import torch
 
 import train
 from ace_lora.config import AceLoRAConfig
+from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model, load_model_for_eval
 from ace_lora.io import atomic_save
 from ace_lora.methods import PEFT_METHODS, peft_config_for
@@ -78,3 +79,20 @@ def test_every_method_round_trips_through_its_checkpoint(tiny_model_name, tmp_pa
         torch.testing.assert_close(loaded.encode_text(ids), model.encode_text(ids), rtol=0, atol=1e-6)
         assert not torch.allclose(load_model_for_eval(tiny_model_name).encode_image(images),
                                   model.encode_image(images), atol=1e-4)  # the method changed the model
+
+
+def test_the_registry_is_the_one_list_and_says_how_each_method_is_saved_and_exported():
+    from ace_lora.methods import METHODS, REGISTRY, get_method
+    from ace_lora.params.training import parse_training_args
+    assert METHODS == tuple(REGISTRY) and set(PEFT_METHODS) == {"dora", "ia3", "loha", "vera", "peft"}
+    assert {m: get_method(m).export_merge for m in METHODS} == {
+        "ace_lora": "own_lora", "lora": "own_lora", "full": "as_trained", "dora": "peft", "ia3": "peft",
+        "loha": "peft", "vera": "peft", "peft": "peft", "bare": "none"}
+    assert [m for m in METHODS if get_method(m).released_format] == ["ace_lora", "lora"]
+    for method in METHODS:  # each method's defaults reach the parsed flags, explicit flags still win
+        args = parse_training_args(["--method", method], "", distributed=False)
+        for key, value in get_method(method).defaults.items():
+            assert getattr(args, key) == value, (method, key)
+    assert parse_training_args(["--method", "full", "--lr", "3e-4"], "", distributed=False).lr == 3e-4
+    with pytest.raises(UserInputError, match="unknown method 'magic'; choose from ace_lora, lora"):
+        get_method("magic")

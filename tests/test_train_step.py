@@ -6,6 +6,7 @@ from ace_lora.config import AceLoRAConfig
 from ace_lora.distributed import DistributedContext
 from ace_lora.errors import TrainingDiverged
 from ace_lora.factory import build_model
+from ace_lora.loss import create_loss
 from ace_lora.train_step import all_finite, train_step, warmup_cosine_schedule
 
 
@@ -35,7 +36,7 @@ def step_setup(model_name, lr=1e-3):
 
 def run(model, optimizer, schedule, scaler, batch, context):
     return train_step(model, batch, optimizer, schedule, scaler, device=torch.device("cpu"), precision="fp32",
-                      use_labels=True, gather_negatives=False, context=context)
+                      loss_fn=create_loss("label_guided"), gather_negatives=False, context=context)
 
 
 def test_a_nan_gradient_stops_before_the_update(tiny_model_name):

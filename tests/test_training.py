@@ -16,6 +16,7 @@ from ace_lora.data.train_dataset import TokenizingCollate, build_training_datase
 from ace_lora.distributed import single_process
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model, load_model_for_eval
+from ace_lora.loss import create_loss
 from ace_lora.params.training import DEMO_DEFAULTS, parse_training_args
 from ace_lora.train_step import train_step, warmup_cosine_schedule
 from tests.conftest import error_exit_line
@@ -61,7 +62,7 @@ def test_train_step_updates_trainables_and_nothing_else(tiny_model_name, demo_da
     scheduler = warmup_cosine_schedule(optimizer, 0, 10)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     losses = [train_step(model, batch, optimizer, scheduler, scaler, device=torch.device("cpu"), precision="fp32",
-                         use_labels=True, gather_negatives=False, context=single_process("cpu"))
+                         loss_fn=create_loss("label_guided"), gather_negatives=False, context=single_process("cpu"))
               for _ in range(2)]  # B starts at 0, so A gets a gradient from the second step on
     assert all(math.isfinite(loss) and loss > 0 for loss, _ in losses)
     assert losses[0][1] == pytest.approx(1e-2) and losses[1][1] < 1e-2  # the cosine schedule moved

@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 from ..config import GNN_CHOICES, LORA_PARAMS, LORA_POSITIONS, LOSS_CHOICES
 from ..data.labels import UNCERTAIN_POLICIES
 from ..evaluation.tasks import TASKS
-from ..methods import METHOD_DEFAULTS, METHODS
+from ..methods import METHODS, get_method
 from . import (
     HelpFormatter,
     add_config_arg,
@@ -120,7 +120,7 @@ def parse_training_args(argv: Optional[Sequence[str]], description: str, distrib
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_training_args(parser, distributed)
     method = parse_with_config(parser, argv).method
-    parser.set_defaults(**METHOD_DEFAULTS.get(method, {}))  # explicit flags and --config still win
+    parser.set_defaults(**get_method(method).defaults)  # explicit flags and --config still win
     return parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS)
 
 
