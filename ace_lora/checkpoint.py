@@ -1,4 +1,12 @@
-"""Checkpoints: the released ACE-LoRA weight format, and our resume checkpoints.
+"""Checkpoints: every format a trained model comes in, read by one function (`read_trained`), and the
+released format and our resume checkpoints written.
+
+Formats `read_trained(path)` knows (it returns the model configuration and copies the tensors in):
+- the released weight format (the authors' `ACE_LoRA.pt`, our `ACE-LoRA_weights_*.pt`), below;
+- our training checkpoints (`checkpoints/last.pt`, `best.pt`): `trainable` tensors by module path and
+  `model_config`, plus the run state (ace_lora.resume);
+- an export folder (ace_lora/export.py): the backbone with LoRA merged, `ace_hgnn.safetensors` and
+  `ace_lora_config.json`; it is its own backbone.
 
 Released format (`torch.save` dict, loads with weights_only=True):
   weights['layer_<i>'][<p>_proj] = {'w_lora_A': (r, in), 'w_lora_B': (out, r)}: text layers first
@@ -12,14 +20,17 @@ Released format (`torch.save` dict, loads with weights_only=True):
       files add `loss`, the loss's registry name (ace_lora.loss.LOSSES).
 Every write is atomic: a temporary file in the same folder, then os.replace.
 """
+import json
 import os
 import random
-from typing import Any, Dict, Iterator, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
+from safetensors.torch import load_file as load_safetensors
 
-from .config import AceLoRAConfig
+from .config import LOCAL_PREFIX, AceLoRAConfig
 from .errors import TrainingDiverged, UserInputError
 from .io import atomic_save
 from .lora import LoRAFactors
@@ -240,14 +251,47 @@ def checkpoint_config(state: Any, path: str) -> AceLoRAConfig:
     raise UserInputError(f"{path} is neither an ACE-LoRA weight file nor a training checkpoint")
 
 
-def load_trainables(model: AceLoRAModel, state: dict, path: str) -> None:
-    """Copy the trained tensors of either format (see `checkpoint_config`) into the model."""
-    if "weights" in state:
-        load_released_weights(model, state, path)
-    else:
-        load_trainable_state_dict(model, state["trainable"], path)
+# ---- export folders (written by ace_lora/export.py) -----------------------------------------------
+EXPORT_CONFIG = "ace_lora_config.json"
+ADAPTERS_FILE = "ace_hgnn.safetensors"
+EXPORT_FORMAT = "ace-lora-export-1"
 
 
+def is_export_folder(path: Optional[str]) -> bool:
+    return path is not None and os.path.isdir(path) and os.path.isfile(os.path.join(path, EXPORT_CONFIG))
+
+
+def read_export(folder: str) -> dict:
+    with open(os.path.join(folder, EXPORT_CONFIG), encoding="utf-8") as f:
+        summary = json.load(f)
+    if summary.get("format") != EXPORT_FORMAT:
+        raise UserInputError(f"{folder}: not an ACE-LoRA export folder (format {summary.get('format')!r})")
+    return summary
+
+
+def export_config(summary: dict) -> AceLoRAConfig:
+    """The model an export folder rebuilds: no LoRA (it is merged), the adapters it holds."""
+    return AceLoRAConfig(params=[], topk=int(summary["topk"]), hidden_features=int(summary["hidden_features"]),
+                         apply_gnn_encoders=summary["apply_gnn_encoders"])
+
+
+def load_export_trainables(model: AceLoRAModel, folder: str) -> None:
+    """Copy the exported adapters and scale into `model` (built with `export_config`); strict."""
+    source = os.path.join(folder, ADAPTERS_FILE)
+    tensors = load_safetensors(source)
+    scale = tensors.get("logit_scale")
+    copy_checked(model.logit_scale.data, None if scale is None else scale.reshape(()), "logit_scale", source)
+    expected = {"logit_scale"}
+    for name, adapter in adapter_modules(model).items():
+        for key, value in adapter.state_dict().items():
+            copy_checked(value, tensors.get(f"{name}.{key}"), f"{name}.{key}", source)
+            expected.add(f"{name}.{key}")
+    extra = sorted(set(tensors) - expected)
+    if extra:
+        raise UserInputError(f"{folder}/{ADAPTERS_FILE}: tensors the model does not have: {', '.join(extra)}")
+
+
+# ---- one reader for every format --------------------------------------------------------------------
 # The architecture keys of AceLoRAConfig and the flags that set them (dropout is a training setting).
 ARCHITECTURE_FLAGS = {"r": "--lora-r", "alpha": "--lora-alpha", "params": "--params", "position": "--position",
                       "topk": "--topk", "hidden_features": "--hidden-features",
@@ -257,26 +301,63 @@ RELEASED_METADATA_KEYS = {"r": "r", "alpha": "alpha", "params": "params", "posit
                           "topk": "topk", "hidden_features": "hidden_features", "apply_gnn_encoders": "loss_type"}
 
 
+@dataclass
+class TrainedWeights:
+    """What a path holds, whatever its format: the configuration to build, the backbone it needs (None:
+    the caller's --model; an export folder is its own), and `load_into(model)` to copy its tensors in."""
+
+    path: str
+    kind: str  # "released" | "training" | "export"
+    config: AceLoRAConfig
+    backbone: Optional[str]
+    recorded: Tuple[str, ...]  # the architecture settings the file records (released files omit some)
+    state: Any = field(repr=False, default=None)
+
+    def load_into(self, model: AceLoRAModel) -> None:
+        if self.kind == "export":
+            load_export_trainables(model, self.path)
+        elif self.kind == "released":
+            load_released_weights(model, self.state, self.path)
+        else:
+            load_trainable_state_dict(model, self.state["trainable"], self.path)
+
+
+def read_trained(path: str) -> TrainedWeights:
+    """The one reader of trained models: a released `.pt`, an `ACE-LoRA_weights_*.pt`, a `checkpoints/*.pt`
+    or an export folder (module docstring). A path that is none of them is one UserInputError."""
+    if is_export_folder(path):
+        return TrainedWeights(path, "export", export_config(read_export(path)), f"{LOCAL_PREFIX}{path}",
+                              ("topk", "hidden_features", "apply_gnn_encoders"))
+    if os.path.isdir(path):
+        raise UserInputError(f"{path} is a folder without {EXPORT_CONFIG}: give a weight file, a training "
+                             "checkpoint or an export folder")
+    state = load_checkpoint_file(path)
+    config = checkpoint_config(state, path)
+    if "weights" in state:
+        metadata = state.get("metadata", {})
+        recorded = tuple(key for key, meta_key in RELEASED_METADATA_KEYS.items()
+                         if meta_key in metadata or key in metadata)
+        return TrainedWeights(path, "released", config, None, recorded, state)
+    return TrainedWeights(path, "training", config, None, tuple(ARCHITECTURE_FLAGS), state)
+
+
 def init_trainables_from(model: AceLoRAModel, path: str) -> None:
     """Start from the trained tensors of a weight file or a training checkpoint (--init-from).
 
     The file's configuration must be the model's (each differing setting is named with its flag);
     shapes are checked tensor by tensor.
     """
-    state = load_checkpoint_file(path)
-    saved = checkpoint_config(state, path)
-    recorded = set(ARCHITECTURE_FLAGS)
-    if "weights" in state:
-        metadata = state.get("metadata", {})
-        recorded = {key for key, meta_key in RELEASED_METADATA_KEYS.items()
-                    if meta_key in metadata or key in metadata}
-    differs = [f"{flag} {getattr(saved, key)} (this run: {getattr(model.config, key)})"
+    trained = read_trained(path)
+    if trained.kind == "export":
+        raise UserInputError(f"--init-from {path}: an export folder has its LoRA merged into the backbone; start "
+                             "from the checkpoint or weight file it was exported from")
+    differs = [f"{flag} {getattr(trained.config, key)} (this run: {getattr(model.config, key)})"
                for key, flag in ARCHITECTURE_FLAGS.items()
-               if key in recorded and getattr(saved, key) != getattr(model.config, key)]
+               if key in trained.recorded and getattr(trained.config, key) != getattr(model.config, key)]
     if differs:
         raise UserInputError(f"--init-from {path} was trained with " + ", ".join(differs)
                              + "; set the same flags to start from it")
-    load_trainables(model, state, path)
+    trained.load_into(model)
 
 
 def load_resume_checkpoint(path: str) -> dict:

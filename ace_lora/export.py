@@ -8,9 +8,10 @@ The folder holds:
 - `ace_hgnn.safetensors`: the ACE-HGNN adapters (`img_edge_adapter.down.weight`, ...) and the learned
   `logit_scale`, and `ace_lora_config.json`: the method, its settings and the trainable count;
 - `README.md`: a model card (Hugging Face metadata header, how to load, training data, metrics).
-`ace_lora.factory.load_model_for_eval(checkpoint=FOLDER)` (and so `ace_lora.load`, every evaluation
-script's --checkpoint) rebuilds the full ACE-LoRA model from it: the merged backbone, no LoRA left to
-apply, the adapters and the scale.
+`ace_lora.checkpoint.read_trained(FOLDER)` reads it back like every other format, so
+`ace_lora.factory.load_model_for_eval(checkpoint=FOLDER)` (and `ace_lora.load`, every evaluation script's
+--checkpoint) rebuilds the full ACE-LoRA model from it: the merged backbone, no LoRA left to apply, the
+adapters and the scale. This module only writes.
 """
 import copy
 import json
@@ -19,24 +20,16 @@ import shutil
 from typing import Dict, Optional
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
-from .checkpoint import adapter_modules, copy_checked
+from .checkpoint import ADAPTERS_FILE, EXPORT_CONFIG, EXPORT_FORMAT, adapter_modules
 from .config import LOCAL_PREFIX, AceLoRAConfig
 from .errors import UserInputError
 from .io import atomic_save, atomic_write, prepare_output_dir
 from .lora import LoRAFactors, MergeableLoRA
 from .methods import get_method
 
-EXPORT_CONFIG = "ace_lora_config.json"
-ADAPTERS_FILE = "ace_hgnn.safetensors"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
-EXPORT_FORMAT = "ace-lora-export-1"
-
-
-def is_export_folder(path: Optional[str]) -> bool:
-    return path is not None and os.path.isdir(path) and os.path.isfile(os.path.join(path, EXPORT_CONFIG))
 
 
 def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
@@ -186,33 +179,3 @@ def _hgnn_phrase(summary: dict) -> str:
     if summary["apply_gnn_encoders"] == "none":
         return "no ACE-HGNN adapters"
     return f"the ACE-HGNN adapters (towers: {summary['apply_gnn_encoders']}, top-k {summary['topk']})"
-
-
-def read_export(folder: str) -> dict:
-    with open(os.path.join(folder, EXPORT_CONFIG), encoding="utf-8") as f:
-        summary = json.load(f)
-    if summary.get("format") != EXPORT_FORMAT:
-        raise UserInputError(f"{folder}: not an ACE-LoRA export folder (format {summary.get('format')!r})")
-    return summary
-
-
-def export_config(summary: dict) -> AceLoRAConfig:
-    """The model an export folder rebuilds: no LoRA (it is merged), the adapters it holds."""
-    return AceLoRAConfig(params=[], topk=int(summary["topk"]), hidden_features=int(summary["hidden_features"]),
-                         apply_gnn_encoders=summary["apply_gnn_encoders"])
-
-
-def load_export_trainables(model, folder: str) -> None:
-    """Copy the exported adapters and scale into `model` (built with `export_config`); strict."""
-    source = os.path.join(folder, ADAPTERS_FILE)
-    tensors = load_file(source)
-    scale = tensors.get("logit_scale")
-    copy_checked(model.logit_scale.data, None if scale is None else scale.reshape(()), "logit_scale", source)
-    expected = {"logit_scale"}
-    for name, adapter in adapter_modules(model).items():
-        for key, value in adapter.state_dict().items():
-            copy_checked(value, tensors.get(f"{name}.{key}"), f"{name}.{key}", source)
-            expected.add(f"{name}.{key}")
-    extra = sorted(set(tensors) - expected)
-    if extra:
-        raise UserInputError(f"{folder}/{ADAPTERS_FILE}: tensors the model does not have: {', '.join(extra)}")

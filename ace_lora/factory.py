@@ -2,9 +2,8 @@
 from typing import Optional
 
 from .backbone import load_backbone
-from .checkpoint import checkpoint_config, load_checkpoint_file, load_trainables
-from .config import BIOMEDCLIP_HUB, LOCAL_PREFIX, AceLoRAConfig
-from .export import export_config, is_export_folder, load_export_trainables, read_export
+from .checkpoint import read_trained
+from .config import BIOMEDCLIP_HUB, AceLoRAConfig
 from .model import AceLoRAModel
 
 # The zero-shot baseline: BiomedCLIP itself (no LoRA, no hypergraph; token 0 is open_clip's embedding).
@@ -27,13 +26,10 @@ def load_model_for_eval(model_name: str = BIOMEDCLIP_HUB, checkpoint: Optional[s
     """
     if checkpoint is None:
         model = build_model(model_name, AceLoRAConfig(**BARE_BACKBONE.to_dict()))
-    elif is_export_folder(checkpoint):
-        model = build_model(f"{LOCAL_PREFIX}{checkpoint}", export_config(read_export(checkpoint)))
-        load_export_trainables(model, checkpoint)
     else:
-        state = load_checkpoint_file(checkpoint)
-        model = build_model(model_name, checkpoint_config(state, checkpoint))
-        load_trainables(model, state, checkpoint)
+        trained = read_trained(checkpoint)  # every format, one reader
+        model = build_model(trained.backbone or model_name, trained.config)
+        trained.load_into(model)
     model.eval().requires_grad_(False)
     if merge:
         model.merge_lora(True)

@@ -139,3 +139,33 @@ def test_hypergraph_and_label_mask_round_trip_independently(tiny_model_name, tmp
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_text(ids), model.encode_text(ids), rtol=0, atol=0)
         torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images), rtol=0, atol=0)
+
+
+def test_one_reader_for_every_format(tiny_model_name, tmp_path):
+    """read_trained: the released format, a training checkpoint and an export folder, to (config, tensors)."""
+    import export
+    from ace_lora.checkpoint import init_trainables_from, read_trained
+    from ace_lora.errors import UserInputError
+    from ace_lora.factory import build_model
+    from ace_lora.io import atomic_save
+    from tests.conftest import tiny_model_with_lora_updates
+
+    model = tiny_model_with_lora_updates(tiny_model_name)
+    released, training, folder = tmp_path / "w.pt", tmp_path / "last.pt", tmp_path / "export"
+    save_released_checkpoint(model, str(released))
+    atomic_save({"trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                 "model_config": model.config.to_dict()}, str(training))
+    assert export.main(["--model", tiny_model_name, "--checkpoint", str(released), "--output-dir", str(folder)]) == 0
+    kinds = {path: read_trained(str(path)) for path in (released, training, folder)}
+    assert [t.kind for t in kinds.values()] == ["released", "training", "export"]
+    assert kinds[folder].backbone == f"local-dir:{folder}" and kinds[folder].config.params == []
+    assert kinds[released].backbone is None and kinds[released].config.params == ["q", "k", "v"]
+    for path in (released, training):
+        fresh = build_model(tiny_model_name, kinds[path].config)
+        kinds[path].load_into(fresh)
+        for (name, a), b in zip(model.named_parameters(), fresh.parameters()):
+            assert torch.equal(a, b), (path, name)
+    with pytest.raises(UserInputError, match="an export folder has its LoRA merged into the backbone"):
+        init_trainables_from(build_model(tiny_model_name), str(folder))
+    with pytest.raises(UserInputError, match="is a folder without ace_lora_config.json"):
+        read_trained(str(tmp_path))
