@@ -4,7 +4,7 @@ released format and our resume checkpoints written.
 Formats `read_trained(path)` knows (it returns the model configuration and copies the tensors in):
 - the released weight format (the authors' `ACE_LoRA.pt`, our `ACE-LoRA_weights_*.pt`), below;
 - our training checkpoints (`checkpoints/last.pt`, `best.pt`): `trainable` tensors by module path and
-  `model_config`, plus the run state (ace_lora.resume);
+  `model_config`, plus the run state (ace_lora.run_state);
 - an export folder (ace_lora/export.py): the backbone with LoRA merged, `ace_hgnn.safetensors` and
   `ace_lora_config.json`; it is its own backbone.
 
@@ -22,11 +22,9 @@ Every write is atomic: a temporary file in the same folder, then os.replace.
 """
 import json
 import os
-import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-import numpy as np
 import torch
 from safetensors.torch import load_file as load_safetensors
 
@@ -206,23 +204,7 @@ def load_released_checkpoint(model: AceLoRAModel, path: str) -> dict:
     return state.get("metadata", {})
 
 
-# ---- resume checkpoints ----------------------------------------------------------------------
-def rng_state() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]  # weights_only-safe
-    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
+# ---- our training checkpoints' tensors (the run state around them: ace_lora.run_state) ----------
 def trainable_state_dict(model: AceLoRAModel) -> Dict[str, torch.Tensor]:
     """Only the trained tensors (LoRA, adapters, scale), keyed by module path."""
     names = {id(p): n for n, p in model.named_parameters()}
@@ -358,10 +340,3 @@ def init_trainables_from(model: AceLoRAModel, path: str) -> None:
         raise UserInputError(f"--init-from {path} was trained with " + ", ".join(differs)
                              + "; set the same flags to start from it")
     trained.load_into(model)
-
-
-def load_resume_checkpoint(path: str) -> dict:
-    state = load_checkpoint_file(path) if path else None
-    if not isinstance(state, dict) or "trainable" not in state:
-        raise UserInputError(f"{path} is not a resume checkpoint (no 'trainable' entry)")
-    return state

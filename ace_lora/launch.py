@@ -17,8 +17,8 @@ from .factory import build_model
 from .io import prepare_output_dir
 from .loggers import check_logger_packages
 from .methods import check_method_file, get_method
-from .resume import RunFinished, read_resume_state
 from .run_folder import RunLock, check_run_folder, clear_run_files
+from .run_state import RunFinished, read_resume_state
 from .runtime import cpu_threads, resolve_precision
 from .training import Trainer, model_config
 

@@ -13,7 +13,7 @@ import os
 import random
 import signal
 import time
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,8 +23,6 @@ from .checkpoint import (
     check_finite_trainables,
     init_trainables_from,
     load_trainable_state_dict,
-    restore_rng_state,
-    rng_state,
     save_released_checkpoint,
     trainable_state_dict,
 )
@@ -48,7 +46,7 @@ from .loggers import ScalarLoggers
 from .loss import create_loss
 from .methods import get_method, peft_config_for
 from .model import AceLoRAModel
-from .resume import CHECKPOINT_FORMAT, data_identity
+from .run_state import RunState, data_identity, rng_state
 from .train_step import train_step, warmup_cosine_schedule, wrap_ddp
 
 METRICS_FILE = "metrics.jsonl"  # one record per epoch (and epoch 0 / a final partial epoch)
@@ -101,19 +99,18 @@ class Trainer:
 
         self.dataset = build_training_dataset(args.train_csv, self.raw_model.preprocess, args.data_root, args.label_csv,
                                               args.split, args.uncertain_policy, quiet=not context.is_main)
-        self.data = data_identity(args.train_csv, self.dataset.image_paths)
-        saved_data = (resume_state or {}).get("data")
-        if saved_data and saved_data != self.data:
-            differs = ", ".join(f"{k} {saved_data.get(k)} (now {v})" for k, v in self.data.items()
-                                if saved_data.get(k) != v)
-            raise UserInputError(f"--resume {resume_state['path']}: the run was trained on other data: {differs}; "
-                                 "resume on the same training CSV and images")
         self.collate = TokenizingCollate(self.raw_model.tokenizer)
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), args.batch_size, context.world_size)
         if self.steps_per_epoch == 0:
             raise UserInputError(f"{args.train_csv}: {len(self.dataset)} training rows, fewer than one global batch "
                                  f"({args.batch_size} x {context.world_size} processes); lower --batch-size")
         self.total_steps = self.steps_per_epoch * args.epochs
+        self.run = RunState(settings=json.loads(json.dumps(vars(args), default=str)),
+                            model_config=self.config.to_dict(),
+                            data=data_identity(args.train_csv, self.dataset.image_paths),
+                            world_size=context.world_size, steps_per_epoch=self.steps_per_epoch)
+        if resume_state is not None:
+            self.run.check_continues(resume_state)  # before the optimiser exists: a wrong run fails at once
 
         self.optimizer = torch.optim.AdamW(self.raw_model.trainable_parameters(), lr=args.lr,
                                            weight_decay=args.weight_decay, betas=tuple(args.betas))
@@ -121,13 +118,6 @@ class Trainer:
                                                 self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.precision == "fp16")
 
-        self.epoch = 0  # epochs completed
-        self.step = 0  # optimizer steps completed
-        self.step_in_epoch = 0
-        self.epoch_loss = [0.0, 0]  # this rank's (sum, count) over the current epoch
-        self.log_loss = [0.0, 0]  # (sum, count) since the last steps.jsonl record
-        self.best: Optional[dict] = None  # {"metric", "value", "epoch"}
-        self.saved_step: Optional[int] = None  # the step of checkpoints/last.pt
         self.images_per_step = args.batch_size * context.world_size
         self.stop = StopRequest()
         self.loggers: Optional[ScalarLoggers] = None  # TensorBoard / W&B, rank 0 (created in fit)
@@ -157,23 +147,6 @@ class Trainer:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
 
     # ---- checkpoints ----------------------------------------------------------------------
-    def _state(self, rng_states: List[dict]) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "trainable": trainable_state_dict(self.raw_model),
-            "model_config": self.config.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
-            "steps_per_epoch": self.steps_per_epoch,
-            "epoch_loss": list(self.epoch_loss), "log_loss": list(self.log_loss),
-            "rng": rng_states,  # one per rank
-            "best": self.best,
-            "data": self.data,
-            "config": json.loads(json.dumps(vars(self.args), default=str)),
-        }
-
     def save(self, best: bool = False) -> None:
         """checkpoints/last.pt (and best.pt) plus, for our own LoRA methods, the released-format weights
         (the other methods have no released format: their checkpoints load everywhere); collective in DDP."""
@@ -181,31 +154,21 @@ class Trainer:
         try:
             check_finite_trainables(self.raw_model)
         except TrainingDiverged as err:
-            raise TrainingDiverged(f"{err} at step {self.step}; {self._kept()}; try a lower --lr or --precision "
+            raise TrainingDiverged(f"{err} at step {self.run.step}; {self._kept()}; try a lower --lr or --precision "
                                    "fp32") from None
         if self.context.is_main:
-            state = self._state(rng_states)
+            state = self.run.checkpoint(trainable_state_dict(self.raw_model), self.optimizer.state_dict(),
+                                        self.scheduler.state_dict(), self.scaler.state_dict(), rng_states)
             for name in ("last", "best") if best else ("last",):
                 atomic_save(state, os.path.join(self.checkpoint_dir, f"{name}.pt"))
                 if get_method(self.config.method).released_format:
                     save_released_checkpoint(self.raw_model, self._path(RELEASED_NAME.format(name)),
                                              loss=self.loss.name)
-        self.saved_step = self.step
+        self.run.saved_step = self.run.step
 
     def resume(self) -> None:
+        """Continue from the checkpoint `check_continues` accepted: tensors, optimiser, run state, RNG."""
         state, path = self.resume_state, self.resume_state["path"]
-        saved = state["model_config"]
-        differs = sorted(k for k, v in self.config.to_dict().items() if saved.get(k) != v)
-        if differs:
-            raise UserInputError(f"{path} was trained with a different model: "
-                                 + ", ".join(f"{k}={saved.get(k)} (now {getattr(self.config, k)})" for k in differs))
-        if len(state["rng"]) != self.context.world_size:
-            raise UserInputError(f"{path} was written by {len(state['rng'])} process(es), this run has "
-                                 f"{self.context.world_size}: resume with the same number of processes (each rank "
-                                 "restores its own RNG state)")
-        if state["step_in_epoch"] and state["steps_per_epoch"] != self.steps_per_epoch:
-            raise UserInputError(f"{path} stopped mid-epoch with {state['steps_per_epoch']} steps per epoch, this run "
-                                 f"has {self.steps_per_epoch}: keep the data, --batch-size and the number of processes")
         load_trainable_state_dict(self.raw_model, state["trainable"], path)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -213,15 +176,11 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError) as err:
             raise UserInputError(f"{path}: optimizer state does not fit this model ({err})") from err
-        self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
-        self.saved_step = self.step
-        self.epoch_loss, self.log_loss = list(state["epoch_loss"]), list(state["log_loss"])
-        self.best = state["best"]
-        restore_rng_state(state["rng"][self.context.rank])
+        self.run.restore(state, self.context.rank)
         if self.context.is_main:
-            self._truncate_logs(self.step)
-            print(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step} "
-                  f"({self.step_in_epoch} of {self.steps_per_epoch} done in this epoch)")
+            self._truncate_logs(self.run.step)
+            print(f"resumed from {path}: epoch {self.run.epoch + 1}, step {self.run.step} "
+                  f"({self.run.step_in_epoch} of {self.steps_per_epoch} done in this epoch)")
 
     # ---- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict:
@@ -242,28 +201,28 @@ class Trainer:
         value = record.get(metric)
         if value is None:
             return False
-        if self.best is None or self.best["metric"] != metric:
+        if self.run.best is None or self.run.best["metric"] != metric:
             better = True
         else:
-            better = value > self.best["value"] if metric == "val_auroc" else value < self.best["value"]
+            better = value > self.run.best["value"] if metric == "val_auroc" else value < self.run.best["value"]
         if better:
-            self.best = {"metric": metric, "value": value, "epoch": record["epoch"]}
+            self.run.best = {"metric": metric, "value": value, "epoch": record["epoch"]}
         return better
 
     # ---- the loop -------------------------------------------------------------------------
     def _max_steps_reached(self) -> bool:
-        return self.args.max_steps is not None and self.step >= self.args.max_steps
+        return self.args.max_steps is not None and self.run.step >= self.args.max_steps
 
     def _train_epoch(self) -> Tuple[bool, float, int]:
         """Train until the epoch ends (True) or --max-steps stops it (False); also (seconds, steps run)."""
         args, ctx = self.args, self.context
-        loader = epoch_loader(self.dataset, self.collate, batch_size=args.batch_size, epoch=self.epoch,
+        loader = epoch_loader(self.dataset, self.collate, batch_size=args.batch_size, epoch=self.run.epoch,
                               seed=args.seed, rank=ctx.rank, world_size=ctx.world_size,
-                              skip_batches=self.step_in_epoch, num_workers=args.num_workers,
+                              skip_batches=self.run.step_in_epoch, num_workers=args.num_workers,
                               pin_memory=self.device.type == "cuda")
         self.model.train()
-        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, unit="step", leave=False,
-                   desc=f"epoch {self.epoch + 1}/{args.epochs}", disable=not (ctx.is_main and args.progress))
+        bar = tqdm(total=self.steps_per_epoch, initial=self.run.step_in_epoch, unit="step", leave=False,
+                   desc=f"epoch {self.run.epoch + 1}/{args.epochs}", disable=not (ctx.is_main and args.progress))
         start, steps_run = time.perf_counter(), 0
         for batch in iterate_batches(loader):
             if self._stop_requested():
@@ -276,27 +235,28 @@ class Trainer:
                                       gather_negatives=args.gather_negatives, context=ctx)
             except TrainingDiverged as err:
                 bar.close()
-                raise TrainingDiverged(f"{err} at step {self.step + 1} (epoch {self.epoch + 1}); stopped without "
-                                       f"saving it; {self._kept()}; try a lower --lr or --precision fp32") from None
-            self.step += 1
-            self.step_in_epoch += 1
+                raise TrainingDiverged(f"{err} at step {self.run.step + 1} (epoch {self.run.epoch + 1}); stopped "
+                                       f"without saving it; {self._kept()}; try a lower --lr or --precision "
+                                       "fp32") from None
+            self.run.step += 1
+            self.run.step_in_epoch += 1
             steps_run += 1
-            for acc in (self.epoch_loss, self.log_loss):
+            for acc in (self.run.epoch_loss, self.run.log_loss):
                 acc[0] += loss
                 acc[1] += 1
-            if args.log_every_steps and self.step % args.log_every_steps == 0:
-                self._write_record(STEPS_FILE, {"step": self.step, "epoch": self.epoch + 1,
-                                                "loss": self.log_loss[0] / self.log_loss[1], "lr": lr})
-                self.log_loss = [0.0, 0]
+            if args.log_every_steps and self.run.step % args.log_every_steps == 0:
+                self._write_record(STEPS_FILE, {"step": self.run.step, "epoch": self.run.epoch + 1,
+                                                "loss": self.run.log_loss[0] / self.run.log_loss[1], "lr": lr})
+                self.run.log_loss = [0.0, 0]
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             bar.update()
-            epoch_done = self.step_in_epoch == self.steps_per_epoch
+            epoch_done = self.run.step_in_epoch == self.steps_per_epoch
             if self._max_steps_reached() and not epoch_done:
                 bar.close()
                 # no epoch has ended yet: the final weights are the best known, and best.pt is what evaluations read
                 self.save(best=not os.path.isfile(os.path.join(self.checkpoint_dir, "best.pt")))
                 return False, time.perf_counter() - start, steps_run
-            if args.save_every_steps and self.step % args.save_every_steps == 0 and not epoch_done:
+            if args.save_every_steps and self.run.step % args.save_every_steps == 0 and not epoch_done:
                 self.save()
         bar.close()
         return True, time.perf_counter() - start, steps_run
@@ -307,23 +267,24 @@ class Trainer:
 
     def _kept(self) -> str:
         """What a stopped run leaves to continue from (every checkpoint written holds finite weights only)."""
-        if self.saved_step is not None:
-            return (f"the last checkpoint, {os.path.join(self.checkpoint_dir, 'last.pt')} (step {self.saved_step}), "
-                    "holds finite weights; continue from it with --resume latest")
+        if self.run.saved_step is not None:
+            last = os.path.join(self.checkpoint_dir, "last.pt")
+            return (f"the last checkpoint, {last} (step {self.run.saved_step}), holds finite weights; continue from "
+                    "it with --resume latest")
         return "nothing was saved, so start again with --overwrite"
 
     def _save_and_stop(self) -> None:
         self.save()
         signum = self.stop.signum or signal.SIGTERM
-        raise RunInterrupted(f"interrupted at step {self.step}; resume with --resume latest", 128 + int(signum))
+        raise RunInterrupted(f"interrupted at step {self.run.step}; resume with --resume latest", 128 + int(signum))
 
     def _end_epoch(self, seconds: float, steps_run: int) -> dict:
-        loss_sum, count = sum_over_ranks(self.epoch_loss, self.context)
-        self.epoch += 1
-        record = {"epoch": self.epoch, "step": self.step, "train_loss": loss_sum / count,
+        loss_sum, count = sum_over_ranks(self.run.epoch_loss, self.context)
+        self.run.epoch += 1
+        record = {"epoch": self.run.epoch, "step": self.run.step, "train_loss": loss_sum / count,
                   "lr": self.scheduler.get_last_lr()[0], "time_s": seconds,
                   "images_per_s": steps_run * self.images_per_step / seconds if seconds > 0 else None}
-        self.step_in_epoch, self.epoch_loss = 0, [0.0, 0]
+        self.run.step_in_epoch, self.run.epoch_loss = 0, [0.0, 0]
         if self.has_eval:
             self.save()  # last.pt before evaluating: a failing evaluation loses no training
         record.update(self._evaluate_on_main())
@@ -340,9 +301,10 @@ class Trainer:
     def _validate_partial_epoch(self) -> None:
         """Stopped mid-epoch by --max-steps: validate the final weights too (once). Rank 0 only."""
         records = read_jsonl(self._path(METRICS_FILE))
-        if not records or records[-1]["step"] != self.step:
-            self._write_record(METRICS_FILE, {"epoch": self.epoch + self.step_in_epoch / self.steps_per_epoch,
-                                              "step": self.step, "partial_epoch": True, **self.evaluate()})
+        if not records or records[-1]["step"] != self.run.step:
+            epoch = self.run.epoch + self.run.step_in_epoch / self.steps_per_epoch
+            self._write_record(METRICS_FILE, {"epoch": epoch, "step": self.run.step, "partial_epoch": True,
+                                              **self.evaluate()})
 
     def _plot_curves(self) -> None:
         records = read_jsonl(self._path(STEPS_FILE))
@@ -358,7 +320,7 @@ class Trainer:
             self.resume()
         if ctx.is_main and (args.tensorboard or args.wandb):
             self.loggers = ScalarLoggers(self.out_dir, args.tensorboard, args.wandb, vars(args),
-                                         resume_step=self.step if self.resume_state is not None else None)
+                                         resume_step=self.run.step if self.resume_state is not None else None)
         try:
             return self._fit()
         finally:
@@ -376,22 +338,22 @@ class Trainer:
                   f"batch {args.batch_size} per process, {args.precision} on {self.device}")
         try:
             with self.stop:
-                while self.epoch < args.epochs and not self._max_steps_reached():
+                while self.run.epoch < args.epochs and not self._max_steps_reached():
                     epoch_done, seconds, steps_run = self._train_epoch()
                     if epoch_done:
                         self._end_epoch(seconds, steps_run)
         except StopNow as stop:
-            raise RunInterrupted(f"{stop}: stopped at once during step {self.step + 1}; {self._kept()}",
+            raise RunInterrupted(f"{stop}: stopped at once during step {self.run.step + 1}; {self._kept()}",
                                  128 + stop.signum) from None
-        if self.step_in_epoch and self.has_eval:
+        if self.run.step_in_epoch and self.has_eval:
             run_on_main(self._validate_partial_epoch, ctx, "evaluation")
         if ctx.is_main:
             self._plot_curves()
-            reason = (f"stopped at --max-steps {args.max_steps}" if self.epoch < args.epochs
+            reason = (f"stopped at --max-steps {args.max_steps}" if self.run.epoch < args.epochs
                       else f"finished {args.epochs} epochs")
-            print(f"{reason} (step {self.step}); weights: {os.path.join(self.checkpoint_dir, 'last.pt')} and "
+            print(f"{reason} (step {self.run.step}); weights: {os.path.join(self.checkpoint_dir, 'last.pt')} and "
                   f"{os.path.join(self.checkpoint_dir, 'best.pt')}", flush=True)
         barrier(ctx)
-        return {"epoch": self.epoch, "step": self.step, "best": self.best}
+        return {"epoch": self.run.epoch, "step": self.run.step, "best": self.run.best}
 
 

@@ -1,0 +1,171 @@
+"""A training run's state: what goes into a checkpoint, what `--resume` checks, what it restores.
+
+A resumed run must be the run that wrote the checkpoint: every flag that shapes it (model, optimisation,
+schedule) and the data (CSV path, row count, a fingerprint of the image paths) are compared, and each
+difference is named; then the counters, loss sums, best metric and every rank's RNG states come back
+(RunState). A run that already reached its end says so (RunFinished) instead of training.
+"""
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint_file
+from .errors import UserInputError
+
+CHECKPOINT_FORMAT = "ace-lora-training-1"
+# Flags that shape a run (model, optimisation, schedule): a resumed run must keep every one. The data is
+# compared by identity (CSV path, row count, fingerprint of the image paths), see `data_identity`.
+RUN_SHAPING_FLAGS = ("model", "method", "peft_config", "lora_r", "lora_alpha", "lora_dropout", "params", "position",
+                     "topk", "hidden_features", "apply_gnn_encoders", "loss", "init_from", "split", "uncertain_policy",
+                     "batch_size", "epochs", "lr", "weight_decay", "betas", "warmup_epochs", "seed",
+                     "gather_negatives")
+
+
+def data_identity(csv_path: str, image_paths: List[str]) -> dict:
+    """What makes a training set the same one: its CSV, its size and the images it lists, in order."""
+    digest = hashlib.sha256("\n".join(os.path.abspath(p) for p in image_paths).encode("utf-8")).hexdigest()
+    return {"csv": os.path.abspath(csv_path), "rows": len(image_paths), "images_sha256": digest[:16]}
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def compare_run_settings(path: str, saved: dict, args) -> None:
+    """A resumed run must be the same run: every shaping flag as saved (one error naming each)."""
+    current = json.loads(json.dumps(vars(args), default=str))
+    differs = [f"--{key.replace('_', '-')} {_shown(saved.get(key))} (now {_shown(current.get(key))})"
+               for key in RUN_SHAPING_FLAGS if key in saved and saved.get(key) != current.get(key)]
+    if differs:
+        raise UserInputError(f"--resume {path}: the run was started with other settings: {', '.join(differs)}; "
+                             "resume with the same flags, or start a new run from its weights with --init-from")
+
+
+class RunFinished(Exception):
+    """--resume of a run that has nothing left to do (not an error)."""
+
+
+def resume_path(args) -> Optional[str]:
+    """The checkpoint --resume names: a path, 'latest' (<output-dir>/checkpoints/last.pt, which must exist)
+    or 'auto' (last.pt when there is one, else a new run: what a requeued job wants)."""
+    if not args.resume:
+        return None
+    if args.resume in ("latest", "auto"):
+        path = os.path.join(args.output_dir, "checkpoints", "last.pt")
+        if os.path.isfile(path):
+            return path
+        if args.resume == "latest":
+            raise UserInputError(f"--resume latest: no checkpoint at {path}")
+        return None
+    return args.resume
+
+
+def read_resume_state(args) -> Optional[dict]:
+    """The checkpoint to continue from, checked against the flags before anything is built or written.
+
+    Raises RunFinished when the run already reached --epochs (or --max-steps)."""
+    path = resume_path(args)
+    if path is None:
+        return None
+    state = load_resume_checkpoint(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise UserInputError(f"{path} is not an ACE-LoRA training checkpoint (format {state.get('format')!r})")
+    compare_run_settings(path, state.get("config", {}), args)
+    if state["epoch"] >= args.epochs or (args.max_steps is not None and state["step"] >= args.max_steps):
+        limit = f"--max-steps {args.max_steps}" if state["epoch"] < args.epochs else f"{args.epochs} epochs"
+        raise RunFinished(f"{path}: this run is finished ({limit} reached at step {state['step']}); nothing to do")
+    state["path"] = path
+    return state
+
+
+# ---- RNG states (one per rank in a checkpoint) ------------------------------------------------------
+def rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]  # weights_only-safe
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- the run state -------------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """A training run's identity and progress: the one object that goes into every checkpoint
+    (`checkpoint`), is checked when a run continues (`check_continues`: model, data, processes, epoch
+    length) and is restored from it (`restore`). The flags are compared earlier, before anything is
+    built (`read_resume_state`)."""
+
+    settings: dict  # the resolved flags (as JSON values)
+    model_config: dict
+    data: dict  # data_identity
+    world_size: int
+    steps_per_epoch: int
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    step_in_epoch: int = 0
+    epoch_loss: List[float] = field(default_factory=lambda: [0.0, 0])  # this rank's (sum, count) this epoch
+    log_loss: List[float] = field(default_factory=lambda: [0.0, 0])  # (sum, count) since the last steps.jsonl line
+    best: Optional[dict] = None  # {"metric", "value", "epoch"}
+    saved_step: Optional[int] = None  # the step of checkpoints/last.pt (not saved: it is the saved step)
+
+    def checkpoint(self, trainable: dict, optimizer: dict, scheduler: dict, scaler: dict,
+                   rng_states: List[dict]) -> dict:
+        """The resume checkpoint: this state, the trained tensors, the optimiser's and every rank's RNG."""
+        return {"format": CHECKPOINT_FORMAT, "trainable": trainable, "model_config": self.model_config,
+                "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
+                "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
+                "steps_per_epoch": self.steps_per_epoch, "epoch_loss": list(self.epoch_loss),
+                "log_loss": list(self.log_loss), "rng": rng_states, "best": self.best, "data": self.data,
+                "config": self.settings}
+
+    def check_continues(self, saved: dict) -> None:
+        """`saved` (a resume checkpoint, with its `path`) was written by this run: else one error naming
+        what differs."""
+        path = saved["path"]
+        old_data = saved.get("data")
+        if old_data and old_data != self.data:
+            differs = ", ".join(f"{k} {old_data.get(k)} (now {v})" for k, v in self.data.items()
+                                if old_data.get(k) != v)
+            raise UserInputError(f"--resume {path}: the run was trained on other data: {differs}; resume on the "
+                                 "same training CSV and images")
+        old_model = saved["model_config"]
+        differs = sorted(k for k, v in self.model_config.items() if old_model.get(k) != v)
+        if differs:
+            raise UserInputError(f"{path} was trained with a different model: "
+                                 + ", ".join(f"{k}={old_model.get(k)} (now {self.model_config[k]})" for k in differs))
+        if len(saved["rng"]) != self.world_size:
+            raise UserInputError(f"{path} was written by {len(saved['rng'])} process(es), this run has "
+                                 f"{self.world_size}: resume with the same number of processes (each rank "
+                                 "restores its own RNG state)")
+        if saved["step_in_epoch"] and saved["steps_per_epoch"] != self.steps_per_epoch:
+            raise UserInputError(f"{path} stopped mid-epoch with {saved['steps_per_epoch']} steps per epoch, this "
+                                 f"run has {self.steps_per_epoch}: keep the data, --batch-size and the number of "
+                                 "processes")
+
+    def restore(self, saved: dict, rank: int) -> None:
+        """Counters, loss sums and best from `saved`; this rank's RNG states."""
+        self.epoch, self.step, self.step_in_epoch = saved["epoch"], saved["step"], saved["step_in_epoch"]
+        self.epoch_loss, self.log_loss = list(saved["epoch_loss"]), list(saved["log_loss"])
+        self.best, self.saved_step = saved["best"], saved["step"]
+        restore_rng_state(saved["rng"][rank])
+
+
+def load_resume_checkpoint(path: str) -> dict:
+    state = load_checkpoint_file(path) if path else None
+    if not isinstance(state, dict) or "trainable" not in state:
+        raise UserInputError(f"{path} is not a resume checkpoint (no 'trainable' entry)")
+    return state
