@@ -16,7 +16,7 @@ from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.errors import UserInputError
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES
 from tests.conftest import error_exit_line, tiny_model_with_lora_updates
-from tests.test_parity import write_dicom_8bit
+from tests.evaluation.test_parity import write_dicom_8bit
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert
 
 CLASSES = ["pneumonia", "pleural effusion", "edema"]

@@ -11,7 +11,7 @@ from ace_lora.data.mimic import attach_labels, extract_report_text, read_trainin
 from ace_lora.data.train_dataset import label_matrix
 from ace_lora.errors import UserInputError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_prep_script():

@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from ace_lora.data.labels import LC25000_CLASSES, NIH_LABELS
 from ace_lora.data.rle import rle_encode
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def resolved(csv_folder, path):
