@@ -7,7 +7,7 @@ folder), the ACE-HGNN adapters and learned scale (safetensors + JSON), and a mod
         --metrics results/chexpert/metrics.json
 
 Load it with `ace_lora.load("exports/ace_lora_mimic")`, with --checkpoint exports/ace_lora_mimic in any
-evaluation script, or the merged backbone alone with open_clip (README: "Export and share").
+evaluation script, or the merged backbone alone with open_clip (docs/evaluation.md, "Export and share").
 """
 import json
 import sys

@@ -2,7 +2,7 @@
 
 A local folder (`local-dir:PATH`) must load with no network at all. open_clip's text tower reads the
 BERT config from `text_cfg.hf_model_name`, which in BiomedCLIP's config is a hub id; when PATH itself
-holds the BERT `config.json` (see README: "A local BiomedCLIP folder"), that name is pointed at PATH
+holds the BERT `config.json` (see docs/installation.md: "A local BiomedCLIP folder"), that name is pointed at PATH
 through open_clip's public `text_cfg` override instead.
 """
 import json
@@ -38,7 +38,7 @@ def _local_text_override(folder: str) -> dict:
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise UserInputError(
             f"{folder}: the text tower's BERT config '{hf_name}' is a hub id and the folder has no config.json; "
-            "download it into the folder once (README: 'A local BiomedCLIP folder')")
+            "download it into the folder once (docs/installation.md)")
     text_cfg["hf_model_name"] = os.path.abspath(folder)
     text_cfg["hf_tokenizer_name"] = os.path.abspath(folder)
     return {"text_cfg": text_cfg}
@@ -59,7 +59,7 @@ def load_backbone(model_name: str = BIOMEDCLIP_HUB, device: str = "cpu") -> Back
         if model_name.startswith("hf-hub:"):
             raise UserInputError(
                 f"could not load {model_name} from the Hugging Face hub ({type(err).__name__}); without network, "
-                "download it once and pass --model local-dir:PATH (README: 'A local BiomedCLIP folder')") from err
+                "download it once and pass --model local-dir:PATH (docs/installation.md)") from err
         raise UserInputError(f"could not load model {model_name}: {str(err).splitlines()[0]}") from err
     clip.requires_grad_(False)
     clip.eval()

@@ -58,7 +58,7 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
         raise UserInputError(f"{' and '.join(missing)} not set: launch with torchrun, or export them in the SLURM "
-                             "job script (README: 'Training', several GPUs)")
+                             "job script (docs/training.md, several GPUs)")
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         if local_rank >= torch.cuda.device_count():

@@ -4,7 +4,7 @@ scripts, and write one generated results table.
     python -m ace_lora.sweep configs/paper/main_zero_shot.yaml --output-dir sweeps/main
     python -m ace_lora.sweep --demo --output-dir sweeps/demo       # tiny model, synthetic data, CPU
 
-The YAML (configs/paper/ holds the paper's experiments; REPRODUCING.md says how to run them):
+The YAML (configs/paper/ holds the paper's experiments; docs/reproducing.md says how to run them):
   model: local-dir:/models/biomedclip       # the backbone of every run
   train: {train_csv: ..., data_root: ..., epochs: 40}   # train.py flags shared by every run
   seeds: [1, 2, 3]

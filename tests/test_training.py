@@ -162,6 +162,17 @@ def test_example_config_holds_the_released_hyperparameters():
     assert (args.loss, args.apply_gnn_encoders, args.warmup_epochs) == ("label_guided", "both", 1)
 
 
+def test_the_released_regime_config_has_the_released_checkpoint_s_steps_and_warm_up():
+    """40 epochs over a third of the data = 13.33 epochs of all of it; warm-up one such third-epoch."""
+    paper = parse_training_args(["--config", os.path.join(ROOT, "configs", "ace_lora_mimic.yaml")], "",
+                                distributed=False)
+    released = parse_training_args(["--config", os.path.join(ROOT, "configs", "ace_lora_mimic_released_regime.yaml")],
+                                   "", distributed=False)
+    assert released.epochs == int(paper.epochs / 3) and released.warmup_epochs == pytest.approx(1 / 3, abs=1e-3)
+    same = {k for k in vars(paper) if k not in ("epochs", "warmup_epochs", "output_dir", "config")}
+    assert {k: getattr(released, k) for k in same} == {k: getattr(paper, k) for k in same}
+
+
 def test_demo_defaults_yield_to_explicit_flags():
     args = parse_training_args(["--demo", "--epochs", "2"], "", distributed=True)
     assert (args.epochs, args.output_dir, args.num_workers, args.gather_negatives) == (2, "demo_output", 0, False)

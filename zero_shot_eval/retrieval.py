@@ -4,7 +4,7 @@
 Reads a CSV with an image and its report per row: CheXpert 5x200 (Path, Report Impression; its five
 class columns give class-aware Precision@K), a MIMIC-CXR test split from dataset_prep/mimic_cxr_prep.py
 (image_path, report), or any CSV (--image-column, --text-column). Identical reports are one gallery
-item and count as correct for each other (README: "Retrieval").
+item and count as correct for each other (docs/evaluation.md, "Retrieval").
 
     python zero_shot_eval/retrieval.py --checkpoint ACE_LoRA.pt --csv chexpert_5x200.csv \
         --data-root /data/chexpert --output-dir results/retrieval_chexpert

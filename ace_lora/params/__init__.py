@@ -93,7 +93,7 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 def add_model_args(group) -> None:
     group.add_argument("--model", default=BIOMEDCLIP_HUB,
                        help="open_clip model: hf-hub:ID (needs network once) or local-dir:PATH (offline; "
-                            "see README 'A local BiomedCLIP folder')")
+                            "see docs/installation.md)")
 
 
 def add_device_args(group, precision: str = "auto") -> None:

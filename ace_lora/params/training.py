@@ -27,7 +27,7 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     model = parser.add_argument_group("model")
     add_model_args(model)
     model.add_argument("--method", default="ace_lora", choices=METHODS,
-                       help="what trains (README 'Baselines and ablations'): ace_lora, lora (LoRA only), full "
+                       help="what trains (docs/reproducing.md): ace_lora, lora (LoRA only), full "
                             "(every backbone weight, lr 1e-5), the peft methods dora / ia3 / loha / vera, peft "
                             "(--peft-config), bare (nothing: the zero-shot backbone, for --dry-run and sweeps)")
     model.add_argument("--peft-config", metavar="FILE",
