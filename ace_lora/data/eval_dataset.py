@@ -27,7 +27,7 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, index: int) -> EvalItem:
         try:
-            return index, self.transform(load_image(self.paths[index])), None
+            return index, self.transform(load_image(self.paths[index], keep_greyscale=True)), None
         except UserInputError as error:  # load_image's one-line message names the file
             return index, None, str(error)
 

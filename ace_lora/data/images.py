@@ -30,8 +30,13 @@ def is_dicom(path: Union[str, os.PathLike]) -> bool:
         return f.read(4) == b"DICM"
 
 
-def load_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Load `path` as an 8-bit RGB `PIL.Image.Image`.
+def load_image(path: Union[str, os.PathLike], keep_greyscale: bool = False) -> Image.Image:
+    """Load `path` as an 8-bit RGB `PIL.Image.Image` (with `keep_greyscale`, greyscale sources as 8-bit L).
+
+    `keep_greyscale` is the fast path of the model inputs: a greyscale image resized in mode L and then
+    repeated to three channels is bit-identical to one converted to RGB first and resized as three
+    channels (tests/data/test_images.py), at a third of the resize work and memory. Every transform of
+    the model inputs converts to RGB after its resize (data/transforms.py; open_clip's MaybeConvertMode).
 
     - DICOM: see the module docstring. Multi-frame files: only the first frame is used. Colour
       (RGB, YBR_*, PALETTE COLOR) comes out as RGB.
@@ -45,14 +50,16 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserInputError(f"image not found: {path}")
+    grey = "L" if keep_greyscale else "RGB"
     if is_dicom(path):
-        return Image.fromarray(_read_dicom(path)).convert("RGB")
+        pixels = _read_dicom(path)
+        return Image.fromarray(pixels).convert(grey if pixels.ndim == 2 else "RGB")
     try:
         with Image.open(path) as image:
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return Image.fromarray(_minmax_to_uint8(np.asarray(image))).convert("RGB")
-            return image.convert("RGB")
+                return Image.fromarray(_minmax_to_uint8(np.asarray(image))).convert(grey)
+            return image.convert(grey if image.mode == "L" else "RGB")
     except Image.DecompressionBombError as e:
         raise _unreadable(path, f"{e} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted.") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unknown or damaged files

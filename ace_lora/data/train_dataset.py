@@ -112,7 +112,8 @@ class ImageReportDataset(Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int):
-        return self.preprocess(load_image(self.image_paths[index])), self.reports[index], self.labels[index]
+        image = load_image(self.image_paths[index], keep_greyscale=True)  # transforms convert after resizing
+        return self.preprocess(image), self.reports[index], self.labels[index]
 
 
 class TokenizingCollate:

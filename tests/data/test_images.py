@@ -1,4 +1,5 @@
 """The shared image loader on pydicom's real example files and on small files written here."""
+import os
 import re
 
 import numpy as np
@@ -197,3 +198,38 @@ def test_unreadable_files_raise_one_line_errors(tmp_path):
         assert "\n" not in str(e.value)
     with pytest.raises(UserInputError, match=f"^image not found: {re.escape(str(tmp_path / 'gone.png'))}$"):
         load_image(tmp_path / "gone.png")
+
+
+@pytest.fixture(scope="module")
+def greyscale_sources(tmp_path_factory):
+    """One greyscale image of each kind the loaders read: JPEG, PNG, 16-bit PNG, 8-bit and 12-bit DICOM."""
+    folder = tmp_path_factory.mktemp("grey")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (301, 253), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "a.jpg", quality=95)
+    Image.fromarray(pixels).save(folder / "b.png")
+    Image.fromarray((pixels.astype(np.uint16) * 200 + 7)).save(folder / "c16.png")
+    write_dicom(folder / "d.dcm", pixels)
+    write_dicom(folder / "e.dcm", (pixels.astype(np.uint16) * 16), WindowCenter=2000, WindowWidth=3000)
+    return sorted(str(p) for p in folder.iterdir())
+
+
+def test_greyscale_fast_path_is_bit_identical_for_the_training_and_the_evaluation_transform(greyscale_sources):
+    """Resizing mode L and repeating the channel gives exactly the tensors of resizing the RGB conversion."""
+    import tempfile
+
+    import torch
+
+    from ace_lora.data.transforms import InputSpec
+    from ace_lora.factory import build_model
+    from ace_lora.tiny_model import write_tiny_biomedclip
+    train = InputSpec(224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)).transform()
+    evaluation = build_model(write_tiny_biomedclip(tempfile.mkdtemp(), ["x"], image_size=96)).preprocess
+    for path in greyscale_sources:
+        grey, rgb = load_image(path, keep_greyscale=True), load_image(path)
+        assert grey.mode == "L" and rgb.mode == "RGB", path
+        for transform in (train, evaluation):
+            assert torch.equal(transform(grey), transform(rgb)), (path, transform)
+    colour = os.path.join(os.path.dirname(greyscale_sources[0]), "colour.png")
+    Image.new("RGB", (20, 20), (200, 30, 40)).save(colour)
+    assert load_image(colour, keep_greyscale=True).mode == "RGB"  # colour sources stay colour
