@@ -9,7 +9,6 @@ import torch
 
 from ace_lora.dense import benchmark
 from ace_lora.dense.detection import SimpleFeaturePyramid, TokenGridFCOS, input_boxes, scale_boxes
-from ace_lora.dense.localisation import boxes_from_map, choose_threshold, predict_region_boxes
 from ace_lora.dense.tasks import DENSE_TASKS
 from ace_lora.errors import UserInputError
 from ace_lora.params.dense import parse_dense_args
@@ -84,34 +83,6 @@ def test_box_scaling_round_trip_and_clipping():
     assert np.allclose(wide, [[6.4, 6.4, 12.8, 12.8]])
     clipped, dropped = input_boxes([[-10, 0, 512, 512], [1100, 0, 1200, 100]], (1024, 1024), 64)
     assert clipped.tolist() == [[0, 0, 32, 32]] and dropped == 1
-
-
-# --------------------------------------------------------------------------- zero-shot regions
-
-
-def test_boxes_from_map_are_connected_regions_scored_by_mean_similarity():
-    similarity = np.zeros((20, 30))
-    similarity[2:5, 3:9] = 0.5  # region A: rows 2-4, columns 3-8
-    similarity[10:18, 20:24] = 0.8  # region B
-    similarity[10, 20] = 1.6  # raises B's mean
-    boxes, scores = boxes_from_map(similarity, 0.3)
-    assert boxes.tolist() == [[20, 10, 24, 18], [3, 2, 9, 5]]  # best first, xyxy with exclusive ends
-    assert scores == pytest.approx([(0.8 * 31 + 1.6) / 32, 0.5])
-    assert boxes_from_map(similarity, 2.0)[0].shape == (0, 4)
-
-
-def test_region_boxes_are_scaled_to_the_original_image():
-    maps = torch.zeros(1, 4, 4)
-    maps[0, :2, :2] = 1.0
-    [prediction] = predict_region_boxes(maps, 0.5, 64, torch.tensor([[1024, 512]]))
-    x1, y1, x2, y2 = prediction["boxes"][0]
-    assert x1 == 0 and y1 == 0 and 400 < x2 < 624 and 200 < y2 < 312  # about half of 1024 x 512
-
-
-def test_choose_threshold_takes_the_best_and_skips_nan():
-    scores = {0.1: 0.2, 0.2: float("nan"), 0.3: 0.7, 0.4: 0.7}
-    threshold, table = choose_threshold(list(scores), scores.get)
-    assert threshold == 0.3 and [row["threshold"] for row in table] == [0.1, 0.2, 0.3, 0.4]
 
 
 # --------------------------------------------------------------------------- demo runs
