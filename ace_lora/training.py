@@ -9,11 +9,12 @@ scaler, counters, the running loss sums and every rank's RNG states, so an inter
 from `checkpoints/last.pt` ends bit-identical to an uninterrupted one.
 """
 import json
+import math
 import os
 import random
 import signal
 import time
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -37,8 +38,9 @@ from .data.train_dataset import (
 from .distributed import DistributedContext, all_ranks_true, barrier, gather_objects, run_on_main, sum_over_ranks
 from .errors import RunInterrupted, TrainingDiverged, UserInputError
 from .evaluation.figures import plot_training_curves
-from .evaluation.tasks import parse_eval_specs
-from .evaluation.validation import validation_metrics
+from .evaluation.retrieval import evaluate_retrieval
+from .evaluation.tasks import RETRIEVAL, parse_eval_specs
+from .evaluation.zero_shot import evaluate
 from .factory import build_model
 from .interrupts import StopNow, StopRequest
 from .io import append_jsonl, atomic_save, read_jsonl, write_resolved_config
@@ -70,6 +72,30 @@ def model_config(args) -> AceLoRAConfig:
                          hidden_features=args.hidden_features, apply_gnn_encoders=args.apply_gnn_encoders,
                          method=args.method, peft=peft_config_for(args.method, args.lora_r, args.lora_alpha,
                                                                   args.lora_dropout, args.peft_config))
+
+
+def finite_or_none(value) -> Optional[float]:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def validation_metrics(model, sets: List[Tuple[str, str, str, Optional[str]]], *, batch_size: int,
+                       num_workers: int, precision: str, progress: bool) -> dict:
+    """What a run logs after each epoch: zero-shot AUROC / accuracy of each validation set and the
+    retrieval metrics of a `retrieval` set (metrics.jsonl keys `<prefix>_auroc`, `retrieval_i2t_recall@1`, ...).
+    `sets`: (key prefix, task, CSV, data root); the model is evaluated where it is, LoRA not merged."""
+    out = {}
+    for prefix, task, csv, root in sets:
+        if task == RETRIEVAL:
+            metrics = evaluate_retrieval(model, csv, root, batch_size=batch_size, num_workers=num_workers,
+                                         precision=precision, progress=progress).metrics
+            out.update({f"retrieval_{k}": v for k, v in metrics.items() if k.startswith(("i2t", "t2i"))})
+            continue
+        result = evaluate(model, task, csv, root, batch_size=batch_size, num_workers=num_workers, device=None,
+                          precision=precision, n_bootstrap=0, progress=progress)
+        out[f"{prefix}_auroc"] = finite_or_none(result.metrics["auroc"])
+        if "accuracy" in result.metrics:
+            out[f"{prefix}_accuracy"] = finite_or_none(result.metrics["accuracy"])
+    return out
 
 
 # --------------------------------------------------------------------------- the trainer

@@ -240,11 +240,11 @@ def test_bad_validation_inputs_fail_before_training(problem, expected, tiny_mode
 
 
 def test_failed_evaluation_keeps_the_epoch_checkpoint(tiny_model_name, demo_data, tmp_path, capsys, monkeypatch):
-    import ace_lora.evaluation.validation as validation
+    import ace_lora.training as training
 
     def broken(*args, **kwargs):
         raise UserInputError("cannot read image x.jpg")
-    monkeypatch.setattr(validation, "evaluate", broken)  # the zero-shot engine as training validation calls it
+    monkeypatch.setattr(training, "evaluate", broken)  # the zero-shot engine as training validation calls it
     out = tmp_path / "run"
     argv = run_args(tiny_model_name, demo_data, out, "--val-dataset", "chexpert", "--val-csv", demo_data.test_csv)
     assert error_line(capsys, argv) == "error: cannot read image x.jpg"
@@ -325,3 +325,15 @@ def test_lora_only_training_without_hypergraph(tiny_model_name, demo_data, tmp_p
     assert weights["metadata"]["loss_type"] == "clip_loss" and weights["metadata"]["use_labels"] is True
     assert not any("adapter" in key for key in weights["weights"])
     assert load_model_for_eval(tiny_model_name, str(tmp_path / "ACE-LoRA_weights_last.pt")).image_hgnn is None
+
+
+def test_validation_metrics_name_each_set_and_turn_undefined_values_into_null(tiny_model_name, tmp_path):
+    from ace_lora.factory import build_model
+    from ace_lora.training import finite_or_none, validation_metrics
+    data = write_demo_dataset(str(tmp_path / "data"), n_train=5, n_test_per_class=2)
+    metrics = validation_metrics(build_model(tiny_model_name), [("val", "chexpert", data.test_csv, None),
+                                                                ("chexpert", "chexpert", data.test_csv, None)],
+                                 batch_size=4, num_workers=0, precision="fp32", progress=False)
+    assert set(metrics) == {"val_auroc", "val_accuracy", "chexpert_auroc", "chexpert_accuracy"}
+    assert metrics["val_auroc"] == metrics["chexpert_auroc"] and 0 <= metrics["val_auroc"] <= 1
+    assert finite_or_none(float("nan")) is None and finite_or_none(None) is None and finite_or_none(0.5) == 0.5

@@ -49,3 +49,13 @@ def test_bad_config_values_name_file_and_key(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserInputError, match="config file not found"):
         parse_with_config(make_parser(), ["--config", str(tmp_path / "none.yaml")])
+
+
+def test_evaluation_defaults_to_fp32_and_training_to_auto():
+    """The release evaluated in fp32: its numbers come out by default on a GPU too; training keeps bf16 there."""
+    from ace_lora.params.evaluation import predict_parser, retrieval_parser, zero_shot_parser
+    from ace_lora.params.training import parse_training_args
+    assert zero_shot_parser("chexpert").parse_args(["--csv", "x"]).precision == "fp32"
+    assert retrieval_parser("").parse_args(["--csv", "x"]).precision == "fp32"
+    assert predict_parser("").parse_args(["a.png", "--classes", "a"]).precision == "fp32"
+    assert parse_training_args([], "", distributed=False).precision == "auto"
