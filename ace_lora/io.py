@@ -55,12 +55,6 @@ STORAGE_REASONS = {errno.ENOSPC: "the device is full", errno.EDQUOT: "the disk q
                    errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
-def storage_error(error: OSError, path: str) -> StorageError:
-    """The one-line StorageError of an OSError met while writing `path`."""
-    reason = STORAGE_REASONS.get(error.errno, "the write failed")
-    return StorageError(f"cannot write {path}: {reason} ({error.strerror or error})")
-
-
 class _RecordingWriter:
     """A file wrapper that remembers the OSError of a failed write: torch.save reports a full disk only as
     'RuntimeError: [enforce fail at inline_container.cc] unexpected pos', which names neither cause nor file."""
@@ -110,8 +104,8 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     except OSError as err:
         kept = (f"the previous {os.path.basename(path)} is intact" if os.path.exists(path)
                 else "nothing was written")
-        error = storage_error(err, path)
-        raise StorageError(f"{error}; {kept}") from None
+        reason = STORAGE_REASONS.get(err.errno, "the write failed")
+        raise StorageError(f"cannot write {path}: {reason} ({err.strerror or err}); {kept}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             try:

@@ -119,14 +119,16 @@ class Predictor:
         for chunk in _chunks(pil, self.batch_size):
             yield torch.stack([self.model.preprocess(image) for image in chunk]).to(self.device)  # (B, 3, S, S)
 
+    def _embedding_batches(self, images) -> Iterable[torch.Tensor]:
+        """(B, D) image embeddings (CPU, float32), one batch of `batch_size` at a time; call under no_grad."""
+        for batch in self._image_batches(images):
+            with autocast(self.device, self.precision):
+                yield self.model.encode_image(batch).float().cpu()
+
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
         """(N, D) refined, L2-normalised image embeddings (CPU, float32); (0, D) for no images."""
-        out = [torch.empty(0, self.embed_dim)]
-        for batch in self._image_batches(images):
-            with autocast(self.device, self.precision):
-                out.append(self.model.encode_image(batch).float().cpu())
-        return torch.cat(out)
+        return torch.cat([torch.empty(0, self.embed_dim), *self._embedding_batches(images)])
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -163,12 +165,8 @@ class Predictor:
         batch by batch: a matrix product's rounding depends on its shape, so equal batches give the
         engine's numbers exactly. (0, C) for no images."""
         scale = temperature(self.model, self.logit_scale)
-        out = [torch.empty(0, classes.shape[0])]
-        for batch in self._image_batches(images):
-            with autocast(self.device, self.precision):
-                embeddings = self.model.encode_image(batch).float().cpu()
-            out.append(score(embeddings @ classes.T, SOFTMAX, scale))
-        return torch.cat(out).numpy()
+        scores = [score(embeddings @ classes.T, SOFTMAX, scale) for embeddings in self._embedding_batches(images)]
+        return torch.cat([torch.empty(0, classes.shape[0]), *scores]).numpy()
 
     def classify(self, images, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
         """(N, C) probabilities: softmax over the classes of s * cosine(image, class)."""

@@ -26,7 +26,6 @@ evaluations as columns, mean +- std over seeds, best per column in bold, trainab
 time) and results_<evaluation>.png.
 """
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -246,8 +245,7 @@ def evaluate_part(sweep: dict, evaluation: dict, checkpoint: Optional[str], fold
     error = run_script(evaluation_command(sweep, evaluation, checkpoint, out), os.path.join(out, "log.txt"))
     if error is not None:
         return {"status": "failed", "error": error}
-    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
-        metrics = json.load(f)["metrics"]
+    metrics = read_json(os.path.join(out, "metrics.json"))["metrics"]
     kind = evaluation["task"] if evaluation["task"] in METRICS else "zero_shot"
     values = {key: {"value": metrics.get(key), "ci95": metrics.get(f"{key}_ci95")}
               for key in METRICS[kind] if key in metrics}

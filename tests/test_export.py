@@ -16,6 +16,12 @@ from tests.conftest import tiny_model_with_lora_updates
 from tests.test_methods import method_config
 
 
+def assert_same_embeddings(exported, original, images, ids):
+    """The exported model's image and text embeddings are the original's (1e-5)."""
+    torch.testing.assert_close(exported.encode_image(images), original.encode_image(images), rtol=0, atol=1e-5)
+    torch.testing.assert_close(exported.encode_text(ids), original.encode_text(ids), rtol=0, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model_name, tmp_path_factory):
     model = tiny_model_with_lora_updates(tiny_model_name)
@@ -42,8 +48,7 @@ def test_export_round_trip_and_plain_open_clip_load(tiny_model_name, trained, tm
     images = torch.randn(3, 3, 64, 64)
     ids = original.tokenize(["findings suggesting edema", "there is pneumonia", "a chest x-ray image of edema"])
     with torch.no_grad():
-        torch.testing.assert_close(exported.encode_image(images), original.encode_image(images), rtol=0, atol=1e-5)
-        torch.testing.assert_close(exported.encode_text(ids), original.encode_text(ids), rtol=0, atol=1e-5)
+        assert_same_embeddings(exported, original, images, ids)
         # The merged backbone alone, through open_clip itself: the LoRA'd model's global embedding.
         clip, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
         clip.eval()
@@ -119,8 +124,7 @@ def test_every_method_exports_to_a_folder_that_loads_to_equal_embeddings(tiny_mo
     images = torch.randn(2, 3, 64, 64)
     ids = model.tokenize(["findings suggesting edema", "a chest x-ray image of pneumonia"])
     with torch.no_grad():
-        torch.testing.assert_close(exported.encode_image(images), model.encode_image(images), rtol=0, atol=1e-5)
-        torch.testing.assert_close(exported.encode_text(ids), model.encode_text(ids), rtol=0, atol=1e-5)
+        assert_same_embeddings(exported, model, images, ids)
         clip, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
         clip.eval()
         torch.testing.assert_close(clip.encode_image(images, normalize=True),

@@ -28,6 +28,18 @@ def wait_for(condition, process, timeout=120):
         time.sleep(0.02)
 
 
+def start_training(args):
+    """train.py with `args` in a subprocess (pipes for stdout and stderr)."""
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def wait_for_steps(out, n, process):
+    """Until the run in `out` has logged `n` steps (it logs every step)."""
+    steps = out / "steps.jsonl"
+    wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= n, process)
+
+
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     return write_demo_dataset(str(tmp_path_factory.mktemp("data")), n_train=12, n_test_per_class=1)
@@ -171,13 +183,9 @@ def test_after_kill_9_the_same_command_resumes_and_ends_bit_identical(tiny_model
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     epochs = ["--epochs", "12", "--save-every-steps", "3"]
     train.main(run_args(tiny_model_name, demo_data, straight, *epochs))
-    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run_args(tiny_model_name, demo_data, killed, *epochs,
-                                                                        "--resume", resume)
-    if resume == "latest":
-        argv = argv[:-2]  # the first attempt is a new run; `--resume latest` needs a checkpoint
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    steps = killed / "steps.jsonl"
-    wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 7, process)
+    first = ["--resume", resume] if resume == "auto" else []  # `--resume latest` needs a checkpoint: a new run first
+    process = start_training(run_args(tiny_model_name, demo_data, killed, *epochs, *first))
+    wait_for_steps(killed, 7, process)
     process.kill()
     process.wait()
     assert (killed / ".lock").is_file()  # left behind by the killed run
@@ -286,11 +294,8 @@ def test_a_non_finite_weight_is_never_saved(tiny_model_name, demo_data, tmp_path
 
 def test_two_quick_sigterms_stop_at_once_with_143_and_say_what_is_saved(tiny_model_name, demo_data, tmp_path):
     out = tmp_path / "run"
-    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run_args(tiny_model_name, demo_data, out, "--epochs",
-                                                                        "1000", "--save-every-steps", "3")
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    steps = out / "steps.jsonl"
-    wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 4, process)
+    process = start_training(run_args(tiny_model_name, demo_data, out, "--epochs", "1000", "--save-every-steps", "3"))
+    wait_for_steps(out, 4, process)
     process.send_signal(signal.SIGTERM)
     first = process.stderr.readline()  # the handler has run (the kernel merges a second, still pending, SIGTERM)
     assert first.startswith("SIGTERM: finishing this step"), first
@@ -342,10 +347,9 @@ def test_a_signal_saves_the_step_and_resuming_ends_bit_identical(tiny_model_name
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     epochs = ["--epochs", "12", "--save-every-steps", "0"]  # 36 steps; without the signal nothing is saved mid-epoch
     train.main(run_args(tiny_model_name, demo_data, straight, *epochs))
-    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run_args(tiny_model_name, demo_data, interrupted, *epochs)
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    process = start_training(run_args(tiny_model_name, demo_data, interrupted, *epochs))
     steps = interrupted / "steps.jsonl"
-    wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 4, process)
+    wait_for_steps(interrupted, 4, process)
     process.send_signal(signum)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signum
@@ -396,11 +400,9 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_model_na
 def test_a_read_only_remount_reports_the_first_error_and_the_next_run_takes_the_lock(tiny_model_name, demo_data,
                                                                                     small_disk):
     out = small_disk / "run"
-    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run_args(tiny_model_name, demo_data, out, "--epochs",
-                                                                        "1000", "--save-every-steps", "0")
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    steps = out / "steps.jsonl"
-    wait_for(lambda: steps.is_file() and len(steps.read_text().splitlines()) >= 4, process)
+    args = run_args(tiny_model_name, demo_data, out, "--epochs", "1000", "--save-every-steps", "0")
+    process = start_training(args)
+    wait_for_steps(out, 4, process)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
         _, err = process.communicate(timeout=120)
@@ -410,6 +412,7 @@ def test_a_read_only_remount_reports_the_first_error_and_the_next_run_takes_the_
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot write ") and "Read-only file system" in lines[0]
     assert ".lock" not in lines[0] and (out / ".lock").is_file()  # the lock stays, in a state the next run knows
-    again = subprocess.run(argv[:-2] + ["--epochs", "2", "--overwrite"], capture_output=True, text=True, env=ENV)
+    again = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args[:-2], "--epochs", "2", "--overwrite"],
+                           capture_output=True, text=True, env=ENV)
     assert again.returncode == 0, again.stderr
     assert f"taking over the lock of process {process.pid}" in again.stderr

@@ -71,18 +71,6 @@ def test_train_step_updates_trainables_and_nothing_else(tiny_model_name, demo_da
         assert changed == p.requires_grad, f"{name}: changed={changed}, trainable={p.requires_grad}"
 
 
-def test_warmup_then_cosine():
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = warmup_cosine_schedule(optimizer, warmup_steps=2, total_steps=6)
-    lrs = []
-    for _ in range(6):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    expected = [0.0, 0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3)]
-    assert lrs == pytest.approx(expected)
-
-
 def test_dry_run_prints_the_trainable_count(tiny_model_name, capsys):
     train.main(["--dry-run", "--model", tiny_model_name])
     expected = build_model(tiny_model_name).num_trainable()
