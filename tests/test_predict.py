@@ -12,11 +12,10 @@ import ace_lora
 import predict
 from ace_lora.checkpoint import save_released_checkpoint
 from ace_lora.data.labels import CHEXPERT_5X200_CLASSES
-from ace_lora.data.synthetic import write_demo_dataset
+from ace_lora.data.synthetic import write_demo_dataset, write_dicom
 from ace_lora.errors import UserInputError
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES
 from tests.conftest import error_exit_line, tiny_model_with_lora_updates
-from tests.evaluation.test_parity import write_dicom_8bit
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert
 
 CLASSES = ["pneumonia", "pleural effusion", "edema"]
@@ -40,7 +39,7 @@ def mixed_folder(tmp_path_factory):
     Image.fromarray(rng.integers(0, 256, (80, 60), dtype=np.uint8)).save(root / "a.png")
     Image.fromarray(rng.integers(0, 256, (50, 90), dtype=np.uint8)).save(root / "sub" / "b.png")
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "c.jpg", quality=90)
-    write_dicom_8bit(root / "d.dcm", rng.integers(0, 256, (72, 72), dtype=np.uint8))
+    write_dicom(root / "d.dcm", rng.integers(0, 256, (72, 72), dtype=np.uint8))
     (root / "notes.txt").write_text("not an image")
     return root
 
@@ -175,8 +174,8 @@ def test_a_folder_search_finds_extensionless_dicom_and_counts_the_rest(tiny_mode
     scans = tmp_path / "scans"
     scans.mkdir()
     rng = np.random.default_rng(0)
-    write_dicom_8bit(scans / "1.2.840.113619", rng.integers(0, 256, (32, 32), dtype=np.uint8))
-    write_dicom_8bit(scans / "IM0001", rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    write_dicom(scans / "1.2.840.113619", rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    write_dicom(scans / "IM0001", rng.integers(0, 256, (32, 32), dtype=np.uint8))
     (scans / "README").write_text("not an image")
     out = tmp_path / "o"
     assert predict.main([str(scans), "--classes", "a", "b", "--model", tiny_model_name, "--checkpoint", weights,

@@ -31,6 +31,8 @@ from typing import List, Sequence
 import numpy as np
 import pandas as pd
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from ace_lora.data.labels import (
     CHEXPERT_5X200_CLASSES,
@@ -153,6 +155,24 @@ def demo_vocabulary(extra_texts: Sequence[str] = ()) -> List[str]:
 def _save(image: np.ndarray, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(image, mode="L").save(path, quality=95)
+
+
+def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **tags) -> str:
+    """A DICOM file of `pixels` ((H, W) uint8 or uint16; 8-bit MONOCHROME2 is RSNA's stage_2_train_images
+    format) with extra `tags` (e.g. WindowCenter=...); returns the path."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.set_pixel_data(pixels, photometric, bits_stored=pixels.itemsize * 8)
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
 
 
 def _one_hot(finding: str, columns: Sequence[str]) -> List[float]:

@@ -7,10 +7,9 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from ace_lora.data.images import is_dicom, load_image
+from ace_lora.data.synthetic import write_dicom
 from ace_lora.errors import UserInputError
 
 
@@ -25,22 +24,6 @@ def grey(path):
     arr = as_array(path)
     assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all()
     return arr[..., 0]
-
-
-def write_dicom(path, pixels, photometric="MONOCHROME2", **tags):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = "1.2.3.4"
-    ds.set_pixel_data(pixels, photometric, bits_stored=pixels.itemsize * 8)
-    for name, value in tags.items():
-        setattr(ds, name, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.mark.parametrize("name, size", [
@@ -215,21 +198,29 @@ def greyscale_sources(tmp_path_factory):
 
 
 def test_greyscale_fast_path_is_bit_identical_for_the_training_and_the_evaluation_transform(greyscale_sources):
-    """Resizing mode L and repeating the channel gives exactly the tensors of resizing the RGB conversion."""
+    """Resizing mode L, then uint8 pixels normalised (and repeated to RGB) as on the device, gives exactly the
+    tensors of the one-step float transforms of the RGB conversion: torchvision's Resize + ToTensor +
+    Normalize as the release trained, and the model's own evaluation transform."""
     import tempfile
 
     import torch
+    from torchvision import transforms as T
 
-    from ace_lora.data.transforms import InputSpec
+    from ace_lora.data.transforms import input_spec, pixel_transform
     from ace_lora.factory import build_model
     from ace_lora.tiny_model import write_tiny_biomedclip
-    train = InputSpec(224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)).transform()
-    evaluation = build_model(write_tiny_biomedclip(tempfile.mkdtemp(), ["x"], image_size=96)).preprocess
+    preprocess = build_model(write_tiny_biomedclip(tempfile.mkdtemp(), ["x"], image_size=96)).preprocess
+    spec = input_spec(preprocess)
+    released_train = T.Compose([T.Resize((96, 96), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                                T.Normalize(spec.mean, spec.std)])
     for path in greyscale_sources:
         grey, rgb = load_image(path, keep_greyscale=True), load_image(path)
         assert grey.mode == "L" and rgb.mode == "RGB", path
-        for transform in (train, evaluation):
-            assert torch.equal(transform(grey), transform(rgb)), (path, transform)
+        for kind, reference in (("train", released_train), ("eval", preprocess)):
+            pixels = pixel_transform(preprocess, kind)(grey)
+            assert pixels.dtype == torch.uint8 and pixels.shape == (1, 96, 96)
+            assert torch.equal(spec.normalise(pixels[None])[0], reference(rgb)), (path, kind)
+        assert torch.equal(spec.transform()(grey), released_train(rgb))
     colour = os.path.join(os.path.dirname(greyscale_sources[0]), "colour.png")
     Image.new("RGB", (20, 20), (200, 30, 40)).save(colour)
     assert load_image(colour, keep_greyscale=True).mode == "RGB"  # colour sources stay colour

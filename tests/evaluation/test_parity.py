@@ -18,10 +18,9 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from sklearn.metrics import roc_auc_score
 
+from ace_lora.data.synthetic import write_dicom
 from ace_lora.factory import load_model_for_eval
 from ace_lora.predict import Predictor
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert, zero_shot_eval_ace_lora_rsna, zero_shot_eval_ace_lora_siim
@@ -90,23 +89,6 @@ def test_chexpert_script_reproduces_the_released_evaluation(shared_dir, released
                                rtol=0, atol=1e-6)
 
 
-def write_dicom_8bit(path, pixels):
-    """An 8-bit MONOCHROME2 DICOM like RSNA's stage_2_train_images."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def synthetic_xray(rng, height, width):
     """A smooth grey pattern with noise, inside roughly 60..190: a loader that rescaled the stored values
     (min-max, windowing) would change the image and fail the comparison."""
@@ -131,7 +113,7 @@ def test_rsna_script_on_8bit_dicom_matches_a_direct_computation(released_model, 
     rows = []
     for i, target in enumerate(labels):
         patient = f"patient-{i:02d}"
-        write_dicom_8bit(image_dir / f"{patient}.dcm", synthetic_xray(rng, 256, 224 + 16 * i))
+        write_dicom(image_dir / f"{patient}.dcm", synthetic_xray(rng, 256, 224 + 16 * i))
         rows.append({"patientId": patient, "Path": f"stage_2_train_images/{patient}.dcm", "Target": target,
                      "boxes": "[]"})
     csv = tmp_path / "rsna_test.csv"
