@@ -24,8 +24,9 @@ from ace_lora.params.evaluation import predict_parser
 @main_guard
 def main(argv=None) -> int:
     args = parse_with_config(predict_parser(__doc__), argv)
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise UserInputError(f"--batch-size must be >= 1 and --num-workers >= 0, got {args.batch_size}, "
+                             f"{args.num_workers}")
     from ace_lora.io import check_output_dir, write_resolved_config  # after parsing: --help needs no torch
     from ace_lora.predict import (
         check_class_columns,
@@ -48,8 +49,14 @@ def main(argv=None) -> int:
         check_output_dir(args.heatmaps, flag="--heatmaps")
     predictor = load(args.checkpoint, model=args.model, device=args.device, precision=args.precision,
                      batch_size=args.batch_size, logit_scale=args.logit_scale)
+    pixels = None
+    if args.image_cache:
+        from ace_lora.data.image_cache import open_or_build
+        pixels = open_or_build(args.image_cache, paths, predictor.model.eval_pixels, rebuild=args.image_cache_rebuild,
+                               csv=args.csv or "", num_workers=args.num_workers, skip_unreadable=args.skip_unreadable,
+                               progress=args.progress)
     summary = predict_files(predictor, paths, classes, templates, args.output_dir, args.heatmaps,
-                            args.skip_unreadable, args.progress)
+                            args.skip_unreadable, args.progress, pixels=pixels)
     write_resolved_config(args, args.output_dir)
     skipped = f", {summary['n_unreadable']} unreadable listed in unreadable.csv" if summary["n_unreadable"] else ""
     print(f"predicted {summary['n_predicted']} of {summary['n_images']} images{skipped}; "

@@ -19,6 +19,7 @@ from torch import nn
 
 from .backbone import Backbone
 from .config import AceLoRAConfig
+from .data.transforms import input_spec, pixel_transform
 from .hgnn import AceHgnn
 from .lora import LoRAFactors, inject_text_lora, inject_vision_lora, set_merged
 from .methods import apply_peft, get_method
@@ -43,7 +44,9 @@ class AceLoRAModel(nn.Module):
         config.validate()
         self.clip = backbone.clip
         self.tokenizer = backbone.tokenizer
-        self.preprocess = backbone.preprocess
+        self.preprocess = backbone.preprocess  # the backbone's own PIL -> normalised float transform
+        self.input_spec = input_spec(backbone.preprocess)
+        self.eval_pixels = pixel_transform(backbone.preprocess, "eval")  # PIL -> uint8, normalised on the device
         self.clip.requires_grad_(False)
 
         bert_layers = self.clip.text.transformer.encoder.layer
@@ -93,7 +96,10 @@ class AceLoRAModel(nn.Module):
 
     # ---- token features ---------------------------------------------------------------------
     def image_tokens(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (B, N, D), CLS pre-softmax attention over the other tokens (B, N-1))."""
+        """(tokens (B, N, D), CLS pre-softmax attention over the other tokens (B, N-1)); `images` normalised
+        float (B, 3, S, S), or uint8 pixels (B, 1 or 3, S, S) that are normalised here (data/transforms.py)."""
+        if images.dtype == torch.uint8:
+            images = self.input_spec.normalise(images)
         visual = self.clip.visual
         tokens = visual.head(visual.trunk.forward_features(images))  # (B, N, D)
         attn = self._vit_attn

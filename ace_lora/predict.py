@@ -24,9 +24,11 @@ from torchvision.transforms.functional import to_pil_image
 from tqdm import tqdm
 
 from .config import BIOMEDCLIP_HUB
+from .data.image_cache import DecodedImages
 from .data.images import is_dicom, load_image
 from .data.paths import data_root_for, resolve_path
 from .data.tables import read_table
+from .data.transforms import stack_pixels
 from .dense.features import token_grid
 from .errors import UserInputError
 from .evaluation.figures import save_heatmap_overlay
@@ -114,16 +116,19 @@ class Predictor:
         self.device, self.precision, self.batch_size = device, precision, batch_size
         self.logit_scale = logit_scale
 
-    def _image_batches(self, images) -> Iterable[torch.Tensor]:
-        pil = as_pil_images(images)
-        for chunk in _chunks(pil, self.batch_size):
-            yield torch.stack([self.model.preprocess(image) for image in chunk]).to(self.device)  # (B, 3, S, S)
+    def _pixel_batches(self, images) -> Iterable[torch.Tensor]:
+        """uint8 (B, 3, S, S) batches of `batch_size` through the model's evaluation transform."""
+        for chunk in _chunks(as_pil_images(images), self.batch_size):
+            yield stack_pixels([self.model.eval_pixels(image) for image in chunk])
+
+    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, D) image embeddings (CPU, float32) of uint8 pixels (B, 1 or 3, S, S); call under no_grad."""
+        with autocast(self.device, self.precision):
+            return self.model.encode_image(pixels.to(self.device)).float().cpu()
 
     def _embedding_batches(self, images) -> Iterable[torch.Tensor]:
-        """(B, D) image embeddings (CPU, float32), one batch of `batch_size` at a time; call under no_grad."""
-        for batch in self._image_batches(images):
-            with autocast(self.device, self.precision):
-                yield self.model.encode_image(batch).float().cpu()
+        for pixels in self._pixel_batches(images):
+            yield self._embed(pixels)
 
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
@@ -164,9 +169,14 @@ class Predictor:
         """(N, C) softmax over the classes of s * cosine(image, class), scored as the evaluation engine does,
         batch by batch: a matrix product's rounding depends on its shape, so equal batches give the
         engine's numbers exactly. (0, C) for no images."""
-        scale = temperature(self.model, self.logit_scale)
-        scores = [score(embeddings @ classes.T, SOFTMAX, scale) for embeddings in self._embedding_batches(images)]
-        return torch.cat([torch.empty(0, classes.shape[0]), *scores]).numpy()
+        scores = [self.pixel_probabilities(pixels, classes) for pixels in self._pixel_batches(images)]
+        return np.concatenate([np.empty((0, classes.shape[0]), np.float32), *scores])
+
+    @torch.no_grad()
+    def pixel_probabilities(self, pixels: torch.Tensor, classes: torch.Tensor) -> np.ndarray:
+        """`probabilities` of one batch of uint8 pixels (B, 1 or 3, S, S) already through the model's evaluation
+        transform (`model.eval_pixels`, or an image cache of the `eval` transform)."""
+        return score(self._embed(pixels) @ classes.T, SOFTMAX, temperature(self.model, self.logit_scale)).numpy()
 
     def classify(self, images, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> np.ndarray:
         """(N, C) probabilities: softmax over the classes of s * cosine(image, class)."""
@@ -184,7 +194,7 @@ class Predictor:
         pil = as_pil_images(images)
         maps = []
         for chunk in _chunks(pil, self.batch_size):
-            batch = torch.stack([self.model.preprocess(image) for image in chunk]).to(self.device)
+            batch = stack_pixels([self.model.eval_pixels(image) for image in chunk]).to(self.device)
             with autocast(self.device, self.precision):
                 grid = token_grid(self.model, batch, "hgnn").float().cpu()  # (B, D, h, w)
             cosine = torch.einsum("bdhw,td->bthw", F.normalize(grid, dim=1), texts_emb)  # (B, T, h, w)
@@ -296,41 +306,46 @@ def check_prediction_folder(output_dir: str, overwrite: bool) -> None:
         os.remove(os.path.join(output_dir, name))
 
 
-def _load_readable(paths: Sequence[str], skip_unreadable: bool) -> Tuple[List[int], List[Image.Image], List[tuple]]:
-    """(positions, images, [(path, error)]) of one batch of files."""
-    positions, images, failed = [], [], []
-    for position, path in enumerate(paths):
+def _read_readable(source, indices: Sequence[int], paths: Sequence[str],
+                   skip_unreadable: bool) -> Tuple[List[int], List[torch.Tensor], List[tuple]]:
+    """(positions in `indices`, uint8 pixels, [(path, error)]) of one batch of an image source."""
+    positions, pixels, failed = [], [], []
+    for position, index in enumerate(indices):
         try:
-            images.append(load_image(path))
+            pixels.append(source[index])
             positions.append(position)
         except UserInputError as error:
             if not skip_unreadable:
                 raise UserInputError(f"{error} (pass --skip-unreadable to list and skip such files)") from None
-            failed.append((path, str(error)))
-    return positions, images, failed
+            failed.append((paths[index], str(error)))
+    return positions, pixels, failed
 
 
 def predict_files(predictor: Predictor, paths: Sequence[str], class_names: Sequence[str],
                   templates: Optional[Sequence[str]], output_dir: str, heatmaps_dir: Optional[str] = None,
-                  skip_unreadable: bool = False, progress: bool = True) -> dict:
+                  skip_unreadable: bool = False, progress: bool = True, pixels=None) -> dict:
     """predictions.csv (path, one probability column per class, predicted), unreadable.csv when files
     were skipped, and with `heatmaps_dir` one overlay PNG per image and class, listed in heatmaps.csv
-    (path, class, heatmap). Returns a summary."""
+    (path, class, heatmap). `pixels`: the images' pixels from an image cache of the `eval` transform
+    (data/image_cache.py; the overlays still read the files). Returns a summary."""
     class_names = as_names(class_names, "class")
     check_class_columns(class_names)
     classes = predictor.class_embeddings(class_names, templates)  # (C, D)
+    source = pixels if pixels is not None else DecodedImages(paths, predictor.model.eval_pixels)
     rows, unreadable, heatmaps = [], [], []
-    batches = list(_chunks(list(paths), predictor.batch_size))
-    for number, batch in enumerate(tqdm(batches, desc="predict", unit="batch", disable=not progress)):
-        positions, images, failed = _load_readable(batch, skip_unreadable)
+    batches = list(_chunks(range(len(paths)), predictor.batch_size))
+    for number, indices in enumerate(tqdm(batches, desc="predict", unit="batch", disable=not progress)):
+        batch = [paths[index] for index in indices]
+        positions, read, failed = _read_readable(source, indices, paths, skip_unreadable)
         unreadable += failed
-        if not images:
+        if not read:
             continue
-        probabilities = predictor.probabilities(images, classes)
+        probabilities = predictor.pixel_probabilities(stack_pixels(read), classes)
         for position, probs in zip(positions, probabilities):
             rows.append({"path": batch[position], **dict(zip(class_names, map(float, probs))),
                          "predicted": class_names[int(np.argmax(probs))]})
         if heatmaps_dir is not None:
+            images = [load_image(batch[position]) for position in positions]
             for position, image, maps in zip(positions, images, predictor.maps_to(images, classes)):
                 image_number = number * predictor.batch_size + position
                 for class_number, (name, heat) in enumerate(zip(class_names, maps)):

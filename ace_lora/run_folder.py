@@ -71,10 +71,15 @@ def _try_flock(fd: int) -> Optional[bool]:
 
 
 class RunLock:
-    """`.lock` in the run folder for as long as the run lives (a context manager); see the module docstring."""
+    """`.lock` in the run folder for as long as the run lives (a context manager); see the module docstring.
 
-    def __init__(self, folder: str):
+    `owner` and `flag` name the lock's user in refusals: the image cache's builder locks its folder too
+    ("another cache build ... choose another --output").
+    """
+
+    def __init__(self, folder: str, owner: str = "run", flag: str = "--output-dir"):
         self.path = os.path.join(folder, LOCK_NAME)
+        self.owner, self.flag = owner, flag
         self.held = False
         self._fd: Optional[int] = None
         self._stop = threading.Event()
@@ -108,7 +113,8 @@ class RunLock:
         refusal = self._refusal(flocked)
         if refusal or not self._same_file(fd):
             os.close(fd)
-            raise UserInputError(refusal or f"{self.path} was replaced while taking it: another run is starting here")
+            raise UserInputError(refusal or f"{self.path} was replaced while taking it: another {self.owner} is "
+                                            "starting here")
         previous = _read_owner(self.path)
         if previous is not None and previous != (os.getpid(), socket.gethostname()):
             pid, host = previous
@@ -156,14 +162,14 @@ class RunLock:
         age = _age_seconds(self.path)
         if age is None or age >= STALE_AFTER_S:
             return None
-        return (f"another run (process {pid} on {host}) is using this output folder ({self.path}; its heartbeat is "
-                f"{age:.0f} s old, a lock without one for {STALE_AFTER_S} s is taken over); wait for it or choose "
-                "another --output-dir")
+        return (f"another {self.owner} (process {pid} on {host}) is using this output folder ({self.path}; its "
+                f"heartbeat is {age:.0f} s old, a lock without one for {STALE_AFTER_S} s is taken over); wait for it "
+                f"or choose another {self.flag}")
 
     def _live_message(self, pid, host) -> str:
         where = "this machine" if host == socket.gethostname() else host
-        return f"another run (process {pid} on {where}) is using this output folder ({self.path}); wait for it or " \
-               "choose another --output-dir"
+        return (f"another {self.owner} (process {pid} on {where}) is using this output folder ({self.path}); wait "
+                f"for it or choose another {self.flag}")
 
     def release(self) -> None:
         """Remove the lock; never raises (a read-only folder keeps it, and the next run takes it over as a dead

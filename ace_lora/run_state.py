@@ -24,7 +24,7 @@ CHECKPOINT_FORMAT = "ace-lora-training-1"
 RUN_SHAPING_FLAGS = ("model", "method", "peft_config", "lora_r", "lora_alpha", "lora_dropout", "params", "position",
                      "topk", "hidden_features", "apply_gnn_encoders", "loss", "init_from", "split", "uncertain_policy",
                      "batch_size", "epochs", "lr", "weight_decay", "betas", "warmup_epochs", "seed",
-                     "gather_negatives")
+                     "gather_negatives", "fast_decode")
 
 
 def data_identity(csv_path: str, image_paths: List[str]) -> dict:

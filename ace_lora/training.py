@@ -30,8 +30,8 @@ from .checkpoint import (
 from .config import AceLoRAConfig
 from .data.train_dataset import (
     TokenizingCollate,
+    TrainingLoader,
     build_training_dataset,
-    epoch_loader,
     iterate_batches,
     steps_per_epoch,
 )
@@ -123,9 +123,15 @@ class Trainer:
         if context.is_distributed:
             self.model = wrap_ddp(self.raw_model, self.device)
 
-        self.dataset = build_training_dataset(args.train_csv, self.raw_model.preprocess, args.data_root, args.label_csv,
-                                              args.split, args.uncertain_policy, quiet=not context.is_main)
+        self.dataset = build_training_dataset(
+            args.train_csv, self.raw_model.preprocess, args.data_root, args.label_csv, args.split,
+            args.uncertain_policy, quiet=not context.is_main, fast_decode=args.fast_decode,
+            image_cache=args.image_cache, image_cache_rebuild=args.image_cache_rebuild, num_workers=args.num_workers,
+            progress=args.progress, run_on_main=lambda work: run_on_main(work, context, "building the image cache"))
         self.collate = TokenizingCollate(self.raw_model.tokenizer)
+        self.loader = TrainingLoader(self.dataset, self.collate, batch_size=args.batch_size, seed=args.seed,
+                                     rank=context.rank, world_size=context.world_size, num_workers=args.num_workers,
+                                     pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), args.batch_size, context.world_size)
         if self.steps_per_epoch == 0:
             raise UserInputError(f"{args.train_csv}: {len(self.dataset)} training rows, fewer than one global batch "
@@ -242,10 +248,7 @@ class Trainer:
     def _train_epoch(self) -> Tuple[bool, float, int]:
         """Train until the epoch ends (True) or --max-steps stops it (False); also (seconds, steps run)."""
         args, ctx = self.args, self.context
-        loader = epoch_loader(self.dataset, self.collate, batch_size=args.batch_size, epoch=self.run.epoch,
-                              seed=args.seed, rank=ctx.rank, world_size=ctx.world_size,
-                              skip_batches=self.run.step_in_epoch, num_workers=args.num_workers,
-                              pin_memory=self.device.type == "cuda")
+        loader = self.loader.epoch(self.run.epoch, self.run.step_in_epoch)
         self.model.train()
         bar = tqdm(total=self.steps_per_epoch, initial=self.run.step_in_epoch, unit="step", leave=False,
                    desc=f"epoch {self.run.epoch + 1}/{args.epochs}", disable=not (ctx.is_main and args.progress))

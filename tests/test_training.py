@@ -71,6 +71,26 @@ def test_train_step_updates_trainables_and_nothing_else(tiny_model_name, demo_da
         assert changed == p.requires_grad, f"{name}: changed={changed}, trainable={p.requires_grad}"
 
 
+def test_training_from_the_image_cache_is_bit_identical_to_decoding(tiny_model_name, demo_data, tmp_path, capsys):
+    """train.py --image-cache on a folder that does not exist builds the cache, then trains on it: the same
+    step losses and final weights, bit for bit, as from the image files."""
+    runs = {}
+    for name, extra in (("files", []), ("cache", ["--image-cache", str(tmp_path / "cache")])):
+        out = tmp_path / f"run_{name}"
+        assert train.main(run_args(tiny_model_name, demo_data, out, "--max-steps", "3", "--log-every-steps", "1",
+                                   *extra)) == 0
+        steps = [json.loads(line)["loss"] for line in (out / "steps.jsonl").read_text().splitlines()]
+        runs[name] = steps, torch.load(out / "checkpoints" / "last.pt", weights_only=False)["trainable"]
+    assert (tmp_path / "cache" / "manifest.json").is_file()
+    assert len(runs["files"][0]) == 3 and runs["files"][0] == runs["cache"][0]
+    assert runs["files"][1].keys() == runs["cache"][1].keys()
+    assert all(torch.equal(runs["files"][1][k], runs["cache"][1][k]) for k in runs["files"][1])
+    # the cache was built for the training transform and size: an evaluation cache or other model is refused
+    line = error_line(capsys, run_args(tiny_model_name, demo_data, tmp_path / "again", "--image-cache",
+                                       str(tmp_path / "cache" / "manifest.json")))
+    assert line == f"error: --image-cache {tmp_path / 'cache' / 'manifest.json'} is a file, not a folder"
+
+
 def test_dry_run_prints_the_trainable_count(tiny_model_name, capsys):
     train.main(["--dry-run", "--model", tiny_model_name])
     expected = build_model(tiny_model_name).num_trainable()

@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     result = evaluate_retrieval(model, args.csv, args.data_root, image_column=args.image_column,
                                 text_column=args.text_column, batch_size=args.batch_size,
                                 num_workers=args.num_workers, device=device, precision=args.precision,
+                                image_cache=args.image_cache, image_cache_rebuild=args.image_cache_rebuild,
                                 progress=args.progress)
     with open(os.path.join(args.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(strict_json({"metrics": result.metrics, "config": vars(args)}), f, indent=2, allow_nan=False,

@@ -1,8 +1,10 @@
 """Image-report pairs for training: the Dataset, its collate function, and the resumable sampler/loader.
 
 Decisions:
-- Images go through ace_lora.data.transforms: the whole image resized to the model's square input
-  (bicubic), normalised with the model's mean/std, as in the released training.
+- Images go through ace_lora.data.transforms' `train` transform: the whole image resized to the model's
+  square input (bicubic), as in the released training. Items and batches carry uint8 pixels (one channel
+  for greyscale images); the model normalises them on its device with its own mean/std. With an image
+  cache (data/image_cache.py) the pixels are read from it instead of decoded, bit for bit the same.
 - Missing images and empty reports are found up front (one os.path.isfile per row, before training starts): the run
   stops with the number missing and the first few names, instead of failing hours later. A file that
   exists but cannot be decoded fails when it is first read, with load_image's message naming it.
@@ -13,7 +15,8 @@ Decisions:
   the row.
 - Order: a DistributedSampler (one replica outside DDP) reshuffled per epoch by `set_epoch`, no padding,
   incomplete last batch dropped. A resumed epoch skips the batches already trained on by skipping their
-  indices in the sampler: the skipped images are never loaded.
+  indices in the sampler: the skipped images are never loaded. One DataLoader serves the whole run, so
+  its workers persist across epochs.
 """
 import os
 from typing import Callable, Iterator, Optional, Sequence
@@ -23,11 +26,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ace_lora.data.images import load_image
+from ace_lora.data.image_cache import image_source
 from ace_lora.data.labels import CHEXPERT_LABELS, UNCERTAIN_POLICIES
 from ace_lora.data.mimic import read_training_csv
 from ace_lora.data.tables import row_number
-from ace_lora.data.transforms import input_spec
+from ace_lora.data.transforms import pixel_transform, stack_pixels
 from ace_lora.errors import UserInputError
 
 MAX_LISTED = 3  # missing files / empty reports named in the error
@@ -100,51 +103,65 @@ def check_images_exist(table: pd.DataFrame, paths: Sequence[str], csv_path: str)
 
 
 class ImageReportDataset(Dataset):
-    """Item i: (preprocess(image i) (3, H, W), report i, labels i (14,))."""
+    """Item i: (uint8 pixels of image i (C, S, S), report i, labels i (14,)); `images` is an image source
+    (data/image_cache.py: decoded files or the cache), `image_paths` its files."""
 
-    def __init__(self, image_paths: Sequence[str], reports: Sequence[str], labels: np.ndarray, preprocess: Callable):
+    def __init__(self, image_paths: Sequence[str], reports: Sequence[str], labels: np.ndarray, images: Sequence):
         self.image_paths = list(image_paths)
         self.reports = [str(r) for r in reports]
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
-        self.preprocess = preprocess
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, index: int):
-        image = load_image(self.image_paths[index], keep_greyscale=True)  # transforms convert after resizing
-        return self.preprocess(image), self.reports[index], self.labels[index]
+        return self.images[index], self.reports[index], self.labels[index]
 
 
 class TokenizingCollate:
-    """Batch items into (images (B, 3, H, W), token ids (B, L), labels (B, 14)); picklable for workers."""
+    """Batch items into (uint8 pixels (B, 1 or 3, S, S), token ids (B, L), labels (B, 14)); picklable for
+    workers."""
 
     def __init__(self, tokenizer: Callable):
         self.tokenizer = tokenizer
 
     def __call__(self, items):
         images, reports, labels = zip(*items)
-        return torch.stack(images), self.tokenizer(list(reports)), torch.stack(labels)
+        return stack_pixels(images), self.tokenizer(list(reports)), torch.stack(labels)
 
 
 def build_training_dataset(csv_path: str, eval_preprocess: Callable, data_root: Optional[str] = None,
                            label_csv: Optional[str] = None, split: Optional[str] = "train",
-                           uncertain_policy: str = "zeros", quiet: bool = False) -> ImageReportDataset:
-    """The training pairs; images go through `input_spec(eval_preprocess).transform()` (the model's
-    `.preprocess` gives the size and normalisation). `quiet`: print nothing (DDP ranks > 0)."""
+                           uncertain_policy: str = "zeros", quiet: bool = False, fast_decode: bool = False,
+                           image_cache: Optional[str] = None, image_cache_rebuild: bool = False,
+                           **cache_options) -> ImageReportDataset:
+    """The training pairs; images go through the `train` pixel transform of the model whose evaluation
+    transform is `eval_preprocess` (its size), decoded from the files or read from `image_cache` (built
+    first where there is none: `cache_options` go to image_cache.open_or_build). `quiet`: print nothing
+    (DDP ranks > 0)."""
     table = training_table(csv_path, data_root, label_csv, split, quiet=quiet)
     labels = label_matrix(table, uncertain_policy, source=csv_path)
     check_reports_present(table, csv_path)
     paths = table["image_path"].astype(str).tolist()
     check_images_exist(table, paths, csv_path)
-    return ImageReportDataset(paths, table["report"].tolist(), labels, input_spec(eval_preprocess).transform())
+    images = image_source(paths, pixel_transform(eval_preprocess, "train"), fast_decode, image_cache,
+                          image_cache_rebuild, csv=csv_path, **cache_options)
+    return ImageReportDataset(paths, table["report"].tolist(), labels, images)
 
 
-class SkipFirstSampler(Sampler):
-    """The indices of `sampler` after the first `skip` (a resumed epoch's batches already trained on)."""
+class EpochSampler(Sampler):
+    """This rank's indices of one epoch, in the DistributedSampler order of (seed, epoch), after the first
+    `skip` (a resumed epoch's batches already trained on: never loaded). `set_epoch` between epochs lets one
+    DataLoader, and its persistent workers, serve every epoch."""
 
-    def __init__(self, sampler: Sampler, skip: int):
-        self.sampler = sampler
+    def __init__(self, dataset: Dataset, *, seed: int, rank: int, world_size: int):
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=True)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
         self.skip = skip
 
     def __iter__(self) -> Iterator[int]:
@@ -161,17 +178,36 @@ def steps_per_epoch(n_items: int, batch_size: int, world_size: int) -> int:
     return (n_items // world_size) // batch_size
 
 
+class TrainingLoader:
+    """One DataLoader for the whole run: its order depends only on (seed, epoch), never on the global RNG.
+
+    Batches leave the workers as uint8 (normalised on the device), pinned on CUDA; the workers persist
+    across epochs and keep PREFETCH batches each in flight. The workers draw no random numbers (the
+    transforms are deterministic), so their seeds do not affect training.
+    """
+    PREFETCH = 4
+
+    def __init__(self, dataset: Dataset, collate: Callable, *, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, pin_memory: bool = False):
+        self.sampler = EpochSampler(dataset, seed=seed, rank=rank, world_size=world_size)
+        generator = torch.Generator().manual_seed(seed * 100_003 + rank)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, collate_fn=collate,
+                                 num_workers=num_workers, pin_memory=pin_memory, drop_last=True, generator=generator,
+                                 persistent_workers=num_workers > 0,
+                                 prefetch_factor=self.PREFETCH if num_workers > 0 else None)
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
+        """The loader, set to `epoch` with its first `skip_batches` batches left out."""
+        self.sampler.set_epoch(epoch, skip_batches * self.loader.batch_size)
+        return self.loader
+
+
 def epoch_loader(dataset: Dataset, collate: Callable, *, batch_size: int, epoch: int, seed: int, rank: int = 0,
                  world_size: int = 1, skip_batches: int = 0, num_workers: int = 0,
                  pin_memory: bool = False) -> DataLoader:
-    """The loader for one epoch: its order depends only on (seed, epoch), never on the global RNG."""
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                 drop_last=True)
-    sampler.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009 + rank)  # worker base seeds
-    return DataLoader(dataset, batch_size=batch_size, sampler=SkipFirstSampler(sampler, skip_batches * batch_size),
-                      collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
-                      generator=generator, persistent_workers=False)
+    """The loader of one epoch (a TrainingLoader used once)."""
+    return TrainingLoader(dataset, collate, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                          num_workers=num_workers, pin_memory=pin_memory).epoch(epoch, skip_batches)
 
 
 def one_line_error(error: UserInputError) -> UserInputError:

@@ -1,35 +1,108 @@
-"""The one image-to-input transform of training and the dense benchmarks: a bicubic resize of the whole
-image to the model's square S x S input, ToTensor, then the model's own mean/std.
+"""How an image becomes the encoder's input, in two halves: PIL image -> uint8 pixels (in the DataLoader
+workers, or once, into the image cache), then uint8 -> normalised float (on the model's device).
 
-The backbone's evaluation transform (resize the short side, centre crop) would cut the apices and bases
-off portrait chest X-rays; training resizes the whole image, as released. S, mean and std are read from
-the model's evaluation transform (open_clip: a torchvision Compose of Resize, CenterCrop, ..., Normalize).
+- `train`: a bicubic resize of the whole image to the model's square S x S input, as released. The
+  backbone's evaluation transform (resize the short side, centre crop) would cut the apices and bases off
+  portrait chest X-rays.
+- `eval`: the model's own evaluation transform (open_clip: Resize, CenterCrop, ...), as released.
+
+Greyscale images stay one channel through the resize and are repeated to three only when normalised:
+resizing mode L and repeating is bit-identical to resizing the RGB conversion (tests/data/test_images.py),
+at a third of the work, and a batch of uint8 greyscale pixels is 12x smaller to copy to the GPU than
+normalised float RGB. `normalise` computes exactly what torchvision's ToTensor + Normalize compute, so
+the two halves give bit-identical inputs to the one-step transform.
 """
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable, List, Sequence, Tuple
 
+import PIL
+import torch
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from ace_lora.errors import UserInputError
+
+TRANSFORM_KINDS = ("train", "eval")
+_TO_TENSOR = (T.ToTensor, T.PILToTensor)
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How an image becomes the encoder's input: a plain S x S resize, then (x - mean) / std."""
+    """The encoder's input: S x S, normalised as (x - mean) / std."""
     size: int
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
 
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 1 or 3, S, S), on any device -> float32 (B, 3, S, S): ToTensor's x / 255, then
+        Normalize's (x - mean) / std, with one channel repeated to three."""
+        if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
+            raise UserInputError(f"image pixels must be uint8 (B, 1 or 3, H, W), got {pixels.dtype} "
+                                 f"{tuple(pixels.shape)}")
+        x = pixels.to(torch.float32).div(255).expand(-1, 3, -1, -1)
+        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        return x.sub(mean).div(std)
+
     def transform(self) -> T.Compose:
-        """RGB or greyscale (L) PIL image -> (3, S, S) float tensor; L is resized as one channel and repeated
-        to three after the resize (bit-identical to resizing its RGB conversion, and faster)."""
-        return T.Compose([T.Resize((self.size, self.size), interpolation=T.InterpolationMode.BICUBIC,
-                                   antialias=True), T.Lambda(to_rgb), T.ToTensor(), T.Normalize(self.mean, self.std)])
+        """The whole `train` transform of one image: PIL image -> (3, S, S) float tensor."""
+        return T.Compose([PixelTransform("train", self.size, train_steps(self.size)), T.Lambda(self._normalise_one)])
+
+    def _normalise_one(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.normalise(pixels[None])[0]
 
 
-def to_rgb(image):
-    """PIL image in RGB (a greyscale one repeated to three channels); an RGB one as it is."""
-    return image if image.mode == "RGB" else image.convert("RGB")
+def train_steps(size: int) -> List[Callable]:
+    return [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
+
+
+class PixelTransform:
+    """PIL image (RGB or L) -> uint8 (C, S, S) with C = 1 for greyscale and 3 for colour: the resize and
+    crop steps of one transform kind, before any conversion to RGB, tensor or normalisation."""
+
+    def __init__(self, kind: str, size: int, steps: Sequence[Callable]):
+        self.kind, self.size, self.steps = kind, size, list(steps)
+
+    def __call__(self, image) -> torch.Tensor:
+        for step in self.steps:
+            image = step(image)
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        return TF.pil_to_tensor(image)
+
+    def describe(self) -> dict:
+        """What decides the pixels (recorded by the image cache, which refuses a cache made by another)."""
+        return {"kind": self.kind, "size": self.size, "steps": [repr(step) for step in self.steps],
+                "pillow": PIL.__version__}
+
+
+def _is_rgb_conversion(step) -> bool:
+    """open_clip's MaybeConvertMode / _convert_to_rgb, or any step named like them: the pixels keep their mode."""
+    name = getattr(step, "__name__", type(step).__name__).lower()
+    return "convert" in name and ("rgb" in name or "mode" in name)
+
+
+def pixel_transform(preprocess: Callable, kind: str) -> PixelTransform:
+    """The uint8 half of the `train` or `eval` transform of a model whose evaluation transform is `preprocess`."""
+    if kind not in TRANSFORM_KINDS:
+        raise UserInputError(f"transform must be one of {', '.join(TRANSFORM_KINDS)}, not {kind!r}")
+    spec = input_spec(preprocess)
+    if kind == "train":
+        return PixelTransform(kind, spec.size, train_steps(spec.size))
+    steps = list(getattr(preprocess, "transforms", []))
+    to_tensor = next(i for i, step in enumerate(steps) if isinstance(step, _TO_TENSOR))
+    after = [step for step in steps[to_tensor + 1:] if not isinstance(step, T.Normalize)]
+    if after:
+        raise UserInputError(f"the model's preprocess has steps after ToTensor other than Normalize: {after}")
+    return PixelTransform(kind, spec.size, [step for step in steps[:to_tensor] if not _is_rgb_conversion(step)])
+
+
+def stack_pixels(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, C, S, S) from uint8 (C, S, S) images: C = 1 when every image is greyscale, else 3 (greyscale
+    ones repeated)."""
+    if all(image.shape[0] == 1 for image in images):
+        return torch.stack(list(images))
+    return torch.stack([image.expand(3, -1, -1) for image in images])
 
 
 def input_spec(eval_preprocess: Callable) -> InputSpec:
@@ -38,7 +111,7 @@ def input_spec(eval_preprocess: Callable) -> InputSpec:
     normalize = [t for t in steps if isinstance(t, T.Normalize)]
     sized = next((t for t in steps if isinstance(t, T.CenterCrop)), None) or \
         next((t for t in steps if isinstance(t, T.Resize)), None)
-    if len(normalize) != 1 or sized is None:
+    if len(normalize) != 1 or sized is None or not any(isinstance(t, _TO_TENSOR) for t in steps):
         raise UserInputError(f"cannot read the input size and normalisation from the model's preprocess: "
                              f"{eval_preprocess}")
     size = sized.size

@@ -34,7 +34,8 @@ def run_zero_shot(task_name: str, argv: Optional[Sequence[str]] = None):
     result = evaluate(model, task, args.csv, args.data_root, batch_size=args.batch_size,
                       num_workers=args.num_workers, device=device, precision=args.precision,
                       logit_scale=args.logit_scale, scoring=getattr(args, "scoring", None),
-                      skip_unreadable=args.skip_unreadable, n_bootstrap=args.bootstrap, seed=args.seed)
+                      skip_unreadable=args.skip_unreadable, n_bootstrap=args.bootstrap, seed=args.seed,
+                      image_cache=args.image_cache, image_cache_rebuild=args.image_cache_rebuild)
     write_resolved_config(args, args.output_dir)
     paths = write_outputs(result, args.output_dir, vars(args))
     print(f"wrote {', '.join(paths.values())}")

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ace_lora.data.eval_dataset import ImageListDataset, collate_eval_items
+from ace_lora.data.image_cache import image_source
 from ace_lora.data.labels import CHEXPERT_5X200_CLASSES
 from ace_lora.data.paths import data_root_for, resolve_path
 from ace_lora.data.tables import read_table, row_name
@@ -120,8 +121,10 @@ def one_class_per_row(table: pd.DataFrame, source: str, class_columns: Sequence[
 @torch.no_grad()
 def evaluate_retrieval(model, csv_path: str, data_root: Optional[str] = None, *, image_column: Optional[str] = None,
                        text_column: Optional[str] = None, batch_size: int = 64, num_workers: int = 0, device=None,
-                       precision: str = "fp32", progress: bool = True) -> RetrievalResult:
-    """Embed every image and its report with `model` and score retrieval both ways (module docstring)."""
+                       precision: str = "fp32", progress: bool = True, image_cache: Optional[str] = None,
+                       image_cache_rebuild: bool = False) -> RetrievalResult:
+    """Embed every image and its report with `model` and score retrieval both ways (module docstring);
+    `image_cache` as in zero_shot.evaluate."""
     table = read_table(csv_path, (), dtype=str)
     image_column, text_column = retrieval_columns(list(table.columns), image_column, text_column, csv_path)
     if table.empty:
@@ -138,14 +141,16 @@ def evaluate_retrieval(model, csv_path: str, data_root: Optional[str] = None, *,
     was_training = model.training
     model.eval()
     try:
-        loader = DataLoader(ImageListDataset(paths, model.preprocess), batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=collate_eval_items)
+        pixels = image_source(paths, model.eval_pixels, cache=image_cache, rebuild=image_cache_rebuild, csv=csv_path,
+                              num_workers=num_workers, progress=progress)
+        loader = DataLoader(ImageListDataset(pixels), batch_size=batch_size, num_workers=num_workers,
+                            pin_memory=device.type == "cuda", collate_fn=collate_eval_items)
         images: List[torch.Tensor] = []
         for _, batch, unreadable in tqdm(loader, desc="retrieval images", unit="batch", disable=not progress):
             if unreadable:
                 raise UserInputError(unreadable[0][1])
             with autocast(device, precision):
-                images.append(model.encode_image(batch.to(device)).float().cpu())
+                images.append(model.encode_image(batch.to(device, non_blocking=True)).float().cpu())
         texts = table[text_column].astype(str).tolist()
         text_emb = []
         for start in range(0, len(texts), batch_size):

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ace_lora.data.eval_dataset import ImageListDataset, collate_eval_items
+from ace_lora.data.image_cache import image_source
 from ace_lora.data.paths import data_root_for
 from ace_lora.data.tables import read_table
 from ace_lora.errors import UserInputError
@@ -103,14 +104,13 @@ def _missing_message(image_id: str, path: Optional[str], data_root: str) -> str:
     return f"{path}: image file not found"
 
 
-def _embed_and_score(model, paths: List[str], class_emb: torch.Tensor, scale: float, scoring: str,
+def _embed_and_score(model, images, class_emb: torch.Tensor, scale: float, scoring: str,
                      device: torch.device, precision: str, batch_size: int, num_workers: int,
                      skip_unreadable: bool, progress: bool, title: str):
-    """Scores (len(paths), C) with NaN rows for unreadable images, {position: error}, images/s."""
-    loader = DataLoader(ImageListDataset(paths, model.preprocess), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda",
-                        collate_fn=collate_eval_items)
-    scores = torch.full((len(paths), class_emb.shape[0]), float("nan"))
+    """Scores (len(images), C) of an image source, NaN rows for unreadable images; {position: error}; images/s."""
+    loader = DataLoader(ImageListDataset(images), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", collate_fn=collate_eval_items)
+    scores = torch.full((len(images), class_emb.shape[0]), float("nan"))
     failures: Dict[int, str] = {}
     start = time.perf_counter()
     for indices, images, unreadable in tqdm(loader, desc=f"zero-shot {title}", unit="batch", disable=not progress):
@@ -123,7 +123,7 @@ def _embed_and_score(model, paths: List[str], class_emb: torch.Tensor, scale: fl
             image_emb = model.encode_image(images.to(device, non_blocking=True))  # (B, D)
         scores[indices] = score(image_emb.float() @ class_emb.T, scoring, scale).cpu()  # (B, C)
     elapsed = time.perf_counter() - start
-    n_read = len(paths) - len(failures)
+    n_read = len(images) - len(failures)
     return scores.numpy(), failures, (n_read / elapsed if elapsed > 0 else math.nan)
 
 
@@ -136,13 +136,16 @@ def _true_label_names(task: ZeroShotTask, labels: np.ndarray) -> List[str]:
 def evaluate(model, task: Union[str, ZeroShotTask], csv_path: str, data_root: Optional[str] = None, *,
              batch_size: int = 64, num_workers: int = 4, device=None, precision: str = "fp32",
              logit_scale: str = "base", scoring: Optional[str] = None, skip_unreadable: bool = False,
-             n_bootstrap: int = 1000, seed: int = 0, progress: bool = True) -> ZeroShotResult:
+             n_bootstrap: int = 1000, seed: int = 0, progress: bool = True, image_cache: Optional[str] = None,
+             image_cache_rebuild: bool = False) -> ZeroShotResult:
     """Zero-shot evaluation of `model` (an AceLoRAModel) on the data set `task` listed in `csv_path`.
 
     data_root: folder that relative image paths start from (default: the CSV's folder).
     device: None = where the model is; otherwise the model is moved there. precision: fp32, bf16,
     fp16 or auto (autocast on CUDA). scoring: None = the task's default (see `TASKS[task].scorings`).
-    The model is put in eval mode and its training mode restored afterwards.
+    The model is put in eval mode and its training mode restored afterwards. image_cache: a cache folder of
+    the `eval` transform (data/image_cache.py) to read the pixels from, built first where there is none;
+    the results are those of the image files, bit for bit.
     `metrics['images_per_second']` times the image stage (loading, preprocessing, encoding, scoring).
     """
     task = get_task(task) if isinstance(task, str) else task
@@ -168,6 +171,9 @@ def evaluate(model, task: Union[str, ZeroShotTask], csv_path: str, data_root: Op
         raise UserInputError(f"{csv_path}: {len(missing)} image(s) not found, first: {first} "
                              f"(pass --skip-unreadable to count and skip them)")
     rows = [row for row in range(len(paths)) if row not in missing]  # dataset position -> CSV row
+    images = image_source([paths[row] for row in rows], model.eval_pixels, cache=image_cache,
+                          rebuild=image_cache_rebuild, csv=csv_path, num_workers=num_workers,
+                          skip_unreadable=skip_unreadable, progress=progress)
 
     device = _model_device(model, device)
     precision = resolve_precision(precision, device)
@@ -178,7 +184,7 @@ def evaluate(model, task: Union[str, ZeroShotTask], csv_path: str, data_root: Op
             class_emb = class_embeddings(model, task, device)  # (C, D)
             scale = temperature(model, logit_scale)
             found_scores, failures, images_per_second = _embed_and_score(
-                model, [paths[row] for row in rows], class_emb, scale, scoring, device, precision, batch_size,
+                model, images, class_emb, scale, scoring, device, precision, batch_size,
                 num_workers, skip_unreadable, progress, task.title)
     finally:
         model.train(was_training)

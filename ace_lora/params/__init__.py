@@ -6,6 +6,7 @@ A YAML file given with `--config` supplies defaults (keys are flag names with '-
 the command line override it. The package imports no torch, so every `--help` answers at once.
 """
 import argparse
+import os
 from typing import Optional, Sequence
 
 from ..config import BIOMEDCLIP_HUB
@@ -104,10 +105,39 @@ def add_device_args(group, precision: str = "auto") -> None:
                        help="autocast precision; 'auto' = bf16 on CUDA, fp32 on CPU")
 
 
+MAX_DEFAULT_WORKERS = 16  # beyond this, decoding a batch is rarely what a GPU waits for
+
+
+def default_num_workers() -> int:
+    """The CPUs this process may use (its affinity: a SLURM or container allotment), less one for the process
+    itself, shared among the training processes of this node (torchrun's LOCAL_WORLD_SIZE), at most 16."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(MAX_DEFAULT_WORKERS, per_process - 1))
+
+
+def add_num_workers_arg(group) -> None:
+    group.add_argument("--num-workers", type=int, default=default_num_workers(),
+                       help="DataLoader worker processes that decode images (default: the CPUs this process may use, "
+                            "less one, per process on this node, at most 16: %(default)s here)")
+
+
 def add_runtime_args(group, batch_size: int = 64, precision: str = "auto") -> None:
     add_device_args(group, precision)
     group.add_argument("--batch-size", type=int, default=batch_size, help="images per batch (per GPU)")
-    group.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
+    add_num_workers_arg(group)
+
+
+def add_image_cache_args(group, transform: str) -> None:
+    """--image-cache and --image-cache-rebuild (data/image_cache.py) for a command that reads images through
+    the `transform` ('train' or 'eval') pixel transform."""
+    group.add_argument("--image-cache", metavar="DIR",
+                       help=f"read the images' pixels from this image cache of the '{transform}' transform "
+                            "(dataset_prep/cache_images.py), bit-identical to decoding the files; a folder that "
+                            "holds none is built first (docs/data.md)")
+    group.add_argument("--image-cache-rebuild", action="store_true",
+                       help="rebuild the --image-cache entries whose source images changed since caching (or the "
+                            "whole cache when it was built for another transform)")
 
 
 def check_runtime_args(args: argparse.Namespace) -> None:

@@ -2,7 +2,16 @@
 import argparse
 
 from ..evaluation.tasks import LOGIT_SCALES, NIH_PROMPT_NAMES, get_task
-from . import HelpFormatter, add_config_arg, add_device_args, add_model_args, add_runtime_args, evaluation_parser
+from . import (
+    HelpFormatter,
+    add_config_arg,
+    add_device_args,
+    add_image_cache_args,
+    add_model_args,
+    add_num_workers_arg,
+    add_runtime_args,
+    evaluation_parser,
+)
 
 # ---- zero-shot evaluation (every zero_shot_eval/zero_shot_eval_ace_lora_<task>.py) ---------------
 
@@ -32,6 +41,7 @@ def zero_shot_parser(task_name: str) -> argparse.ArgumentParser:
     data.add_argument("--skip-unreadable", action="store_true",
                       help="count and skip missing or unreadable images (NaN rows in predictions.csv) "
                            "instead of stopping at the first")
+    add_image_cache_args(data, "eval")
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default=f"results/{task.name}",
                         help="folder for the result files")
@@ -63,6 +73,7 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
                            "'Findings suggesting {}.')")
     data.add_argument("--skip-unreadable", action="store_true",
                       help="list unreadable files in unreadable.csv and go on, instead of stopping at the first")
+    add_image_cache_args(data, "eval")
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default="results/predict",
                         help="folder for predictions.csv, unreadable.csv and config.yaml")
@@ -74,6 +85,7 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
     runtime = parser.add_argument_group("runtime")
     add_device_args(runtime, precision="fp32")
     runtime.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    add_num_workers_arg(runtime)
     return parser
 
 
@@ -88,6 +100,7 @@ def retrieval_parser(description: str) -> argparse.ArgumentParser:
     data.add_argument("--data-root", help="folder that relative image paths start from (default: the CSV's folder)")
     data.add_argument("--image-column", help="column of image paths (default: Path, else image_path)")
     data.add_argument("--text-column", help="column of report texts (default: 'Report Impression', else report)")
+    add_image_cache_args(data, "eval")
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default="results/retrieval", help="folder for metrics.json and ranks.csv")
     output.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -9,6 +9,7 @@ from ..methods import METHODS, get_method
 from . import (
     HelpFormatter,
     add_config_arg,
+    add_image_cache_args,
     add_model_args,
     add_runtime_args,
     parse_with_config,
@@ -69,6 +70,11 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     data.add_argument("--uncertain-policy", default="zeros", choices=UNCERTAIN_POLICIES,
                       help="uncertain (-1) labels become 0 (released method) or 1")
     add_runtime_args(data, batch_size=64)
+    add_image_cache_args(data, "train")
+    data.add_argument("--fast-decode", action="store_true",
+                      help="decode JPEGs at the smallest DCT scale of at least twice the input size (PIL draft): "
+                           "several times faster, but the inputs differ slightly from the exact ones the release "
+                           "trained on (docs/data.md); off by default")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=40, help="training epochs (the schedule spans all of them)")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from ace_lora.data.image_cache import DecodedImages
 from ace_lora.data.labels import CHEXPERT_LABELS
 from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.data.train_dataset import (
@@ -19,6 +20,7 @@ from ace_lora.data.train_dataset import (
     label_matrix,
     steps_per_epoch,
 )
+from ace_lora.data.transforms import pixel_transform
 from ace_lora.errors import UserInputError
 from ace_lora.factory import build_model
 
@@ -91,14 +93,16 @@ def test_dataset_items_and_tokenizing_collate(demo_data, tiny_model):
     dataset = build_training_dataset(demo_data.train_csv, tiny_model.preprocess)
     assert len(dataset) == 20
     image, report, labels = dataset[3]
-    assert image.shape == (3, 64, 64) and isinstance(report, str) and labels.shape == (14,)
+    # the demo's X-rays are greyscale: one uint8 channel, normalised (and repeated) on the model's device
+    assert image.shape == (1, 64, 64) and image.dtype == torch.uint8
+    assert isinstance(report, str) and labels.shape == (14,)
     table = pd.read_csv(demo_data.train_csv)
     assert report == table["report"][3]
     np.testing.assert_array_equal(labels.numpy(), table[list(CHEXPERT_LABELS)].to_numpy()[3])
     # the collate function runs in workers: it must survive pickling and tokenize identically
     collate = pickle.loads(pickle.dumps(TokenizingCollate(tiny_model.tokenizer)))
     images, ids, batch_labels = collate([dataset[0], dataset[1]])
-    assert images.shape == (2, 3, 64, 64) and batch_labels.shape == (2, 14)
+    assert images.shape == (2, 1, 64, 64) and images.dtype == torch.uint8 and batch_labels.shape == (2, 14)
     assert torch.equal(ids, tiny_model.tokenize([dataset[0][1], dataset[1][1]]))
 
 
@@ -126,7 +130,8 @@ def test_missing_images_are_counted_up_front(demo_data, tiny_model, tmp_path):
 def test_corrupt_image_in_a_worker_gives_a_one_line_error(demo_data, tiny_model, tmp_path):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"not a jpeg")
-    dataset = ImageReportDataset([str(bad)] * 4, ["x"] * 4, np.zeros((4, 14)), tiny_model.preprocess)
+    images = DecodedImages([str(bad)] * 4, pixel_transform(tiny_model.preprocess, "train"))
+    dataset = ImageReportDataset([str(bad)] * 4, ["x"] * 4, np.zeros((4, 14)), images)
     loader = epoch_loader(dataset, TokenizingCollate(tiny_model.tokenizer), batch_size=2, epoch=0, seed=0,
                           num_workers=1)
     with pytest.raises(UserInputError) as caught:

@@ -97,6 +97,23 @@ def test_batch_size_does_not_change_probabilities(model, tmp_path):
     np.testing.assert_allclose(one, seven, rtol=0, atol=1e-5)
 
 
+def test_probabilities_from_the_image_cache_equal_those_from_the_files_exactly(model, tmp_path):
+    csv, paths, _ = chexpert_set(tmp_path, n=6)
+    Image.open(paths[2]).convert("RGB").save(paths[2])  # a colour file among greyscale ones
+    files = evaluate(model, "chexpert", csv, batch_size=4, **FAST)
+    cache = tmp_path / "cache"
+    built = evaluate(model, "chexpert", csv, batch_size=4, image_cache=str(cache), **FAST)  # built first
+    assert (cache / "manifest.json").is_file()
+    read = evaluate(model, "chexpert", csv, batch_size=4, image_cache=str(cache), **FAST)
+    assert np.array_equal(files.probabilities, built.probabilities)
+    assert np.array_equal(files.probabilities, read.probabilities)
+    with pytest.raises(UserInputError, match="built for another transform"):  # a training cache is not reused
+        from ace_lora.data.image_cache import build_cache
+        from ace_lora.data.transforms import pixel_transform
+        build_cache(str(tmp_path / "train_cache"), paths, pixel_transform(model.preprocess, "train"), progress=False)
+        evaluate(model, "chexpert", csv, image_cache=str(tmp_path / "train_cache"), **FAST)
+
+
 def test_relative_paths_use_data_root_or_csv_folder_and_absolute_paths_are_kept(model, tmp_path):
     csv, paths, labels = chexpert_set(tmp_path / "root", n=5)
     by_csv_folder = evaluate(model, "chexpert", csv, **FAST).probabilities
