@@ -1,26 +1,33 @@
-"""Loading the frozen BiomedCLIP backbone (open_clip) from the hub or from a local folder.
+"""Loading the frozen backbone (open_clip): BiomedCLIP by default, or any open_clip model by name.
+
+Model names: `hf-hub:ID`, `local-dir:PATH`, or an open_clip model name (`ViT-B-16`, see
+`open_clip.list_models()`) with an optional pretrained tag after `@` (`ViT-B-16@openai`; the command lines'
+`--pretrained TAG` appends it, `model_spec`). A name without a tag has random weights. Unknown names and
+tags are refused in one line, with open_clip's close matches or the model's tags.
 
 A local folder (`local-dir:PATH`) must load with no network at all. open_clip's text tower reads the
 BERT config from `text_cfg.hf_model_name`, which in BiomedCLIP's config is a hub id; when PATH itself
 holds the BERT `config.json` (see docs/installation.md: "A local BiomedCLIP folder"), that name is pointed at PATH
 through open_clip's public `text_cfg` override instead.
 """
+import difflib
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import open_clip
 from torch import nn
 
-from .config import BIOMEDCLIP_HUB, LOCAL_PREFIX
+from .config import BIOMEDCLIP_HUB, HUB_PREFIX, LOCAL_PREFIX, TAG_SEPARATOR
 from .errors import UserInputError
 
 
 @dataclass
 class Backbone:
-    clip: nn.Module  # open_clip CustomTextCLIP: .visual (TimmModel), .text (HFTextEncoder), .logit_scale
+    clip: nn.Module  # open_clip CLIP or CustomTextCLIP (BiomedCLIP: .visual TimmModel, .text HFTextEncoder)
     preprocess: Callable  # PIL image -> (3, H, W) tensor, the model's own evaluation transform
     tokenizer: Callable  # list[str] -> (B, context_length) LongTensor
 
@@ -44,22 +51,40 @@ def _local_text_override(folder: str) -> dict:
     return {"text_cfg": text_cfg}
 
 
+def _named_model(spec: str) -> tuple:
+    """(open_clip name, pretrained tag or None) of a plain model name, checked against open_clip's lists."""
+    name, _, tag = spec.partition(TAG_SEPARATOR)
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=4)
+        raise UserInputError(f"unknown model {name!r}" + (f" (close: {', '.join(close)})" if close else "")
+                             + "; see open_clip.list_models(), or use hf-hub:ID / local-dir:PATH")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag and tag not in tags:
+        raise UserInputError(f"{name} has no pretrained weights {tag!r}; its tags: {', '.join(tags) or 'none'}")
+    return name, tag or None
+
+
 def load_backbone(model_name: str = BIOMEDCLIP_HUB, device: str = "cpu") -> Backbone:
     """Create the open_clip model, its evaluation preprocessing and tokenizer; all weights frozen."""
-    overrides = {}
+    overrides, name, pretrained = {}, model_name, None
     if model_name.startswith(LOCAL_PREFIX):
         folder = model_name[len(LOCAL_PREFIX):]
         if not os.path.isdir(folder):
             raise UserInputError(f"model folder not found: {folder}")
         overrides = _local_text_override(folder)
+    elif not model_name.startswith(HUB_PREFIX):
+        name, pretrained = _named_model(model_name)
+        if pretrained is None:
+            print(f"note: {name} with random weights (give --pretrained TAG for trained ones)", file=sys.stderr)
     try:
-        clip, _, preprocess = open_clip.create_model_and_transforms(model_name, device=device, **overrides)
-        tokenizer = open_clip.get_tokenizer(model_name)
+        clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device,
+                                                                    **overrides)
+        tokenizer = open_clip.get_tokenizer(name)
     except (OSError, RuntimeError, ValueError) as err:
-        if model_name.startswith("hf-hub:"):
+        if model_name.startswith(HUB_PREFIX) or pretrained:
             raise UserInputError(
-                f"could not load {model_name} from the Hugging Face hub ({type(err).__name__}); without network, "
-                "download it once and pass --model local-dir:PATH (docs/installation.md)") from err
+                f"could not load {model_name} ({type(err).__name__}: its weights come from the network); without "
+                "network, download them once and pass --model local-dir:PATH (docs/installation.md)") from err
         raise UserInputError(f"could not load model {model_name}: {str(err).splitlines()[0]}") from err
     clip.requires_grad_(False)
     clip.eval()

@@ -14,7 +14,9 @@ Released format (`torch.save` dict, loads with weights_only=True):
   weights['img_edge_adapter' | 'img_node_adapter' | 'text_edge_adapter' | 'text_node_adapter']:
       adapter state_dicts (down.weight/bias, up.weight/bias).
   weights['logit_scale']: the learned scale, linear (already exponentiated).
-  metadata: {'r', 'topk', 'params', 'position', 'loss_type', 'use_labels', 'loss', ...}. As released, `loss_type`
+  metadata: {'r', 'topk', 'params', 'position', 'loss_type', 'use_labels', 'loss', ...}; a model of another
+      architecture than BiomedCLIP's adds `architecture` (ace_lora.towers) and loads only onto it. As released,
+      `loss_type`
       says whether the hypergraph exists ('clip_loss_ace_hgnn', or '_hgat' in the published file: adapters
       present; 'clip_loss': LoRA only); `use_labels` says whether same-label negatives were masked; our
       files add `loss`, the loss's registry name (ace_lora.loss.LOSSES).
@@ -32,7 +34,7 @@ from .config import LOCAL_PREFIX, AceLoRAConfig
 from .errors import TrainingDiverged, UserInputError
 from .io import atomic_save
 from .lora import LoRAFactors
-from .loss import create_loss
+from .loss import LOSSES
 from .model import AceLoRAModel
 
 
@@ -82,14 +84,41 @@ def released_state(model: AceLoRAModel, loss: str = "label_guided") -> dict:
     for name, adapter in adapter_modules(model).items():
         weights[name] = {k: v.detach().float().cpu().clone() for k, v in adapter.state_dict().items()}
     weights["logit_scale"] = model.logit_scale.detach().float().cpu().clone()
+    if model.logit_bias is not None:  # SigLIP-trained models: the bias trains with the scale
+        weights["logit_bias"] = model.logit_bias.detach().float().cpu().clone()
     cfg = model.config
     loss_type = HGNN_LOSS_TYPE if adapter_modules(model) else LORA_ONLY_LOSS_TYPE
     metadata = {"r": cfg.r, "topk": cfg.topk, "k_nearest": cfg.topk, "params": list(cfg.params),
                 "position": cfg.position, "loss_type": loss_type, "loss": loss,
-                "use_labels": create_loss(loss).uses_labels, "alpha": cfg.alpha,
+                "use_labels": LOSSES[loss].uses_labels, "alpha": cfg.alpha,
                 "dropout_rate": cfg.dropout, "hidden_features": cfg.hidden_features,
                 "apply_gnn_encoders": cfg.apply_gnn_encoders}
+    if families(model.architecture) != RELEASED_FAMILIES:  # BiomedCLIP's files stay exactly as released
+        metadata["architecture"] = model.architecture
     return {"weights": weights, "metadata": metadata}
+
+
+RELEASED_FAMILIES = ("timm-vit", "hf-text")  # BiomedCLIP's: what a file without `architecture` was trained on
+
+
+def families(architecture: dict) -> Tuple[str, str]:
+    return architecture["vision"]["family"], architecture["text"]["family"]
+
+
+def check_architecture(model: AceLoRAModel, recorded: Optional[dict], path: str) -> None:
+    """`path` was trained on the model's architecture (a file that records none: on BiomedCLIP's families)."""
+    if recorded is None:
+        if families(model.architecture) != RELEASED_FAMILIES:
+            raise UserInputError(f"{path} was trained on BiomedCLIP's architecture (timm ViT + BERT); this model has "
+                                 f"{' + '.join(families(model.architecture))}: load it with the --model it was "
+                                 "trained on")
+        return
+    for tower in ("vision", "text"):
+        if recorded[tower] != model.architecture[tower]:
+            theirs = ", ".join(f"{k} {v}" for k, v in recorded[tower].items())
+            ours = ", ".join(f"{k} {v}" for k, v in model.architecture[tower].items())
+            raise UserInputError(f"{path} was trained on another {tower} tower ({theirs}; this model: {ours}): load "
+                                 "it with the --model it was trained on")
 
 
 def check_finite_trainables(model: AceLoRAModel) -> None:
@@ -190,7 +219,14 @@ def load_released_weights(model: AceLoRAModel, state: dict, path: str = "checkpo
         raise UserInputError(f"{path}: missing weights['logit_scale']")
     copy_checked(model.logit_scale.data, torch.as_tensor(weights["logit_scale"]).reshape(()),
                   "weights['logit_scale']", path)
-    extra = sorted(k for k in weights if k not in expected and k not in adapters and k != "logit_scale")
+    scalars = {"logit_scale"}
+    if model.logit_bias is not None:
+        scalars.add("logit_bias")
+        if "logit_bias" not in weights:
+            raise UserInputError(f"{path}: missing weights['logit_bias'] (the model has a logit bias)")
+        copy_checked(model.logit_bias.data, torch.as_tensor(weights["logit_bias"]).reshape(model.logit_bias.shape),
+                     "weights['logit_bias']", path)
+    extra = sorted(k for k in weights if k not in expected and k not in adapters and k not in scalars)
     extra += sorted(f"{layer}/{proj}" for layer in expected for proj in set(weights[layer]) - expected[layer])
     if extra:
         raise UserInputError(f"{path}: has weights the model does not have: {', '.join(extra)} "
@@ -264,6 +300,11 @@ def load_export_trainables(model: AceLoRAModel, folder: str) -> None:
     scale = tensors.get("logit_scale")
     copy_checked(model.logit_scale.data, None if scale is None else scale.reshape(()), "logit_scale", source)
     expected = {"logit_scale"}
+    if model.logit_bias is not None:
+        bias = tensors.get("logit_bias")
+        copy_checked(model.logit_bias.data, None if bias is None else bias.reshape(model.logit_bias.shape),
+                     "logit_bias", source)
+        expected.add("logit_bias")
     for name, adapter in adapter_modules(model).items():
         for key, value in adapter.state_dict().items():
             copy_checked(value, tensors.get(f"{name}.{key}"), f"{name}.{key}", source)
@@ -294,8 +335,10 @@ class TrainedWeights:
     backbone: Optional[str]
     recorded: Tuple[str, ...]  # the architecture settings the file records (released files omit some)
     state: Any = field(repr=False, default=None)
+    architecture: Optional[dict] = None  # the towers it was trained on (ace_lora.towers); None: BiomedCLIP's
 
     def load_into(self, model: AceLoRAModel) -> None:
+        check_architecture(model, self.architecture, self.path)
         if self.kind == "export":
             load_export_trainables(model, self.path)
         elif self.kind == "released":
@@ -308,8 +351,10 @@ def read_trained(path: str) -> TrainedWeights:
     """The one reader of trained models: a released `.pt`, an `ACE-LoRA_weights_*.pt`, a `checkpoints/*.pt`
     or an export folder (module docstring). A path that is none of them is one UserInputError."""
     if is_export_folder(path):
-        return TrainedWeights(path, "export", export_config(read_export(path)), f"{LOCAL_PREFIX}{path}",
-                              ("topk", "hidden_features", "apply_gnn_encoders"))
+        summary = read_export(path)
+        return TrainedWeights(path, "export", export_config(summary), f"{LOCAL_PREFIX}{path}",
+                              ("topk", "hidden_features", "apply_gnn_encoders"),
+                              architecture=summary.get("architecture"))
     if os.path.isdir(path):
         raise UserInputError(f"{path} is a folder without {EXPORT_CONFIG}: give a weight file, a training "
                              "checkpoint or an export folder")
@@ -319,8 +364,8 @@ def read_trained(path: str) -> TrainedWeights:
         metadata = state.get("metadata", {})
         recorded = tuple(key for key, meta_key in RELEASED_METADATA_KEYS.items()
                          if meta_key in metadata or key in metadata)
-        return TrainedWeights(path, "released", config, None, recorded, state)
-    return TrainedWeights(path, "training", config, None, tuple(ARCHITECTURE_FLAGS), state)
+        return TrainedWeights(path, "released", config, None, recorded, state, metadata.get("architecture"))
+    return TrainedWeights(path, "training", config, None, tuple(ARCHITECTURE_FLAGS), state, state.get("architecture"))
 
 
 def init_trainables_from(model: AceLoRAModel, path: str) -> None:

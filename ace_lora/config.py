@@ -9,7 +9,21 @@ from .errors import UserInputError
 
 BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 LOCAL_PREFIX = "local-dir:"  # open_clip's name for a model folder on disk
-LOSS_CHOICES = ("label_guided", "clip")
+HUB_PREFIX = "hf-hub:"
+TAG_SEPARATOR = "@"  # ViT-B-16@openai: an open_clip model name and its pretrained tag
+
+
+def model_spec(model: str, pretrained: Optional[str] = None) -> str:
+    """The one string that names a backbone: `model`, with `@pretrained` for an open_clip model name."""
+    if not pretrained:
+        return model
+    if model.startswith((LOCAL_PREFIX, HUB_PREFIX)):
+        raise UserInputError(f"--pretrained is for open_clip model names; {model} brings its own weights")
+    name, _, tag = model.partition(TAG_SEPARATOR)
+    if tag and tag != pretrained:
+        raise UserInputError(f"--model {model} names the weights {tag!r}, --pretrained {pretrained!r}: give one")
+    return f"{name}{TAG_SEPARATOR}{pretrained}"
+LOSS_CHOICES = ("label_guided", "clip", "siglip", "label_guided_siglip")
 LORA_POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top", "top3")
 LORA_PARAMS = ("q", "k", "v", "o")
 GNN_CHOICES = ("both", "vision", "text", "none")

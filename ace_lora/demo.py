@@ -1,8 +1,9 @@
 """`--demo`: train ACE-LoRA end to end on a synthetic data set with a tiny random model, offline, on a CPU
 (ace_lora.launch runs it: prepare_demo, the training run, write_demo_metrics).
 
-prepare_demo writes <output-dir>/demo_data (ace_lora/data/synthetic.py) and a tiny BiomedCLIP-shaped model
-whose vocabulary covers the reports and the zero-shot prompts, then points the run's flags at them: the
+prepare_demo writes <output-dir>/demo_data (ace_lora/data/synthetic.py) and a tiny model (`--demo-model`:
+BiomedCLIP-shaped, whose vocabulary covers the reports and the zero-shot prompts, or OpenAI-CLIP-shaped),
+then points the run's flags at them: the
 held-out split is the `chexpert` validation set, evaluated before training and after every epoch.
 write_demo_metrics summarises AUROC and accuracy before and after training in demo_metrics.json.
 """
@@ -13,19 +14,20 @@ from dataclasses import asdict
 from .data.synthetic import DemoDataset, write_demo_dataset
 from .distributed import DistributedContext, barrier, broadcast_object
 from .io import read_jsonl
-from .tiny_model import write_tiny_biomedclip
+from .tiny_model import write_tiny_biomedclip, write_tiny_openclip
 from .training import METRICS_FILE, RELEASED_NAME
 
 DEMO_DATA = dict(n_train=600, n_test_per_class=20, image_size=64)
 DEMO_DIR = "demo_data"
-TINY_MODEL_DIR = "tiny_biomedclip"
+TINY_MODEL_DIRS = {"biomedclip": "tiny_biomedclip", "openclip": "tiny_openclip"}  # --demo-model
 
 
 def prepare_demo(args, context: DistributedContext) -> DemoDataset:
     """Generate (rank 0) the demo data and model once per output folder, and set the data/model flags."""
     root = os.path.abspath(os.path.join(args.output_dir, DEMO_DIR))
     settings_path = os.path.join(root, "settings.json")
-    settings = {**DEMO_DATA, "seed": args.seed}
+    settings = {**DEMO_DATA, "seed": args.seed, "model": args.demo_model}
+    model_dir = os.path.join(root, TINY_MODEL_DIRS[args.demo_model])
     data = None
     if context.is_main:
         previous = None
@@ -37,13 +39,15 @@ def prepare_demo(args, context: DistributedContext) -> DemoDataset:
         else:
             print(f"writing the synthetic demo data set to {root}")
             data = write_demo_dataset(root, seed=args.seed, **DEMO_DATA)
-            write_tiny_biomedclip(os.path.join(root, TINY_MODEL_DIR), data.vocabulary,
-                                  image_size=DEMO_DATA["image_size"], seed=args.seed)
+            if args.demo_model == "openclip":  # its BPE tokenizer knows every English word
+                write_tiny_openclip(model_dir, image_size=DEMO_DATA["image_size"], seed=args.seed)
+            else:
+                write_tiny_biomedclip(model_dir, data.vocabulary, image_size=DEMO_DATA["image_size"], seed=args.seed)
             with open(settings_path, "w", encoding="utf-8") as f:
                 json.dump({"settings": settings, "dataset": asdict(data)}, f, indent=1)
     data = broadcast_object(data, context)
     barrier(context)
-    args.model = f"local-dir:{os.path.join(root, TINY_MODEL_DIR)}"
+    args.model = f"local-dir:{model_dir}"
     args.train_csv, args.data_root, args.label_csv, args.split = data.train_csv, data.data_root, None, "train"
     args.val_dataset, args.val_csv, args.val_data_root = "chexpert", data.test_csv, data.data_root
     return data

@@ -17,17 +17,19 @@ import copy
 import json
 import os
 import shutil
+import tempfile
 from typing import Dict, Optional
 
 import torch
 from safetensors.torch import save as save_safetensors
 
 from .checkpoint import ADAPTERS_FILE, EXPORT_CONFIG, EXPORT_FORMAT, adapter_modules
-from .config import LOCAL_PREFIX, AceLoRAConfig
+from .config import HUB_PREFIX, LOCAL_PREFIX, TAG_SEPARATOR, AceLoRAConfig
 from .errors import UserInputError
 from .io import atomic_save, atomic_write, prepare_output_dir
 from .lora import LoRAFactors, MergeableLoRA
 from .methods import get_method
+from .towers import EXPORT_RENAMES
 
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
 
@@ -47,7 +49,7 @@ def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
         except (ValueError, NotImplementedError, AttributeError, TypeError) as error:
             raise UserInputError(f"cannot export --method {model.config.method}: peft cannot merge its {peft_type} "
                                  f"tuner into the backbone ({str(error).splitlines()[0]})") from None
-        return {key: value.detach().clone().cpu() for key, value in clip.state_dict().items()}
+        return {_open_clip_name(key): value.detach().clone().cpu() for key, value in clip.state_dict().items()}
     # own_lora: merge our factors; as_trained (full): no factors, the weights are plain already
     was_merged = all(m.merged for m in model.clip.modules() if isinstance(m, MergeableLoRA))
     model.merge_lora(True)
@@ -57,10 +59,18 @@ def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
         for key, value in model.clip.state_dict().items():
             if any(key.startswith(prefix) for prefix in factor_names):
                 continue
-            state[key.replace(".base.", ".")] = value.detach().clone().cpu()
+            state[_open_clip_name(key.replace(".base.", "."))] = value.detach().clone().cpu()
         return state
     finally:
         model.merge_lora(was_merged)
+
+
+def _open_clip_name(key: str) -> str:
+    """open_clip's own name of a backbone tensor (towers.FusedMultiheadAttention's in_proj is in_proj_weight)."""
+    for ours, theirs in EXPORT_RENAMES:
+        if key.endswith(ours):
+            return key[:-len(ours)] + theirs
+    return key
 
 
 def exported_method(config: AceLoRAConfig) -> str:
@@ -71,18 +81,26 @@ def exported_method(config: AceLoRAConfig) -> str:
     return config.method
 
 
-def _source_folder(model_name: str) -> str:
-    """The files of the backbone's own folder (configs, tokenizer), to copy beside the merged weights."""
+def _source_folder(model_name: str, model) -> str:
+    """The files of the backbone's own folder (configs, tokenizer), to copy beside the merged weights; for an
+    open_clip model name, a folder with its open_clip_config.json (the tokenizer is open_clip's own)."""
+    if not model_name.startswith((LOCAL_PREFIX, HUB_PREFIX)):
+        import open_clip
+        folder = tempfile.mkdtemp(prefix="ace_lora_export_")
+        name = model_name.partition(TAG_SEPARATOR)[0]
+        config = {"model_cfg": open_clip.get_model_config(name),
+                  "preprocess_cfg": open_clip.get_model_preprocess_cfg(model.clip)}
+        with open(os.path.join(folder, "open_clip_config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=1)
+        return folder
     if model_name.startswith(LOCAL_PREFIX):
         return model_name[len(LOCAL_PREFIX):]
-    if model_name.startswith("hf-hub:"):
-        from huggingface_hub import snapshot_download
-        try:
-            return snapshot_download(model_name[len("hf-hub:"):], allow_patterns=["*.json", "*.txt"])
-        except Exception as err:  # offline without a cache, or no such repository
-            raise UserInputError(f"cannot read the configuration of {model_name} ({type(err).__name__}); export "
-                                 "from --model local-dir:PATH") from None
-    raise UserInputError(f"cannot export a model named {model_name!r}: use hf-hub:ID or local-dir:PATH")
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(model_name[len(HUB_PREFIX):], allow_patterns=["*.json", "*.txt"])
+    except Exception as err:  # offline without a cache, or no such repository
+        raise UserInputError(f"cannot read the configuration of {model_name} ({type(err).__name__}); export "
+                             "from --model local-dir:PATH") from None
 
 
 def export_model(model, model_name: str, out_dir: str, source: str = "", training_data: str = "",
@@ -92,7 +110,7 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
     if os.listdir(out_dir):
         raise UserInputError(f"--output-dir {out_dir} is not empty: export into a new folder")
     merged = merged_backbone_state(model)  # first: a method that cannot be merged leaves the folder empty
-    folder = _source_folder(model_name)
+    folder = _source_folder(model_name, model)
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
         if os.path.isfile(path) and not name.endswith((".bin", ".pt", ".pth", ".safetensors")):
@@ -109,12 +127,15 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
     atomic_save(merged, os.path.join(out_dir, WEIGHTS_FILE))
 
     tensors = {"logit_scale": model.logit_scale.detach().float().cpu().reshape(1)}
+    if model.logit_bias is not None:  # SigLIP-trained: the trained bias, beside the trained scale
+        tensors["logit_bias"] = model.logit_bias.detach().float().cpu().reshape(1)
     for name, adapter in adapter_modules(model).items():  # the released names: img_edge_adapter, ...
         for key, value in adapter.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().float().cpu().contiguous()
     atomic_write(os.path.join(out_dir, ADAPTERS_FILE), lambda f: f.write(save_safetensors(tensors)))
     cfg = model.config
     summary = {"format": EXPORT_FORMAT, "base_model": model_name, "source_checkpoint": source,
+               "architecture": model.architecture,
                "method": exported_method(cfg),
                "trained_config": cfg.to_dict(), "trainable_parameters": model.method_parameter_count,
                "topk": cfg.topk, "hidden_features": cfg.hidden_features,

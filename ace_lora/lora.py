@@ -1,4 +1,4 @@
-"""Low-rank adapters (LoRA) on the attention projections of both BiomedCLIP towers.
+"""Low-rank adapters (LoRA) on attention projections (where they go, per tower family: ace_lora.towers).
 
 Update of a frozen weight W (out, in): W + s * B @ A with A (r, in), B (out, r), s = alpha / sqrt(r)
 (the released ACE-LoRA scaling, not the alpha / r of the original LoRA paper). A is kaiming-uniform
@@ -6,13 +6,11 @@ Update of a frozen weight W (out, in): W + s * B @ A with A (r, in), B (out, r),
 update low-rank, `dropout(x) @ A^T @ B^T`: B @ A is only formed when merging for inference/export.
 """
 import math
-from typing import Dict, Iterable, Sequence, Tuple
+from typing import Iterable, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .config import select_layers
 
 
 class LoRAFactors(nn.Module):
@@ -78,7 +76,8 @@ class LoRALinear(MergeableLoRA):
 
 
 class FusedQKVLoRA(MergeableLoRA):
-    """timm's fused qkv Linear (in -> 3 * dim) with separate (A, B) pairs for the chosen of q, k, v.
+    """A fused qkv Linear (in -> 3 * dim: timm's qkv, open_clip's in_proj) with separate (A, B) pairs for the
+    chosen of q, k, v.
 
     Each of q, k and v has its own dropout on the input, so the three see independent masks, as the
     released per-projection LoRA layers do.
@@ -108,52 +107,6 @@ class FusedQKVLoRA(MergeableLoRA):
             yield slice(i * self.dim, (i + 1) * self.dim), self.lora[p]
 
 
-
-
-def inject_text_lora(bert_layers: nn.ModuleList, params: Sequence[str], position: str, r: int, alpha: float,
-                     dropout: float) -> Dict[int, Dict[str, LoRAFactors]]:
-    """Wrap query/key/value and attention.output.dense ('o') of the chosen layers in LoRALinear.
-
-    In those layers the attention-probability dropout and the dropout after the attention output
-    projection are switched off (replaced by Dropout(0)), as in the released attention module that
-    computes LayerNorm(proj(context) + hidden); embedding and feed-forward dropout stay.
-    Returns {layer index: {'q': factors, ...}} for checkpoint I/O.
-    """
-    names = {"q": "query", "k": "key", "v": "value"}
-    found: Dict[int, Dict[str, LoRAFactors]] = {}
-    if not params:
-        return found
-    for i in select_layers(position, len(bert_layers)):
-        attn = bert_layers[i].attention
-        attn.self.dropout = nn.Dropout(0.0)  # BertSelfAttention reads self.dropout.p in training
-        attn.output.dropout = nn.Dropout(0.0)
-        found[i] = {}
-        for p in (p for p in ("q", "k", "v") if p in params):
-            wrapped = LoRALinear(getattr(attn.self, names[p]), r, alpha, dropout)
-            setattr(attn.self, names[p], wrapped)
-            found[i][p] = wrapped.lora
-        if "o" in params:
-            attn.output.dense = LoRALinear(attn.output.dense, r, alpha, dropout)
-            found[i]["o"] = attn.output.dense.lora
-    return found
-
-
-def inject_vision_lora(vit_blocks: nn.Sequential, params: Sequence[str], position: str, r: int, alpha: float,
-                       dropout: float) -> Dict[int, Dict[str, LoRAFactors]]:
-    """Wrap the fused qkv (q, k, v) and attn.proj ('o') of the chosen ViT blocks."""
-    found: Dict[int, Dict[str, LoRAFactors]] = {}
-    for i in select_layers(position, len(vit_blocks)):
-        attn = vit_blocks[i].attn
-        found[i] = {}
-        qkv_parts = [p for p in params if p in ("q", "k", "v")]
-        if qkv_parts:
-            fused = FusedQKVLoRA(attn.qkv, qkv_parts, r, alpha, dropout)
-            attn.qkv = fused
-            found[i].update({p: fused.lora[p] for p in fused.parts})
-        if "o" in params:
-            attn.proj = LoRALinear(attn.proj, r, alpha, dropout)
-            found[i]["o"] = attn.proj.lora
-    return found
 
 
 def set_merged(module: nn.Module, merged: bool) -> None:

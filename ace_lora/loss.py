@@ -1,4 +1,4 @@
-"""Contrastive losses: the CLIP InfoNCE loss and its label-guided variant, and their registry.
+"""Contrastive losses: the CLIP InfoNCE loss, SigLIP's sigmoid loss, their label-guided variants, the registry.
 
 LOSSES maps each `--loss` name (ace_lora.config.LOSS_CHOICES) to a ContrastiveLoss; the trainer resolves
 it once with `create_loss` (as open_clip's create_loss) and hands it to every step, and checkpoints
@@ -7,6 +7,12 @@ record the loss by that name.
 Label-guided InfoNCE: for row i, every j != i whose CheXpert label vector equals row i's is not a
 negative (two studies with the same findings are not a mismatch), so its logit is set to -inf in both
 directions before the cross-entropies; the diagonal positive always stays.
+
+Sigmoid loss (SigLIP-trained models, which have a logit bias b): -1/B sum_ij log sigmoid(z_ij (s x_i.y_j + b))
+with z = +1 for a positive pair and -1 otherwise; label-guided, a pair whose label vectors are equal is a
+positive too (with a sigmoid each pair is its own binary decision, so "not a negative" means "positive").
+The default loss follows the model: label-guided sigmoid for a model with a logit bias, label-guided
+InfoNCE otherwise (`default_loss`).
 """
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -39,6 +45,18 @@ def label_guided_info_nce(image: torch.Tensor, text: torch.Tensor, logit_scale: 
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def label_guided_sigmoid(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
+                         labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss over s * image @ text^T + b (summed over pairs, divided by B, as
+    open_clip's SigLipLoss); labels (B, 14) make label-equal pairs positives."""
+    logits = logit_scale * image.float() @ text.float().T + logit_bias  # (B, B)
+    positive = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+    if labels is not None:
+        positive = positive | false_negative_mask(labels)
+    signs = positive.to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(signs * logits).sum() / len(logits)
+
+
 def gather_batch(image: torch.Tensor, text: torch.Tensor, labels: Optional[torch.Tensor]):
     """All-gather embeddings (differentiable) and labels across ranks, in rank order.
 
@@ -57,24 +75,41 @@ def gather_batch(image: torch.Tensor, text: torch.Tensor, labels: Optional[torch
 
 @dataclass(frozen=True)
 class ContrastiveLoss:
-    """A registered loss: `loss(image, text, scale, labels)`; labels are used only if `uses_labels`."""
+    """A registered loss: `loss(image, text, scale, labels, bias)`; labels are used only if `uses_labels`,
+    the logit bias (the model's own, trained) only by a `sigmoid` loss, which needs one."""
 
     name: str
     uses_labels: bool
+    sigmoid: bool = False
 
     def __call__(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return label_guided_info_nce(image, text, logit_scale, labels if self.uses_labels else None)
+                 labels: Optional[torch.Tensor] = None, logit_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        labels = labels if self.uses_labels else None
+        if self.sigmoid:
+            return label_guided_sigmoid(image, text, logit_scale, logit_bias, labels)
+        return label_guided_info_nce(image, text, logit_scale, labels)
 
 
 LOSSES: Dict[str, ContrastiveLoss] = {
     "label_guided": ContrastiveLoss("label_guided", uses_labels=True),  # the released default
     "clip": ContrastiveLoss("clip", uses_labels=False),
+    "siglip": ContrastiveLoss("siglip", uses_labels=False, sigmoid=True),
+    "label_guided_siglip": ContrastiveLoss("label_guided_siglip", uses_labels=True, sigmoid=True),
 }
 assert tuple(LOSSES) == LOSS_CHOICES  # the torch-free list the command line offers
 
 
-def create_loss(name: str) -> ContrastiveLoss:
+def default_loss(has_logit_bias: bool) -> str:
+    """The loss that follows the model: SigLIP-trained models (a logit bias) the sigmoid one."""
+    return "label_guided_siglip" if has_logit_bias else "label_guided"
+
+
+def create_loss(name: str, has_logit_bias: bool = False) -> ContrastiveLoss:
+    """The registered loss `name` (None: `default_loss` of the model); a sigmoid loss needs a logit bias."""
+    name = name or default_loss(has_logit_bias)
     if name not in LOSSES:
         raise UserInputError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+    if LOSSES[name].sigmoid and not has_logit_bias:
+        raise UserInputError(f"--loss {name} is SigLIP's sigmoid loss and needs a model with a logit bias (a SigLIP-"
+                             "trained model); this one has none: use label_guided or clip")
     return LOSSES[name]

@@ -6,17 +6,16 @@ Adding a method is one `Method` entry: what trains (our LoRA, a peft config, the
 flag defaults it brings, and from that its weight format and how export merges it. Torch-free.
 
 Every method can be combined with the ACE-HGNN (`--apply-gnn-encoders both|vision|text`): "X + ACE-HGNN".
-The peft methods adapt timm's fused `qkv` projection as one Linear (768 -> 2304): one adapter over q, k
-and v together (e.g. one DoRA magnitude per output of the fused matrix, one LoHa update for all three),
-while BERT's query, key and value are three Linears with an adapter each. Our own LoRA keeps separate
-(A, B) pairs for the q, k and v rows of the fused matrix.
+The peft methods adapt a fused q/k/v projection (timm's `qkv`, open_clip's `in_proj`, 768 -> 2304) as one
+Linear: one adapter over q, k and v together (e.g. one DoRA magnitude per output of the fused matrix, one
+LoHa update for all three), while BERT's query, key and value are three Linears with an adapter each. Our
+own LoRA keeps separate (A, B) pairs for the q, k and v rows of the fused matrix.
 """
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from .config import select_layers
 from .errors import UserInputError
 
 VERA_RANK = 256  # VeRA's shared random projections are wide (the VeRA paper's default); only scalings train
@@ -101,28 +100,26 @@ def get_method(name: str) -> Method:
     return REGISTRY[name]
 
 
-def target_modules(position: str, n_text: int, n_vision: int) -> str:
-    """A peft `target_modules` regex: BERT query/key/value and the ViT fused qkv of the chosen layers."""
-    text = "|".join(map(str, select_layers(position, n_text)))
-    vision = "|".join(map(str, select_layers(position, n_vision)))
-    return (rf"^(text\.transformer\.encoder\.layer\.({text})\.attention\.self\.(query|key|value)"
-            rf"|visual\.trunk\.blocks\.({vision})\.attn\.qkv)$")
+def target_modules(tower_targets: List[str]) -> str:
+    """A peft `target_modules` regex from the towers' own (ace_lora.towers: `Tower.peft_targets`): BERT
+    query/key/value, timm's fused qkv, open_clip's fused in_proj, of the layers --position chose."""
+    return "^(" + "|".join(tower_targets) + ")$"
 
 
 def peft_config_for(method: str, r: int, alpha: float, dropout: float,
                     peft_config_file: Optional[str] = None) -> Optional[dict]:
     """The peft config (a dict for peft.get_peft_config) of a peft method, None for the others. Without
-    `target_modules`: the model adds them for its depth and --position (`target_modules`), unless a
+    `target_modules`: the model adds its towers' for --position (`target_modules`), unless a
     --peft-config file names its own."""
     maker = get_method(method).peft_config
     return None if maker is None else maker(r, alpha, dropout, peft_config_file)
 
 
-def apply_peft(clip, config: dict, position: str, n_text: int, n_vision: int) -> List[object]:
+def apply_peft(clip, config: dict, tower_targets: List[str]) -> List[object]:
     """Inject the peft tuner into `clip` in place (only its adapters train); returns the PeftModel,
     which owns state some tuners share across layers (VeRA's projections) and must be kept alive."""
     from peft import get_peft_config, get_peft_model  # here: this module is imported by --help (no torch)
-    config = {"target_modules": target_modules(position, n_text, n_vision), **config}
+    config = {"target_modules": target_modules(tower_targets), **config}
     try:
         peft_model = get_peft_model(clip, get_peft_config(config))
     except (ValueError, TypeError, KeyError) as error:

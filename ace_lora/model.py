@@ -1,17 +1,17 @@
-"""ACE-LoRA model: frozen BiomedCLIP + LoRA on both towers + an ACE-HGNN per tower + a learned scale.
+"""ACE-LoRA model: a frozen open_clip model (BiomedCLIP by default) + LoRA on both towers + an ACE-HGNN per
+tower + a learned scale.
 
-Token-level features come from the libraries' public submodules, with no patched methods:
-- image: `visual.head(trunk.forward_features(x))`, all tokens (B, 1 + patches, D);
-- text: `text.proj(transformer(...).last_hidden_state)`, all context positions, padding included.
-The hypergraph's CLS weights come from forward hooks on the last attention layer's projections,
-so attention itself keeps its fused (SDPA) kernel:
-- image: the last ViT block's pre-softmax scores (q * scale) @ k^T, CLS row, CLS column dropped,
-  averaged over heads (B, N-1);
-- text: the last BERT layer's softmax attention probabilities of the CLS row with padding masked,
-  CLS column dropped, averaged over heads (B, L-1).
+The towers (ace_lora.towers, by family) give all output tokens in the joint space and the CLS-attention
+row, from the libraries' public submodules and forward hooks on the last attention layer's projections,
+so attention itself keeps its fused (SDPA) kernel. For BiomedCLIP:
+- image: `visual.head(trunk.forward_features(x))`, all tokens (B, 1 + patches, D); the last ViT block's
+  pre-softmax scores (q * scale) @ k^T, CLS row, CLS column dropped, averaged over heads (B, N-1);
+- text: `text.proj(transformer(...).last_hidden_state)`, all context positions, padding included; the
+  last BERT layer's softmax attention probabilities of the CLS row with padding masked, CLS column
+  dropped, averaged over heads (B, L-1).
 Only the CLS row is computed, which costs O(N) rather than O(N^2).
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,21 +20,11 @@ from torch import nn
 from .backbone import Backbone
 from .config import AceLoRAConfig
 from .data.transforms import input_spec, pixel_transform
+from .errors import UserInputError
 from .hgnn import AceHgnn
-from .lora import LoRAFactors, inject_text_lora, inject_vision_lora, set_merged
+from .lora import set_merged
 from .methods import apply_peft, get_method
-
-
-class _ProjectionCapture:
-    """Keeps the latest output of the hooked projection modules (the last layer's q/k)."""
-
-    def __init__(self):
-        self.outputs: Dict[str, torch.Tensor] = {}
-
-    def hook(self, name: str):
-        def store(_module, _inputs, output):
-            self.outputs[name] = output
-        return store
+from .towers import architecture, check_layers, text_tower, vision_tower
 
 
 class AceLoRAModel(nn.Module):
@@ -49,34 +39,35 @@ class AceLoRAModel(nn.Module):
         self.eval_pixels = pixel_transform(backbone.preprocess, "eval")  # PIL -> uint8, normalised on the device
         self.clip.requires_grad_(False)
 
-        bert_layers = self.clip.text.transformer.encoder.layer
-        vit_blocks = self.clip.visual.trunk.blocks
+        # plain objects, not submodules: their modules belong to self.clip
+        self.vision, self.text = vision_tower(self.clip), text_tower(self.clip)
+        self.architecture = architecture(self.vision, self.text)
+        check_layers([self.text, self.vision], config.position)
         lora_args = (config.params, config.position, config.r, config.alpha, config.dropout)
-        self.text_lora: Dict[int, Dict[str, LoRAFactors]] = inject_text_lora(bert_layers, *lora_args)
-        self.vision_lora: Dict[int, Dict[str, LoRAFactors]] = inject_vision_lora(vit_blocks, *lora_args)
+        self.text_lora = self.text.inject_lora(*lora_args)
+        self.vision_lora = self.vision.inject_lora(*lora_args)
         # Baselines (ace_lora.methods): a peft tuner in place of our LoRA, or every backbone weight.
-        self._peft_owner = (apply_peft(self.clip, config.peft, config.position, len(bert_layers), len(vit_blocks))
+        self._peft_owner = (apply_peft(self.clip, config.peft, [self.text.peft_targets(config.position),
+                                                                self.vision.peft_targets(config.position)])
                             if config.peft else [])  # a list, so not a submodule
         if get_method(config.method).trains_backbone:
             self.clip.requires_grad_(True)
             self.clip.logit_scale.requires_grad_(False)  # the learned scale below is the one trained
+        self.text.attach_hooks()
+        self.vision.attach_hooks()
 
-        dim = self.clip.text.output_dim if hasattr(self.clip.text, "output_dim") else self.clip.embed_dim
-        self.embed_dim = dim  # the joint space
+        if self.vision.output_dim != self.text.output_dim:
+            raise UserInputError(f"the towers' joint spaces differ: image {self.vision.output_dim}, text "
+                                 f"{self.text.output_dim}")
+        dim = self.embed_dim = self.vision.output_dim  # the joint space
         gnn = config.apply_gnn_encoders
         self.image_hgnn = AceHgnn(dim, config.hidden_features, config.topk) if gnn in ("both", "vision") else None
         self.text_hgnn = AceHgnn(dim, config.hidden_features, config.topk) if gnn in ("both", "text") else None
         base_scale = self.clip.logit_scale.detach().exp().item()
         self.logit_scale = nn.Parameter(torch.tensor(base_scale))  # stored linear, as released
-
-        self._capture = _ProjectionCapture()
-        last_attn = vit_blocks[-1].attn
-        last_attn.qkv.register_forward_hook(self._capture.hook("vit_qkv"))
-        last_bert = bert_layers[-1].attention.self
-        last_bert.query.register_forward_hook(self._capture.hook("bert_q"))
-        last_bert.key.register_forward_hook(self._capture.hook("bert_k"))
-        self._vit_attn = last_attn
-        self._bert_attn = last_bert
+        # SigLIP-trained models have a logit bias: it trains with the scale (the sigmoid loss needs it)
+        bias = getattr(self.clip, "logit_bias", None)
+        self.logit_bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         # What the method trains, fixed here: evaluation freezes everything, export still reports this number.
         self.method_parameter_count = self.num_trainable()
 
@@ -96,37 +87,15 @@ class AceLoRAModel(nn.Module):
 
     # ---- token features ---------------------------------------------------------------------
     def image_tokens(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (B, N, D), CLS pre-softmax attention over the other tokens (B, N-1)); `images` normalised
+        """(tokens (B, N, D), CLS attention over the other tokens (B, N-1)); `images` normalised
         float (B, 3, S, S), or uint8 pixels (B, 1 or 3, S, S) that are normalised here (data/transforms.py)."""
         if images.dtype == torch.uint8:
             images = self.input_spec.normalise(images)
-        visual = self.clip.visual
-        tokens = visual.head(visual.trunk.forward_features(images))  # (B, N, D)
-        attn = self._vit_attn
-        qkv = self._capture.outputs.pop("vit_qkv")  # (B, N, 3 * heads * head_dim)
-        b, n, _ = qkv.shape
-        q, k, _ = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)  # (B, H, N, hd)
-        scores = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # (B, H, 1, N)
-        return tokens, scores[:, :, 0, 1:].mean(dim=1)
+        return self.vision.tokens(images)
 
     def text_tokens(self, input_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (B, L, D), CLS attention probabilities over the other positions (B, L-1))."""
-        text = self.clip.text
-        mask = input_ids != text.config.pad_token_id  # (B, L)
-        out = text.transformer(input_ids=input_ids, attention_mask=mask.long())
-        tokens = text.proj(out.last_hidden_state)  # (B, L, D)
-        attn = self._bert_attn
-        q = self._capture.outputs.pop("bert_q")[:, :1]  # (B, 1, H * hd)
-        k = self._capture.outputs.pop("bert_k")  # (B, L, H * hd)
-        b, length, _ = k.shape
-        heads, hd = attn.num_attention_heads, attn.attention_head_size
-        q = q.reshape(b, 1, heads, hd).transpose(1, 2)  # (B, H, 1, hd)
-        k = k.reshape(b, length, heads, hd).transpose(1, 2)  # (B, H, L, hd)
-        scores = (q @ k.transpose(-2, -1)).float() * attn.scaling  # (B, H, 1, L)
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        probs = scores.softmax(dim=-1)
-        return tokens, probs[:, :, 0, 1:].mean(dim=1)
+        """(tokens (B, L, D), CLS attention over the other positions (B, L-1)); token 0 plays the CLS role."""
+        return self.text.tokens(input_ids)
 
     # ---- embeddings ---------------------------------------------------------------------------
     def embed_image_tokens(self, tokens: torch.Tensor, cls_attention: torch.Tensor) -> torch.Tensor:
@@ -164,5 +133,6 @@ class AceLoRAModel(nn.Module):
         return self.tokenizer(list(texts))
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor):
-        """(image embeddings (B, D), text embeddings (B, D), learned linear logit scale)."""
-        return self.encode_image(images), self.encode_text(input_ids), self.logit_scale
+        """(image embeddings (B, D), text embeddings (B, D), learned linear logit scale, learned logit bias or
+        None for a model without one)."""
+        return self.encode_image(images), self.encode_text(input_ids), self.logit_scale, self.logit_bias

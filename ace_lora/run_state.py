@@ -37,11 +37,15 @@ def _shown(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+AUTO = "auto"  # a flag left at auto resolves from the model, so on the same model as the saved run's value
+
+
 def compare_run_settings(path: str, saved: dict, args) -> None:
     """A resumed run must be the same run: every shaping flag as saved (one error naming each)."""
     current = json.loads(json.dumps(vars(args), default=str))
     differs = [f"--{key.replace('_', '-')} {_shown(saved.get(key))} (now {_shown(current.get(key))})"
-               for key in RUN_SHAPING_FLAGS if key in saved and saved.get(key) != current.get(key)]
+               for key in RUN_SHAPING_FLAGS
+               if key in saved and current.get(key) != AUTO and saved.get(key) != current.get(key)]
     if differs:
         raise UserInputError(f"--resume {path}: the run was started with other settings: {', '.join(differs)}; "
                              "resume with the same flags, or start a new run from its weights with --init-from")
@@ -120,6 +124,7 @@ class RunState:
     epoch_loss: List[float] = field(default_factory=lambda: [0.0, 0])  # this rank's (sum, count) this epoch
     log_loss: List[float] = field(default_factory=lambda: [0.0, 0])  # (sum, count) since the last steps.jsonl line
     best: Optional[dict] = None  # {"metric", "value", "epoch"}
+    architecture: Optional[dict] = None  # the backbone's towers (ace_lora.towers), recorded for loading
     saved_step: Optional[int] = None  # the step of checkpoints/last.pt (not saved: it is the saved step)
 
     def checkpoint(self, trainable: dict, optimizer: dict, scheduler: dict, scaler: dict,
@@ -130,7 +135,7 @@ class RunState:
                 "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
                 "steps_per_epoch": self.steps_per_epoch, "epoch_loss": list(self.epoch_loss),
                 "log_loss": list(self.log_loss), "rng": rng_states, "best": self.best, "data": self.data,
-                "config": self.settings}
+                "config": self.settings, "architecture": self.architecture}
 
     def check_continues(self, saved: dict) -> None:
         """`saved` (a resume checkpoint, with its `path`) was written by this run: else one error naming

@@ -358,13 +358,13 @@ def demo_sweep(output_dir: str) -> dict:
     """A sweep on the training demo's synthetic data and tiny model, plus the synthetic SIIM split."""
     # Imported here: the demo modules load torch, and `--help` of the sweep should not.
     from .data.synthetic import write_demo_dataset
-    from .demo import DEMO_DATA, DEMO_DIR, TINY_MODEL_DIR
+    from .demo import DEMO_DATA, DEMO_DIR, TINY_MODEL_DIRS
     from .dense.synthetic import write_siim_demo
     from .params.training import DEMO_DEFAULTS
     from .tiny_model import write_tiny_biomedclip
     root = os.path.join(os.path.abspath(output_dir), DEMO_DIR)
     data = write_demo_dataset(root, **DEMO_DATA)
-    model = write_tiny_biomedclip(os.path.join(root, TINY_MODEL_DIR), data.vocabulary,
+    model = write_tiny_biomedclip(os.path.join(root, TINY_MODEL_DIRS["biomedclip"]), data.vocabulary,
                                   image_size=DEMO_DATA["image_size"])
     write_siim_demo(os.path.join(root, "siim"), size=DEMO_DATA["image_size"])
     train = {k: v for k, v in DEMO_DEFAULTS.items() if k not in ("output_dir", "val_before_training")}

@@ -1,8 +1,10 @@
-"""Tiny random models with BiomedCLIP's architecture, built offline (demo and tests).
+"""Tiny random models, built offline (demo and tests), loaded through open_clip's `local-dir:` schema.
 
-Same structure as BiomedCLIP (timm ViT image tower with a linear head, BERT text tower with an
-MLP projection and CLS pooling, loaded through open_clip's `local-dir:` schema) at a size that
-trains on a CPU in seconds: timm's `test_vit` (6 blocks, width 64) and a 2-layer BERT of width 64.
+- `write_tiny_biomedclip`: BiomedCLIP's structure (timm ViT image tower with a linear head, BERT text tower
+  with an MLP projection and CLS pooling) at a size that trains on a CPU in seconds: timm's `test_vit`
+  (6 blocks, width 64) and a 2-layer BERT of width 64.
+- `write_tiny_openclip`: OpenAI CLIP's structure (open_clip's own VisionTransformer and causal text
+  transformer, inlined in `CLIP`, its BPE tokenizer), 2 layers of width 64 in each tower.
 """
 import json
 import os
@@ -60,3 +62,49 @@ def write_tiny_biomedclip(out_dir: str, words: Iterable[str], image_size: int = 
     model = open_clip.CustomTextCLIP(**files["open_clip_config.json"]["model_cfg"])
     torch.save(model.state_dict(), os.path.join(out_dir, "open_clip_pytorch_model.bin"))
     return f"local-dir:{out_dir}"
+
+
+TINY_OPENCLIP = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def write_tiny_openclip(out_dir: str, image_size: int = 64, seed: int = 0, **model_cfg) -> str:
+    """Write a loadable open_clip folder of a tiny CLIP (`TINY_OPENCLIP`, updated by `model_cfg`, e.g.
+    quick_gelu=True or another vision_cfg); returns the `local-dir:` model name."""
+    cfg = json.loads(json.dumps(TINY_OPENCLIP))
+    for key, value in model_cfg.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    return _write_open_clip_folder(out_dir, cfg, image_size, seed, open_clip.CLIP)
+
+
+def _write_open_clip_folder(out_dir: str, cfg: dict, image_size: int, seed: int, model_class) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    cfg["vision_cfg"]["image_size"] = image_size
+    config = {"model_cfg": cfg, "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
+                                                   "std": [0.26862954, 0.26130258, 0.27577711]}}
+    with open(os.path.join(out_dir, "open_clip_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1)
+    torch.manual_seed(seed)
+    model = model_class(**{k: v for k, v in cfg.items() if k != "custom_text"})
+    torch.save(model.state_dict(), os.path.join(out_dir, "open_clip_pytorch_model.bin"))
+    return f"local-dir:{out_dir}"
+
+
+TINY_SIGLIP = {  # SigLIP's structure: a timm ViT with an attention-pool (MAP) head, a bidirectional text
+    # transformer pooled at its last position with a biased projection, a logit bias (open_clip's tokenizer
+    # instead of SigLIP's, which needs the network)
+    "embed_dim": 64, "custom_text": True, "init_logit_bias": -10.0,
+    "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "map",
+                   "timm_proj": "none", "image_size": 64},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
+                 "no_causal_mask": True, "proj_bias": True, "pool_type": "last"},
+}
+
+
+def write_tiny_siglip(out_dir: str, image_size: int = 64, seed: int = 0) -> str:
+    """Write a loadable open_clip folder of a tiny SigLIP-shaped model (`TINY_SIGLIP`); returns its name."""
+    return _write_open_clip_folder(out_dir, json.loads(json.dumps(TINY_SIGLIP)), image_size, seed,
+                                   open_clip.CustomTextCLIP)

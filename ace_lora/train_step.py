@@ -47,11 +47,11 @@ def train_step(model, batch, optimizer, scheduler, scaler, *, device: torch.devi
     images, ids, labels = (t.to(device, non_blocking=True) for t in batch)
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
-        image_emb, text_emb, scale = model(images, ids)  # (B, D), (B, D), ()
+        image_emb, text_emb, scale, bias = model(images, ids)  # (B, D), (B, D), (), () or None
     labels = labels if loss_fn.uses_labels else None
     if gather_negatives and context.is_distributed:
         image_emb, text_emb, labels = gather_batch(image_emb, text_emb, labels)  # (world * B, D)
-    loss = loss_fn(image_emb, text_emb, scale, labels)
+    loss = loss_fn(image_emb, text_emb, scale, labels, bias)
     value = loss.item()
     if not all_ranks_true(math.isfinite(value), context):
         raise TrainingDiverged(f"the training loss became {value} (on this or another rank)")

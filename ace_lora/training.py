@@ -48,7 +48,7 @@ from .loggers import ScalarLoggers
 from .loss import create_loss
 from .methods import get_method, peft_config_for
 from .model import AceLoRAModel
-from .run_state import RunState, data_identity, rng_state
+from .run_state import AUTO, RunState, data_identity, rng_state
 from .train_step import train_step, warmup_cosine_schedule, wrap_ddp
 
 METRICS_FILE = "metrics.jsonl"  # one record per epoch (and epoch 0 / a final partial epoch)
@@ -115,8 +115,10 @@ class Trainer:
         seed_everything(args.seed + context.rank)
 
         self.config = model_config(args)
-        self.loss = create_loss(args.loss)  # resolved once, handed to every step
         self.raw_model: AceLoRAModel = build_model(args.model, self.config, self.device)
+        self.loss = create_loss(None if args.loss == AUTO else args.loss,  # resolved once, handed to every step
+                                has_logit_bias=self.raw_model.logit_bias is not None)
+        args.loss = self.loss.name  # the run records what trained
         if args.init_from:
             init_trainables_from(self.raw_model, args.init_from)  # trainables only: a fresh optimiser and schedule
         self.model = self.raw_model
@@ -140,7 +142,8 @@ class Trainer:
         self.run = RunState(settings=json.loads(json.dumps(vars(args), default=str)),
                             model_config=self.config.to_dict(),
                             data=data_identity(args.train_csv, self.dataset.image_paths),
-                            world_size=context.world_size, steps_per_epoch=self.steps_per_epoch)
+                            world_size=context.world_size, steps_per_epoch=self.steps_per_epoch,
+                            architecture=self.raw_model.architecture)
         if resume_state is not None:
             self.run.check_continues(resume_state)  # before the optimiser exists: a wrong run fails at once
 

@@ -70,3 +70,33 @@ def test_the_loss_registry_resolves_each_name_once_and_the_clip_loss_ignores_lab
     assert create_loss("label_guided")(image, text, scale, labels) != create_loss("clip")(image, text, scale, labels)
     with pytest.raises(UserInputError, match="unknown loss 'focal'"):
         create_loss("focal")
+
+
+def test_the_sigmoid_loss_against_a_direct_computation():
+    """SigLIP: -1/B sum_ij log sigmoid(z_ij (s x_i.y_j + b)), z = +1 on positives; label-guided: equal label
+    vectors are positives too. Computed pair by pair here."""
+    from ace_lora.errors import UserInputError
+    from ace_lora.loss import create_loss, default_loss
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    labels = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [0, 0]])  # rows 0 and 1 share their labels
+    scale, bias = torch.tensor(10.0), torch.tensor(-3.0)
+
+    def direct(same):
+        total = 0.0
+        for i in range(4):
+            for j in range(4):
+                z = 1.0 if i == j or same(i, j) else -1.0
+                total += -math.log(1 / (1 + math.exp(-z * (scale.item() * float(image[i] @ text[j]) + bias.item()))))
+        return total / 4
+
+    plain = create_loss("siglip", has_logit_bias=True)(image, text, scale, labels, bias)
+    guided = create_loss("label_guided_siglip", has_logit_bias=True)(image, text, scale, labels, bias)
+    assert plain.item() == pytest.approx(direct(lambda i, j: False), rel=1e-5)
+    assert guided.item() == pytest.approx(direct(lambda i, j: bool((labels[i] == labels[j]).all())), rel=1e-5)
+    assert guided.item() != pytest.approx(plain.item(), rel=1e-3)
+    assert default_loss(has_logit_bias=True) == "label_guided_siglip" and default_loss(False) == "label_guided"
+    assert create_loss(None, has_logit_bias=True).name == "label_guided_siglip"
+    with pytest.raises(UserInputError, match="--loss siglip is SigLIP's sigmoid loss and needs a model with a logit"):
+        create_loss("siglip", has_logit_bias=False)

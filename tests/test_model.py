@@ -59,5 +59,6 @@ def test_embeddings_are_token_0_of_the_refined_normalised_tokens(tiny_model_name
         torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))
         # A prompt ensemble of one template is the plain text embedding.
         torch.testing.assert_close(model.encode_prompt_ensemble(ids, 1), text)
-    image_emb, text_emb, scale = model(images, ids)
+    image_emb, text_emb, scale, bias = model(images, ids)
+    assert bias is None  # BiomedCLIP has no logit bias
     assert scale is model.logit_scale and scale.item() == model.base_logit_scale().item()

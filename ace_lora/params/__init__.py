@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from ..config import BIOMEDCLIP_HUB
+from ..config import BIOMEDCLIP_HUB, model_spec
 from ..errors import UserInputError
 from ..io import read_yaml_mapping
 
@@ -44,7 +44,14 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
         if unknown:
             raise UserInputError(f"{known.config}: unknown keys {', '.join(unknown)}")
         parser.set_defaults(**{k: _checked_value(actions[k], v, known.config, k) for k, v in values.items()})
-    return parser.parse_args(argv)
+    return _resolved(parser.parse_args(argv))
+
+
+def _resolved(args: argparse.Namespace) -> argparse.Namespace:
+    """--pretrained folds into --model (backbone.model_spec): one string names the backbone everywhere."""
+    if getattr(args, "pretrained", None):
+        args.model = model_spec(args.model, args.pretrained)
+    return args
 
 
 def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
@@ -93,8 +100,12 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 def add_model_args(group) -> None:
     group.add_argument("--model", default=BIOMEDCLIP_HUB,
-                       help="open_clip model: hf-hub:ID (needs network once) or local-dir:PATH (offline; "
-                            "see docs/installation.md)")
+                       help="open_clip model: hf-hub:ID (needs network once), local-dir:PATH (offline; see "
+                            "docs/installation.md), or an open_clip model name such as ViT-B-16 (docs/method.md, "
+                            "towers)")
+    group.add_argument("--pretrained", metavar="TAG",
+                       help="with an open_clip model name: its pretrained weights (e.g. openai, laion2b_s34b_b88k; "
+                            "needs network once); none = random weights")
 
 
 def add_device_args(group, precision: str = "auto") -> None:

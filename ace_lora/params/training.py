@@ -18,6 +18,7 @@ from . import (
 
 # Flag defaults of a --demo run unless given on the command line or in --config (chosen for a robust,
 # < 3 minute CPU run).
+DEMO_MODELS = ("biomedclip", "openclip")  # the tiny random architectures --demo can train (ace_lora/tiny_model.py)
 DEMO_DEFAULTS = dict(output_dir="demo_output", epochs=12, batch_size=25, lr=2e-3, warmup_epochs=1, num_workers=0,
                      val_before_training=True, log_every_steps=1)
 
@@ -42,6 +43,9 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     model.add_argument("--demo", action="store_true",
                        help="train on a synthetic data set generated in <output-dir>/demo_data with a tiny random "
                             "model (offline, CPU, < 3 min); replaces --model, --train-csv and the validation flags")
+    model.add_argument("--demo-model", choices=DEMO_MODELS, default="biomedclip",
+                       help="the tiny model of --demo: BiomedCLIP's architecture (timm ViT + BERT) or OpenAI CLIP's "
+                            "(open_clip's own ViT and causal text transformer)")
 
     lora = parser.add_argument_group("LoRA and ACE-HGNN")
     lora.add_argument("--lora-r", type=int, default=4, help="LoRA rank r")
@@ -56,8 +60,10 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     lora.add_argument("--hidden-features", type=int, default=128, help="hidden width of the ACE-HGNN adapters")
     lora.add_argument("--apply-gnn-encoders", default="both", choices=GNN_CHOICES,
                       help="towers that get the ACE-HGNN adapters; none = LoRA only (the CLIP-LoRA baseline)")
-    lora.add_argument("--loss", default="label_guided", choices=LOSS_CHOICES,
-                      help="label_guided: same-label pairs are not negatives (needs labels); clip: plain InfoNCE. "
+    lora.add_argument("--loss", default="auto", choices=("auto",) + LOSS_CHOICES,
+                      help="auto: label_guided, or label_guided_siglip for a SigLIP-trained model (one with a logit "
+                           "bias); label_guided: same-label pairs are not negatives (needs labels); clip: plain "
+                           "InfoNCE; siglip / label_guided_siglip: the sigmoid loss (label-equal pairs positive). "
                            "Independent of the hypergraph (--apply-gnn-encoders)")
 
     data = parser.add_argument_group("data and runtime")
