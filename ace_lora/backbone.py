@@ -51,8 +51,10 @@ def _local_text_override(folder: str) -> dict:
     return {"text_cfg": text_cfg}
 
 
-def _named_model(spec: str) -> tuple:
-    """(open_clip name, pretrained tag or None) of a plain model name, checked against open_clip's lists."""
+def named_model(spec: str) -> tuple:
+    """(open_clip name, pretrained tag or None, quick_gelu) of a plain model name, checked against open_clip's
+    lists. quick_gelu: the tag's weights were trained with QuickGELU (OpenAI's), which the model's own config
+    may not say (open_clip only warns), so it is forced."""
     name, _, tag = spec.partition(TAG_SEPARATOR)
     if name not in open_clip.list_models():
         close = difflib.get_close_matches(name, open_clip.list_models(), n=4)
@@ -61,7 +63,8 @@ def _named_model(spec: str) -> tuple:
     tags = open_clip.list_pretrained_tags_by_model(name)
     if tag and tag not in tags:
         raise UserInputError(f"{name} has no pretrained weights {tag!r}; its tags: {', '.join(tags) or 'none'}")
-    return name, tag or None
+    quick_gelu = bool(tag) and bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
+    return name, tag or None, quick_gelu
 
 
 def load_backbone(model_name: str = BIOMEDCLIP_HUB, device: str = "cpu") -> Backbone:
@@ -73,7 +76,8 @@ def load_backbone(model_name: str = BIOMEDCLIP_HUB, device: str = "cpu") -> Back
             raise UserInputError(f"model folder not found: {folder}")
         overrides = _local_text_override(folder)
     elif not model_name.startswith(HUB_PREFIX):
-        name, pretrained = _named_model(model_name)
+        name, pretrained, quick_gelu = named_model(model_name)
+        overrides = {"force_quick_gelu": True} if quick_gelu else {}
         if pretrained is None:
             print(f"note: {name} with random weights (give --pretrained TAG for trained ones)", file=sys.stderr)
     try:

@@ -254,7 +254,8 @@ def load_trainable_state_dict(model: AceLoRAModel, state: Dict[str, torch.Tensor
         if name not in params:
             raise UserInputError(f"{path}: parameter {name} does not exist in this model")
         copy_checked(params[name].data, tensor, name, path)
-    missing = [name for name, p in params.items() if p.requires_grad and name not in state]
+    # a logit bias trains only with a sigmoid loss: without it in the file, the backbone's own stays
+    missing = [name for name, p in params.items() if p.requires_grad and name not in state and name != "logit_bias"]
     if missing:
         raise UserInputError(f"{path}: has no value for {missing[0]}" + (f" and {len(missing) - 1} more trained "
                                                                         "tensors" if len(missing) > 1 else ""))

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from .checkpoint import ADAPTERS_FILE, EXPORT_CONFIG, EXPORT_FORMAT, adapter_modules
-from .config import HUB_PREFIX, LOCAL_PREFIX, TAG_SEPARATOR, AceLoRAConfig
+from .config import HUB_PREFIX, LOCAL_PREFIX, AceLoRAConfig
 from .errors import UserInputError
 from .io import atomic_save, atomic_write, prepare_output_dir
 from .lora import LoRAFactors, MergeableLoRA
@@ -32,6 +32,7 @@ from .methods import get_method
 from .towers import EXPORT_RENAMES
 
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
+GENERATED_PREFIX = "ace_lora_export_config_"  # the temporary folder of a named model's generated config
 
 
 def merged_backbone_state(model) -> Dict[str, torch.Tensor]:
@@ -86,10 +87,12 @@ def _source_folder(model_name: str, model) -> str:
     open_clip model name, a folder with its open_clip_config.json (the tokenizer is open_clip's own)."""
     if not model_name.startswith((LOCAL_PREFIX, HUB_PREFIX)):
         import open_clip
-        folder = tempfile.mkdtemp(prefix="ace_lora_export_")
-        name = model_name.partition(TAG_SEPARATOR)[0]
-        config = {"model_cfg": open_clip.get_model_config(name),
-                  "preprocess_cfg": open_clip.get_model_preprocess_cfg(model.clip)}
+
+        from .backbone import named_model
+        folder = tempfile.mkdtemp(prefix=GENERATED_PREFIX)
+        name, _, quick_gelu = named_model(model_name)
+        model_cfg = {**open_clip.get_model_config(name), **({"quick_gelu": True} if quick_gelu else {})}
+        config = {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model.clip)}
         with open(os.path.join(folder, "open_clip_config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=1)
         return folder
@@ -115,6 +118,8 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
         path = os.path.join(folder, name)
         if os.path.isfile(path) and not name.endswith((".bin", ".pt", ".pth", ".safetensors")):
             shutil.copy(path, os.path.join(out_dir, name))
+    if os.path.basename(folder).startswith(GENERATED_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
     config_path = os.path.join(out_dir, "open_clip_config.json")
     with open(config_path, encoding="utf-8") as f:
         open_clip_config = json.load(f)

@@ -52,7 +52,9 @@ class AceLoRAModel(nn.Module):
                             if config.peft else [])  # a list, so not a submodule
         if get_method(config.method).trains_backbone:
             self.clip.requires_grad_(True)
-            self.clip.logit_scale.requires_grad_(False)  # the learned scale below is the one trained
+            self.clip.logit_scale.requires_grad_(False)  # the learned scale (and bias) below are the ones trained
+            if getattr(self.clip, "logit_bias", None) is not None:
+                self.clip.logit_bias.requires_grad_(False)
         self.text.attach_hooks()
         self.vision.attach_hooks()
 

@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from open_clip.hf_model import HFTextEncoder
+from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, HFTextEncoder
 from open_clip.model import CLIP
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer, VisionTransformer
@@ -86,12 +86,16 @@ class FusedMultiheadAttention(nn.Module):
         self.out_proj = mha.out_proj
 
     def forward(self, query: torch.Tensor, key=None, value=None, need_weights: bool = False,
-                attn_mask: Optional[torch.Tensor] = None, **_unused) -> Tuple[torch.Tensor, None]:
+                attn_mask: Optional[torch.Tensor] = None, key_padding_mask=None,
+                **_unused) -> Tuple[torch.Tensor, None]:
+        cross = (key is not None and key is not query) or (value is not None and value is not query)
+        if cross or key_padding_mask is not None:
+            raise NotImplementedError("FusedMultiheadAttention is self-attention without a key padding mask")
         x = query if self.batch_first else query.transpose(0, 1)  # (B, N, D)
         b, n, d = x.shape
         q, k, v = self.in_proj(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if attn_mask is not None and attn_mask.dtype != torch.bool:
-            attn_mask = attn_mask.to(q.dtype)
+        if attn_mask is not None:  # nn.MultiheadAttention's bool mask is True where attention is NOT allowed
+            attn_mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)  # (B, H, N, hd)
         out = self.out_proj(out.transpose(1, 2).reshape(b, n, d))
@@ -174,9 +178,10 @@ class TimmViTTower(Tower):
         self.visual = visual
         trunk = visual.trunk
         self.map_head = getattr(trunk, "attn_pool", None) is not None
-        if not self.map_head and getattr(trunk, "cls_token", None) is None:
-            raise UserInputError(f"image tower {type(trunk).__name__} has neither a class token nor an attention-pool "
-                                 f"head; {supported_families()}")
+        pool = getattr(trunk, "global_pool", "token")
+        if not self.map_head and (getattr(trunk, "cls_token", None) is None or pool != "token"):
+            raise UserInputError(f"image tower {type(trunk).__name__} with global pool {pool!r} (neither class-token "
+                                 f"nor attention-pool pooling) is not supported; {supported_families()}")
         # the joint-space width: the open_clip head's projection, else the trunk's head, else its features
         self.output_dim = (visual.head.proj.out_features if hasattr(visual.head, "proj") else
                            trunk.head.out_features if isinstance(trunk.head, nn.Linear) else trunk.num_features)
@@ -214,13 +219,14 @@ class TimmViTTower(Tower):
 
     def tokens(self, images):
         trunk, attn = self.visual.trunk, self._attn
-        if not self.map_head:
-            tokens = self.visual.head(trunk.forward_features(images))  # (B, N, D)
+        if not self.map_head:  # the trunk's own norm and head (identities for BiomedCLIP), then open_clip's head
+            tokens = self.visual.head(trunk.head(trunk.fc_norm(trunk.forward_features(images))))  # (B, N, D)
             return tokens, _cls_scores(self.capture.pop("qkv"), attn.num_heads, attn.head_dim, attn.scale,
                                        attn.q_norm, attn.k_norm)
         features = trunk.forward_features(images)  # (B, prefix + N, width)
         pooled = trunk.forward_head(features)  # (B, width'): the attention pool's query output, as the tower pools
-        seen = features[:, trunk.num_prefix_tokens:]  # the tokens the pool attends to (class/register tokens not)
+        # the tokens the pool attends to: the patches, and the class/register tokens only if the trunk says so
+        seen = features if getattr(trunk, "pool_include_prefix", False) else features[:, trunk.num_prefix_tokens:]
         tokens = self.visual.head(torch.cat([pooled[:, None], trunk.head(seen)], dim=1))  # (B, 1 + N, D)
         b, n, _ = seen.shape
         q = self.capture.pop("q")[:, :1].reshape(b, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
@@ -298,6 +304,13 @@ class HFTextTower(Tower):
     def __init__(self, text: HFTextEncoder, output_dim: int):
         super().__init__()
         self.text, self.output_dim = text, output_dim
+        pooler = text.pooler
+        token_pooled = isinstance(pooler, ClsLastHiddenStatePooler) or (
+            isinstance(pooler, ClsPooler) and (not pooler.use_pooler_output or getattr(text.transformer, "pooler",
+                                                                                       None) is None))
+        if not token_pooled:
+            raise UserInputError(f"Hugging Face text tower with {type(pooler).__name__} pooling is not supported (the "
+                                 f"[CLS] token's last hidden state is, as BiomedCLIP's); {supported_families()}")
         if not hasattr(text.transformer, "encoder") or not hasattr(self.layers[0].attention, "self"):
             raise UserInputError(f"Hugging Face text tower {type(text.transformer).__name__} is not a BERT/RoBERTa-"
                                  f"style encoder; {supported_families()}")

@@ -119,6 +119,9 @@ class Trainer:
         self.loss = create_loss(None if args.loss == AUTO else args.loss,  # resolved once, handed to every step
                                 has_logit_bias=self.raw_model.logit_bias is not None)
         args.loss = self.loss.name  # the run records what trained
+        if self.raw_model.logit_bias is not None and not self.loss.sigmoid:
+            self.raw_model.logit_bias.requires_grad_(False)  # unused by InfoNCE: trained, it would stall DDP
+            self.raw_model.method_parameter_count = self.raw_model.num_trainable()
         if args.init_from:
             init_trainables_from(self.raw_model, args.init_from)  # trainables only: a fresh optimiser and schedule
         self.model = self.raw_model
@@ -129,7 +132,8 @@ class Trainer:
             args.train_csv, self.raw_model.preprocess, args.data_root, args.label_csv, args.split,
             args.uncertain_policy, quiet=not context.is_main, fast_decode=args.fast_decode,
             image_cache=args.image_cache, image_cache_rebuild=args.image_cache_rebuild, num_workers=args.num_workers,
-            progress=args.progress, run_on_main=lambda work: run_on_main(work, context, "building the image cache"))
+            skip_unreadable=None, progress=args.progress,
+            run_on_main=lambda work: run_on_main(work, context, "building the image cache"))
         self.collate = TokenizingCollate(self.raw_model.tokenizer)
         self.loader = TrainingLoader(self.dataset, self.collate, batch_size=args.batch_size, seed=args.seed,
                                      rank=context.rank, world_size=context.world_size, num_workers=args.num_workers,

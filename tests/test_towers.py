@@ -246,3 +246,30 @@ def test_train_py_picks_the_sigmoid_loss_for_a_siglip_shaped_model(siglip_name, 
     line = error_exit_line(capsys, train.main, ["--model", openclip_name, "--train-csv", data.train_csv, "--output-dir",
                                                 str(tmp_path / "clip"), "--loss", "siglip", "--num-workers", "0"])
     assert line.startswith("error: --loss siglip is SigLIP's sigmoid loss and needs a model with a logit bias")
+
+
+def test_openai_weights_get_their_quick_gelu_and_bool_masks_keep_their_meaning():
+    from ace_lora.backbone import named_model
+    assert named_model("ViT-B-32@openai") == ("ViT-B-32", "openai", True)  # trained with QuickGELU (open_clip warns)
+    assert named_model("ViT-B-32")[2] is False
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    fused = FusedMultiheadAttention(mha).eval()
+    x = torch.randn(2, 5, 8)
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)  # nn.MultiheadAttention: True = not allowed
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, x, x, attn_mask=causal)[0], mha(x, x, x, attn_mask=causal)[0],
+                                   atol=1e-6, rtol=1e-5)
+    with pytest.raises(NotImplementedError):
+        fused(x, torch.randn(2, 5, 8), x)
+
+
+def test_a_siglip_model_trained_with_infonce_freezes_its_bias(siglip_name, tmp_path):
+    from ace_lora.data.synthetic import write_demo_dataset
+    data = write_demo_dataset(str(tmp_path / "data"), n_train=8, n_test_per_class=1)
+    out = tmp_path / "run"
+    assert train.main(["--model", siglip_name, "--train-csv", data.train_csv, "--output-dir", str(out),
+                       "--batch-size", "4", "--epochs", "1", "--num-workers", "0", "--device", "cpu", "--loss", "clip",
+                       "--no-progress"]) == 0
+    trained = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["trainable"]
+    assert "logit_bias" not in trained  # unused by InfoNCE: frozen, so DDP never waits for its gradient
+    assert load_model_for_eval(siglip_name, str(out / "checkpoints" / "last.pt")).logit_bias.item() == -10.0

@@ -30,7 +30,8 @@ Decisions:
 import hashlib
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence
+from collections import OrderedDict
+from typing import List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -161,6 +162,8 @@ def _changed_sources(entries: Sequence[dict]) -> List[str]:
     changed = []
     for entry in entries:
         stat = _stat(entry["path"])
+        if stat is None and entry["size"] == -1:
+            continue  # missing when it was cached (--skip-unreadable) and still missing: reading it names it
         if stat is None:
             changed.append(f"{entry['path']} (deleted)")
         elif (stat["size"], stat["mtime_ns"]) != (entry["size"], entry["mtime_ns"]):
@@ -172,13 +175,14 @@ def _changed_sources(entries: Sequence[dict]) -> List[str]:
     return changed
 
 
-def _write_chunk(folder: str, chunk: int, items, skip_unreadable: bool, csv: str) -> int:
-    """Write one chunk (pixels, then its entries); returns the number of unreadable images."""
+def _write_chunk(folder: str, chunk: int, items, skip_unreadable: Optional[bool], csv: str) -> int:
+    """Write one chunk (pixels, then its entries); returns the number of unreadable images. `skip_unreadable`
+    None: the caller has no such option (training), so an unreadable image is an error without the hint."""
     entries, arrays, offset, unreadable = [], [], 0, 0
     for stat, pixels, error in items:
         if error is not None and not skip_unreadable:
-            raise UserInputError(f"{error} (in {csv or 'the image list'}; pass --skip-unreadable to cache the others "
-                                 "and flag it)")
+            hint = "; pass --skip-unreadable to cache the others and flag it" if skip_unreadable is False else ""
+            raise UserInputError(f"{error} (in {csv or 'the image list'}{hint})")
         entry = dict(stat, offset=offset, channels=0 if pixels is None else int(pixels.shape[0]))
         if pixels is None:
             entry["error"], unreadable = error, unreadable + 1
@@ -200,7 +204,7 @@ def _unique(paths: Sequence[str]) -> List[str]:
 
 def build_cache(folder: str, paths: Sequence[str], transform: PixelTransform, *, fast_decode: bool = False,
                 csv: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE, num_workers: int = 0, content_hash: bool = False,
-                skip_unreadable: bool = False, rebuild: bool = False, progress: bool = True) -> dict:
+                skip_unreadable: Optional[bool] = False, rebuild: bool = False, progress: bool = True) -> dict:
     """Build the cache of `paths` in `folder`, continue a half-built one, or (`rebuild`) rebuild the chunks
     whose sources changed (and a cache of other images or another transform as a whole). Decoding runs in
     `num_workers` DataLoader workers, this process writes. Returns the manifest."""
@@ -215,6 +219,10 @@ def build_cache(folder: str, paths: Sequence[str], transform: PixelTransform, *,
         plan = {"format": CACHE_FORMAT, "transform": describe(transform, fast_decode), "csv": os.path.abspath(csv)
                 if csv else "", "chunk_size": chunk_size, "content_hash": content_hash, "sources": sources}
         old = read_json(os.path.join(folder, PLAN))
+        foreign = sorted(set(os.listdir(folder)) - {CHUNKS, ".lock"})
+        if old is None and (foreign or os.listdir(os.path.join(folder, CHUNKS))):
+            raise UserInputError(f"{folder} holds other files ({', '.join(foreign[:3]) or 'chunks without a plan'}) "
+                                 "and no image cache: give an empty or new folder")
         if old is not None:
             differs = [key for key in ("format", "transform", "sources", "chunk_size", "content_hash")
                        if old.get(key) != plan[key]]
@@ -292,7 +300,10 @@ def check_cache_folder(folder: str, flag: str = "--image-cache") -> None:
 class CachedImages:
     """Pixels read from a cache: item i = uint8 (C, S, S) of the i-th path asked for; an image that was
     unreadable when cached raises its UserInputError. Picklable: each DataLoader worker maps the chunk
-    files itself (a memory map is never copied through a pickle)."""
+    files itself (a memory map is never copied through a pickle). At most OPEN_MAPS chunk maps stay open
+    per process (each holds a file descriptor; a MIMIC cache has ~1,500 chunks)."""
+
+    OPEN_MAPS = 64
 
     def __init__(self, folder: str, size: int, rows: pd.DataFrame):
         self.folder, self.size = folder, size
@@ -301,16 +312,20 @@ class CachedImages:
         self.offsets = rows["offset"].to_numpy(np.int64)
         self.channels = rows["channels"].to_numpy(np.int64)
         self.errors = rows["error"].fillna("").astype(str).tolist()
-        self._maps: Dict[int, np.ndarray] = {}
+        self._maps: "OrderedDict[int, np.ndarray]" = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getstate__(self):
-        return {**self.__dict__, "_maps": {}}
+        return {**self.__dict__, "_maps": OrderedDict()}
 
     def _chunk(self, chunk: int) -> np.ndarray:
-        if chunk not in self._maps:
+        if chunk in self._maps:
+            self._maps.move_to_end(chunk)
+        else:
+            if len(self._maps) >= self.OPEN_MAPS:
+                self._maps.popitem(last=False)  # the least recently used map; its file closes with it
             self._maps[chunk] = np.load(_chunk_paths(self.folder, chunk)[0], mmap_mode="r", allow_pickle=False)
         return self._maps[chunk]
 
@@ -335,7 +350,10 @@ def open_cache(folder: str, paths: Sequence[str], transform: PixelTransform, fas
         raise UserInputError(f"--image-cache {folder} is half built: finish it by running the same "
                              "dataset_prep/cache_images.py (or train.py) command again")
     expected = describe(transform, fast_decode)
-    if manifest.get("format") != CACHE_FORMAT or manifest["transform"] != expected:
+    if manifest.get("format") != CACHE_FORMAT:
+        raise UserInputError(f"--image-cache {folder} has format {manifest.get('format')}, this version reads "
+                             f"{CACHE_FORMAT}: rebuild it with --image-cache-rebuild")
+    if manifest["transform"] != expected:
         differs = _difference({"transform": manifest["transform"]}, {"transform": expected}, "transform")
         raise UserInputError(f"--image-cache {folder} was built for another transform ({differs}, cache vs this "
                              "run): use another folder, or rebuild it with --image-cache-rebuild")

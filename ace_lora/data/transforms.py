@@ -35,14 +35,22 @@ class InputSpec:
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 1 or 3, S, S), on any device -> float32 (B, 3, S, S): ToTensor's x / 255, then
-        Normalize's (x - mean) / std, with one channel repeated to three."""
+        Normalize's (x - mean) / std, with one channel repeated to three. Looked up in a (3, 256) table
+        computed on the CPU with those very operations, so the result is the CPU's on every device (CUDA
+        divides by a scalar as a multiplication by its reciprocal, which differs in the last bit)."""
         if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
             raise UserInputError(f"image pixels must be uint8 (B, 1 or 3, H, W), got {pixels.dtype} "
                                  f"{tuple(pixels.shape)}")
-        x = pixels.to(torch.float32).div(255).expand(-1, 3, -1, -1)
-        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        return x.sub(mean).div(std)
+        table = self.table().to(pixels.device)  # (3, 256)
+        index = pixels.long().expand(-1, 3, -1, -1)  # (B, 3, S, S)
+        return torch.stack([table[c][index[:, c]] for c in range(3)], dim=1)
+
+    def table(self) -> torch.Tensor:
+        """(3, 256) float32: the normalised value of each uint8 level, per channel (CPU)."""
+        levels = torch.arange(256, dtype=torch.float32).div(255).expand(3, 256)
+        mean = torch.as_tensor(self.mean, dtype=torch.float32).view(-1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1)
+        return levels.sub(mean).div(std)
 
     def transform(self) -> T.Compose:
         """The whole `train` transform of one image: PIL image -> (3, S, S) float tensor."""

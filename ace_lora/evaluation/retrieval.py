@@ -142,7 +142,7 @@ def evaluate_retrieval(model, csv_path: str, data_root: Optional[str] = None, *,
     model.eval()
     try:
         pixels = image_source(paths, model.eval_pixels, cache=image_cache, rebuild=image_cache_rebuild, csv=csv_path,
-                              num_workers=num_workers, progress=progress)
+                              num_workers=num_workers, skip_unreadable=None, progress=progress)
         loader = DataLoader(ImageListDataset(pixels), batch_size=batch_size, num_workers=num_workers,
                             pin_memory=device.type == "cuda", collate_fn=collate_eval_items)
         images: List[torch.Tensor] = []

@@ -230,3 +230,26 @@ def test_the_cache_script_builds_what_training_reads(tiny_model_name, tmp_path, 
     (tmp_path / "a_file").write_text("x")
     line = error_exit_line(capsys, script.main, [*argv[:6], "--output", str(tmp_path / "a_file")])
     assert line == f"error: --output {tmp_path / 'a_file'} is a file, not a folder"
+
+
+def test_few_chunk_maps_stay_open_and_a_missing_image_stays_flagged(sources, tmp_path, monkeypatch):
+    folder = str(tmp_path / "cache")
+    listed = sources + [str(tmp_path / "images" / "gone.png")]  # listed but absent
+    C.build_cache(folder, listed, TRAIN, chunk_size=1, skip_unreadable=True, progress=False)
+    cached = C.open_cache(folder, listed, TRAIN)  # absent when cached and still absent: not a change
+    monkeypatch.setattr(C.CachedImages, "OPEN_MAPS", 3)
+    decoded = C.DecodedImages(sources, TRAIN)
+    for i in list(range(7)) * 2:  # eight chunks, three maps at a time
+        assert torch.equal(cached[i], decoded[i])
+        assert len(cached._maps) <= 3
+    with pytest.raises(UserInputError, match=r"image not found: .*gone\.png"):
+        cached[7]
+
+
+def test_a_folder_with_other_files_is_not_taken_for_a_cache(sources, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "index.csv").write_text("my own file\n")
+    with pytest.raises(UserInputError, match=r"holds other files \(index\.csv\) and no image cache"):
+        C.build_cache(str(folder), sources, TRAIN, progress=False)
+    assert (folder / "index.csv").read_text() == "my own file\n"
