@@ -194,16 +194,7 @@ class TimmViTTower(Tower):
         return self.visual.trunk.blocks
 
     def inject_lora(self, params, position, r, alpha, dropout) -> LoRAMap:
-        found: LoRAMap = {}
-        for i in select_layers(position, len(self.layers)):
-            attn, found[i] = self.layers[i].attn, {}
-            qkv_parts = [p for p in params if p in ("q", "k", "v")]
-            if qkv_parts:
-                found[i].update(_lora_on_fused(attn, "qkv", qkv_parts, r, alpha, dropout))
-            if "o" in params:
-                attn.proj = LoRALinear(attn.proj, r, alpha, dropout)
-                found[i]["o"] = attn.proj.lora
-        return found
+        return inject_fused_lora(self.layers, "qkv", "proj", params, position, r, alpha, dropout)
 
     def peft_targets(self, position: str) -> str:
         return _layer_regex(self.prefix, select_layers(position, len(self.layers)), r"\.attn\.qkv")
@@ -241,26 +232,36 @@ def _replace_attention(blocks: Sequence[nn.Module]) -> None:
             block.attn = FusedMultiheadAttention(block.attn)
 
 
-class OpenClipViTTower(Tower):
-    family = "open_clip-vit"
-    prefix = "visual.transformer.resblocks.{}"
+def inject_fused_lora(blocks, qkv: str, out: str, params, position, r, alpha, dropout) -> LoRAMap:
+    """LoRA on the fused q/k/v projection (`attn.<qkv>`) and the output projection ('o', `attn.<out>`) of the
+    chosen blocks: timm's qkv/proj, FusedMultiheadAttention's in_proj/out_proj."""
+    found: LoRAMap = {}
+    qkv_parts = [p for p in params if p in ("q", "k", "v")]
+    for i in select_layers(position, len(blocks)):
+        attn, found[i] = blocks[i].attn, {}
+        if qkv_parts:
+            found[i].update(_lora_on_fused(attn, qkv, qkv_parts, r, alpha, dropout))
+        if "o" in params:
+            setattr(attn, out, LoRALinear(getattr(attn, out), r, alpha, dropout))
+            found[i]["o"] = getattr(attn, out).lora
+    return found
 
-    def __init__(self, visual: VisionTransformer):
+
+class _ResblocksTower(Tower):
+    """open_clip's own transformers (`<module>.transformer.resblocks`): nn.MultiheadAttention replaced by
+    FusedMultiheadAttention, LoRA and peft on its in_proj, the last block's in_proj hooked."""
+
+    def __init__(self, module: nn.Module):
         super().__init__()
-        if visual.attn_pool is not None or visual.pool_type != "tok":
-            raise UserInputError(f"image tower {type(visual).__name__} with pool type {visual.pool_type!r} or an "
-                                 f"attentional pooler is not supported yet (class-token pooling is); "
-                                 f"{supported_families()}")
-        self.visual = visual
-        self.output_dim = visual.proj.shape[1] if visual.proj is not None else visual.transformer.width
+        self._module = module
         _replace_attention(self.layers)
 
     @property
     def layers(self):
-        return self.visual.transformer.resblocks
+        return self._module.transformer.resblocks
 
     def inject_lora(self, params, position, r, alpha, dropout) -> LoRAMap:
-        return _inject_fused(self.layers, params, position, r, alpha, dropout)
+        return inject_fused_lora(self.layers, "in_proj", "out_proj", params, position, r, alpha, dropout)
 
     def peft_targets(self, position: str) -> str:
         return _layer_regex(self.prefix, select_layers(position, len(self.layers)), r"\.attn\.in_proj")
@@ -268,6 +269,20 @@ class OpenClipViTTower(Tower):
     def attach_hooks(self) -> None:
         self._attn = self.layers[-1].attn
         self._attn.in_proj.register_forward_hook(self.capture.hook("qkv"))
+
+
+class OpenClipViTTower(_ResblocksTower):
+    family = "open_clip-vit"
+    prefix = "visual.transformer.resblocks.{}"
+
+    def __init__(self, visual: VisionTransformer):
+        if visual.attn_pool is not None or visual.pool_type != "tok":
+            raise UserInputError(f"image tower {type(visual).__name__} with pool type {visual.pool_type!r} or an "
+                                 f"attentional pooler is not supported yet (class-token pooling is); "
+                                 f"{supported_families()}")
+        super().__init__(visual)
+        self.visual = visual
+        self.output_dim = visual.proj.shape[1] if visual.proj is not None else visual.transformer.width
 
     def tokens(self, images):
         v = self.visual
@@ -279,20 +294,6 @@ class OpenClipViTTower(Tower):
         tokens = x @ v.proj if v.proj is not None else x
         attn = self._attn
         return tokens, _cls_scores(self.capture.pop("qkv"), attn.num_heads, attn.head_dim, attn.head_dim ** -0.5)
-
-
-def _inject_fused(blocks, params, position, r, alpha, dropout) -> LoRAMap:
-    """LoRA on the in_proj (q, k, v) and out_proj ('o') of FusedMultiheadAttention blocks."""
-    found: LoRAMap = {}
-    for i in select_layers(position, len(blocks)):
-        attn, found[i] = blocks[i].attn, {}
-        qkv_parts = [p for p in params if p in ("q", "k", "v")]
-        if qkv_parts:
-            found[i].update(_lora_on_fused(attn, "in_proj", qkv_parts, r, alpha, dropout))
-        if "o" in params:
-            attn.out_proj = LoRALinear(attn.out_proj, r, alpha, dropout)
-            found[i]["o"] = attn.out_proj.lora
-    return found
 
 
 # ---- text towers -------------------------------------------------------------------------------------------
@@ -367,14 +368,13 @@ class HFTextTower(Tower):
         return tokens, scores.softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)
 
 
-class OpenClipTextTower(Tower):
+class OpenClipTextTower(_ResblocksTower):
     """open_clip's own text transformer: a `TextTransformer` (CustomTextCLIP.text) or the tower inlined in
     `CLIP` (token_embedding, positional_embedding, transformer, ln_final, text_projection, attn_mask)."""
 
     family = "open_clip-text"
 
     def __init__(self, text: nn.Module, prefix: str):
-        super().__init__()
         if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
             raise UserInputError("text towers with an appended class token or a padding mask (CoCa) are not supported "
                                  f"yet; {supported_families()}")
@@ -386,21 +386,7 @@ class OpenClipTextTower(Tower):
         projection = text.text_projection
         self.output_dim = (projection.out_features if isinstance(projection, nn.Linear) else
                            projection.shape[1] if projection is not None else text.transformer.width)
-        _replace_attention(self.layers)
-
-    @property
-    def layers(self):
-        return self.text.transformer.resblocks
-
-    def inject_lora(self, params, position, r, alpha, dropout) -> LoRAMap:
-        return _inject_fused(self.layers, params, position, r, alpha, dropout)
-
-    def peft_targets(self, position: str) -> str:
-        return _layer_regex(self.prefix, select_layers(position, len(self.layers)), r"\.attn\.in_proj")
-
-    def attach_hooks(self) -> None:
-        self._attn = self.layers[-1].attn
-        self._attn.in_proj.register_forward_hook(self.capture.hook("qkv"))
+        super().__init__(text)
 
     def pooled_position(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B,) the position the tower pools (open_clip's text_global_pool)."""

@@ -139,10 +139,6 @@ class _ChunkItems(Dataset):
             return stat, None, str(err)
 
 
-def _as_list(items):
-    return items
-
-
 def _chunk_paths(folder: str, chunk: int):
     base = os.path.join(folder, CHUNKS, f"{chunk:06d}")
     return base + ".npy", base + ".json"
@@ -242,7 +238,7 @@ def build_cache(folder: str, paths: Sequence[str], transform: PixelTransform, *,
             batches = [range(c * chunk_size, c * chunk_size + len(chunks[c])) for c in todo]
             # its own generator: a loader without one draws its workers' seed from the global RNG, and a run that
             # builds its cache must train as one that finds it built
-            loader = DataLoader(items, batch_sampler=batches, num_workers=num_workers, collate_fn=_as_list,
+            loader = DataLoader(items, batch_sampler=batches, num_workers=num_workers, collate_fn=list,
                                 prefetch_factor=2 if num_workers else None, generator=torch.Generator())
             bar = tqdm(total=len(sources), initial=len(sources) - sum(len(chunks[c]) for c in todo), unit="img",
                        desc=f"caching images in {folder}", disable=not progress)

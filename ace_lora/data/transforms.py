@@ -12,6 +12,7 @@ at a third of the work, and a batch of uint8 greyscale pixels is 12x smaller to 
 normalised float RGB. `normalise` computes exactly what torchvision's ToTensor + Normalize compute, so
 the two halves give bit-identical inputs to the one-step transform.
 """
+import functools
 from dataclasses import dataclass
 from typing import Callable, List, Sequence, Tuple
 
@@ -41,16 +42,9 @@ class InputSpec:
         if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
             raise UserInputError(f"image pixels must be uint8 (B, 1 or 3, H, W), got {pixels.dtype} "
                                  f"{tuple(pixels.shape)}")
-        table = self.table().to(pixels.device)  # (3, 256)
+        table = _level_table(self.mean, self.std, str(pixels.device))  # (3, 256)
         index = pixels.long().expand(-1, 3, -1, -1)  # (B, 3, S, S)
         return torch.stack([table[c][index[:, c]] for c in range(3)], dim=1)
-
-    def table(self) -> torch.Tensor:
-        """(3, 256) float32: the normalised value of each uint8 level, per channel (CPU)."""
-        levels = torch.arange(256, dtype=torch.float32).div(255).expand(3, 256)
-        mean = torch.as_tensor(self.mean, dtype=torch.float32).view(-1, 1)
-        std = torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1)
-        return levels.sub(mean).div(std)
 
     def transform(self) -> T.Compose:
         """The whole `train` transform of one image: PIL image -> (3, S, S) float tensor."""
@@ -58,6 +52,16 @@ class InputSpec:
 
     def _normalise_one(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.normalise(pixels[None])[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _level_table(mean: Tuple[float, ...], std: Tuple[float, ...], device: str) -> torch.Tensor:
+    """(3, 256) float32 on `device`: the normalised value of each uint8 level, per channel, computed on the
+    CPU (once per normalisation and device, not per batch)."""
+    levels = torch.arange(256, dtype=torch.float32).div(255).expand(3, 256)
+    mean_ = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1)
+    std_ = torch.as_tensor(std, dtype=torch.float32).view(-1, 1)
+    return levels.sub(mean_).div(std_).to(device)
 
 
 def train_steps(size: int) -> List[Callable]:
