@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from ace_lora.errors import UserInputError, main_guard
+from ace_lora.io import write_json
 from ace_lora.params import HelpFormatter, add_config_arg, parse_with_config
 
 # BiomedCLIP's (OpenAI CLIP's) normalisation; the benchmark needs no model.
@@ -212,9 +213,7 @@ def main(argv=None) -> int:
           f"({report['project_vs_release']:.2f}x), cache {report['cache_img_s']:.0f} img/s "
           f"({report['cache_vs_release']:.0f}x), cache build {report['cache_build_img_s']:.1f} img/s, fast decode "
           f"{report['fast_decode_img_s']:.1f} img/s (max |d| {report['fast_decode_max_abs_diff']})")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.output, report)  # atomic: a killed benchmark never leaves half a report
     print(json.dumps(report))
     return 0
 
