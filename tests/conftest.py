@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -10,6 +11,23 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+
+
+def pytest_configure(config):
+    """Each pytest-xdist worker, and every program its tests start, computes on one CPU thread: with one
+    worker per core, more threads only oversubscribe the cores (measured: two workers of two threads each
+    were slower than one process)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """The files with the most `slow` tests first, the order inside each file kept: pytest-xdist gives each
+    worker whole files in this order, and a long file started last would leave the other workers idle."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(scope="session")

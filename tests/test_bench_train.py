@@ -3,12 +3,15 @@ import json
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import bench_train  # noqa: E402
 
 
+@pytest.mark.slow
 def test_bench_reports_both_variants(tiny_model_name, capsys):
     bench_train.main(["--model", tiny_model_name, "--batch-size", "4", "--steps", "2", "--warmup-steps", "1",
                       "--device", "cpu"])

@@ -1,12 +1,14 @@
 """`python train.py --demo` through its real entry point: synthetic data, tiny model, zero-shot AUROC gain."""
 import json
 
+import pytest
 import torch
 
 import train
 from ace_lora.factory import load_model_for_eval
 
 
+@pytest.mark.slow
 def test_demo_learns_the_held_out_split(tmp_path):
     out = tmp_path / "demo"
     train.main(["--demo", "--output-dir", str(out), "--no-progress"])

@@ -84,6 +84,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_gathered_negatives_match_one_process_on_the_global_batch(tiny_model_name, tmp_path):
     model = seeded_model(tiny_model_name)
     loss, grads = loss_and_grads(model, model, global_batch(model), single_process("cpu"))
@@ -128,6 +129,7 @@ def test_a_failure_on_rank_0_stops_every_rank(tmp_path):
                                                     "evaluation failed on rank 0 (see its error)")
 
 
+@pytest.mark.slow
 def test_torchrun_demo_on_cpu(tmp_path):
     out = tmp_path / "ddp_demo"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -177,6 +177,7 @@ def test_a_live_lock_refuses_and_a_dead_run_s_lock_is_taken_over(tiny_model_name
     assert not (out / ".lock").exists()  # released at the end of the run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume", ["latest", "auto"])
 def test_after_kill_9_the_same_command_resumes_and_ends_bit_identical(tiny_model_name, demo_data, tmp_path, resume):
     """`train.py ... --resume auto` (the sbatch recipe) after SIGKILL: the dead run's lock is taken over."""
@@ -201,6 +202,7 @@ def test_after_kill_9_the_same_command_resumes_and_ends_bit_identical(tiny_model
     assert not (killed / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_on_one_folder(tiny_model_name, demo_data, tmp_path):
     """Through the real entry point: the second process refuses at once; the first one is unaffected."""
     out = tmp_path / "run"
@@ -341,6 +343,7 @@ def test_resume_refuses_a_different_number_of_processes(tiny_model_name, demo_da
                                              "same number of processes (each rank restores its own RNG state)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_the_step_and_resuming_ends_bit_identical(tiny_model_name, demo_data, tmp_path, signum):
     """Ctrl-C / SLURM's SIGTERM through the real entry point: finish the step, save, one line, exit 128 + N."""
@@ -396,6 +399,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_model_na
     assert not (out / ".lock").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("small_disk", ["50m"], indirect=True)
 def test_a_read_only_remount_reports_the_first_error_and_the_next_run_takes_the_lock(tiny_model_name, demo_data,
                                                                                     small_disk):

@@ -51,6 +51,7 @@ def small_sweep(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_without_recomputing_and_ends_with_the_same_table(small_sweep, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert sweep.main([small_sweep, "--output-dir", str(straight)]) == 1  # the broken part: exit 1, table written
@@ -119,6 +120,7 @@ def write_sweep_yaml(folder, data_name="data", model_name="model", **train):
     return path
 
 
+@pytest.mark.slow
 def test_relative_paths_and_a_run_shorter_than_an_epoch(tmp_path):
     """YAML paths start at the YAML's folder, --output-dir at the caller's; --max-steps inside epoch 1 still
     leaves the best.pt that the evaluation reads."""
@@ -135,6 +137,7 @@ def test_relative_paths_and_a_run_shorter_than_an_epoch(tmp_path):
     assert (caller / "out" / "runs" / "ace_lora" / "seed1" / "train" / "checkpoints" / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_sweep_lets_the_training_save_and_the_rerun_continues_it(tmp_path):
     path = write_sweep_yaml(tmp_path, epochs=3, save_every_steps=0, log_every_steps=1)
     out = tmp_path / "out"

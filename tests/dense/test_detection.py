@@ -88,6 +88,7 @@ def test_box_scaling_round_trip_and_clipping():
 # --------------------------------------------------------------------------- demo runs
 
 
+@pytest.mark.slow
 def test_trained_detector_learns_and_untrained_does_not(demo):
     trained, untrained = demo["trained"][1], demo["untrained"][1]
     assert trained["map50"] >= 0.3 and trained["map_40_75"] >= 0.3
@@ -95,6 +96,7 @@ def test_trained_detector_learns_and_untrained_does_not(demo):
     assert trained["map50"] - untrained["map50"] >= 0.3
 
 
+@pytest.mark.slow
 def test_trained_run_writes_every_output(demo):
     out, metrics = demo["trained"]
     for name in ("metrics.json", "predictions.csv", "box_overlays.png", "config.yaml", "train_ids.csv",
@@ -131,6 +133,7 @@ def test_balanced_fraction_of_the_training_set(tmp_path):
     assert (ids["has_boxes"] == (ids["n_boxes"] > 0)).all()
 
 
+@pytest.mark.slow
 def test_zero_shot_detection_runs(demo):
     out, metrics = demo["zero_shot"]
     for key in ("map_40_75", "map_coco", "map50"):

@@ -58,6 +58,7 @@ def reference_probabilities(model, images, class_names):
         return (model.base_logit_scale() * embeddings @ classes.T).softmax(dim=-1).numpy()
 
 
+@pytest.mark.slow
 def test_chexpert_script_reproduces_the_released_evaluation(shared_dir, released_model, script_args, tmp_path):
     chexpert_dir = os.path.join(shared_dir, "parity", "chexpert_A")
     expected = json.load(open(os.path.join(shared_dir, "parity", "expected_chexpert_A.json")))
@@ -105,6 +106,7 @@ def assert_matches_reference(predictions_csv, reference, classes, labels):
     assert metrics["accuracy"] == pytest.approx(float((reference.argmax(1) == labels).mean()), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_rsna_script_on_8bit_dicom_matches_a_direct_computation(released_model, script_args, tmp_path):
     rng = np.random.default_rng(0)
     image_dir = tmp_path / "data" / "stage_2_train_images"
