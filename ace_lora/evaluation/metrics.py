@@ -12,16 +12,18 @@ import math
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from torchmetrics.detection import MeanAveragePrecision
 
 # Below this fraction of defined resamples the interval is reported as (nan, nan).
 MIN_DEFINED_RESAMPLES = 0.5
 
 # AP is computed once at every threshold in 0.40:0.05:0.95 and averaged over the subsets we report.
-# Rounded so 0.5 and 0.75 are exact (pycocotools looks thresholds up by equality).
+# Rounded so 0.5 and 0.75 are exact (the COCO evaluation looks thresholds up by equality).
 DETECTION_IOU_THRESHOLDS = [round(0.40 + 0.05 * i, 2) for i in range(12)]
 MAP_40_75_THRESHOLDS = [t for t in DETECTION_IOU_THRESHOLDS if t <= 0.75]
 MAP_COCO_THRESHOLDS = [t for t in DETECTION_IOU_THRESHOLDS if t >= 0.50]
+# faster-coco-eval reimplements pycocotools' evaluation in C++ with the same numbers (tests compare the two
+# on random detections) about 4 times faster, which the bootstrap's one COCO evaluation per resample needs.
+COCO_BACKEND = "faster_coco_eval"
 
 
 def bootstrap_ci(metric_fn, *arrays, n_resamples=1000, seed=0, alpha=0.05):
@@ -265,8 +267,12 @@ def _ap_per_threshold(tm_preds, tm_targets):
 
     AP is COCO's 101-point interpolated precision, area 'all', at most 100 detections per image.
     """
+    # Here, not at the top: importing torchmetrics loads all its domains (text, image, ...), about 4 s of
+    # every evaluation and training process, and only detection needs it.
+    from torchmetrics.detection import MeanAveragePrecision
+
     metric = MeanAveragePrecision(box_format="xyxy", iou_thresholds=DETECTION_IOU_THRESHOLDS,
-                                  extended_summary=True, backend="pycocotools")
+                                  extended_summary=True, backend=COCO_BACKEND)
     metric.update(tm_preds, tm_targets)
     precision = metric.compute()["precision"][:, :, 0, 0, -1]  # (T, R): class 0, area all, 100 dets
     ap = precision.mean(dim=1).tolist()  # -1 throughout when there is no ground truth
@@ -288,7 +294,7 @@ def detection_metrics(preds, targets, n_bootstrap=200, seed=0):
     `map_40_75` averages AP over IoU 0.40:0.05:0.75, `map_coco` over 0.50:0.05:0.95, `map50` is AP@0.5.
     A prediction matches a ground-truth box at threshold t when IoU >= t (greedy by score, per image).
 
-    How images count (COCO / pycocotools semantics, verified in tests/test_metrics.py): every
+    How images count (COCO / pycocotools semantics, verified in tests/evaluation/test_metrics.py): every
     prediction on an image without ground truth is a false positive, and it lowers AP only if it
     outranks true positives; every ground-truth box on an image without predictions is a false
     negative (it caps the recall). mAP is nan if there is no ground-truth box at all.
