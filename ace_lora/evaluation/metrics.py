@@ -11,10 +11,13 @@ import math
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 # Below this fraction of defined resamples the interval is reported as (nan, nan).
 MIN_DEFINED_RESAMPLES = 0.5
+# Resamples are ranked in chunks of at most this many elements (a few tens of MB of float64).
+_RESAMPLE_CHUNK_ELEMENTS = 2_000_000
 
 # AP is computed once at every threshold in 0.40:0.05:0.95 and averaged over the subsets we report.
 # Rounded so 0.5 and 0.75 are exact (the COCO evaluation looks thresholds up by equality).
@@ -76,6 +79,26 @@ def binary_auroc(is_positive, scores):
     return float(roc_auc_score(is_positive, scores))
 
 
+def resampled_binary_auroc(is_positive, scores, indices):
+    """(R,) `binary_auroc` of every resample, the rows of `indices` (R, n): the Mann-Whitney statistic on
+    midranks, which is roc_auc_score's value (a tie counts one half), for all resamples at once. Calling
+    roc_auc_score per resample cost 18 s for the 1000-resample interval of a 5-class AUROC on 1000 images."""
+    is_positive, scores = np.asarray(is_positive, dtype=bool), np.asarray(scores, dtype=float)
+    values = np.empty(len(indices))
+    rows_per_chunk = max(1, _RESAMPLE_CHUNK_ELEMENTS // max(indices.shape[1], 1))
+    for start in range(0, len(indices), rows_per_chunk):
+        chunk = indices[start:start + rows_per_chunk]
+        positive = is_positive[chunk]  # (r, n)
+        ranks = rankdata(scores[chunk], axis=1)  # (r, n) midranks
+        n_positive = positive.sum(axis=1)
+        n_negative = positive.shape[1] - n_positive
+        u = (ranks * positive).sum(axis=1) - n_positive * (n_positive + 1) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values[start:start + rows_per_chunk] = np.where((n_positive > 0) & (n_negative > 0),
+                                                            u / (n_positive * n_negative), math.nan)
+    return values
+
+
 def released_binary_auroc(labels, probs):
     """AUROC as the released RSNA/SIIM scripts computed it, for comparison with the paper's numbers:
     one binary AUROC over all N x 2 entries of the softmax probabilities (N, 2) against the one-hot
@@ -119,23 +142,20 @@ def classification_metrics(labels, probs, class_names, n_bootstrap=1000, seed=0)
     def accuracy(y, p):
         return float((p.argmax(axis=1) == y).mean())
 
-    if n_classes == 2:
-        def auroc(y, p):
-            return binary_auroc(y == 1, p[:, 1])
-    else:
-        present = np.unique(labels)
-
-        def auroc(y, p):
-            return _multiclass_auroc(y, p, present)
-
-    boot = dict(n_resamples=n_bootstrap, seed=seed)
+    # Each AUROC and its resampled values: class 1's when binary, else the macro one-vs-rest mean over the
+    # classes present (nan on a resample that lacks one of them).
+    auroc_classes = [1] if n_classes == 2 else np.unique(labels)
+    resamples = _resample_indices(len(labels), n_bootstrap, seed)
+    resampled_auroc = np.mean([resampled_binary_auroc(labels == c, probs[:, c], resamples) for c in auroc_classes],
+                              axis=0)
     result = {
         "n": int(len(labels)),
         "class_counts": {name: int((labels == c).sum()) for c, name in enumerate(class_names)},
         "accuracy": accuracy(labels, probs),
-        "accuracy_ci95": _ci_list(bootstrap_ci(accuracy, labels, probs, **boot)),
-        "auroc": auroc(labels, probs),
-        "auroc_ci95": _ci_list(bootstrap_ci(auroc, labels, probs, **boot)),
+        "accuracy_ci95": _ci_list(bootstrap_ci(accuracy, labels, probs, n_resamples=n_bootstrap, seed=seed)),
+        "auroc": (binary_auroc(labels == 1, probs[:, 1]) if n_classes == 2
+                  else _multiclass_auroc(labels, probs, auroc_classes)),
+        "auroc_ci95": _ci_list(_percentile_interval(resampled_auroc, n_bootstrap, alpha=0.05)),
     }
     if n_classes == 2:
         result["auroc_released"] = released_binary_auroc(labels, probs)
@@ -160,15 +180,13 @@ def multilabel_metrics(targets, scores, class_names, n_bootstrap=1000, seed=0):
     per_class = np.array([binary_auroc(targets[:, c], scores[:, c]) for c in range(targets.shape[1])])
     valid = np.flatnonzero(np.isfinite(per_class))
 
-    def macro_auroc(t, s):
-        values = [binary_auroc(t[:, c], s[:, c]) for c in valid]
-        return float(np.mean(values)) if len(values) else math.nan
-
+    resamples = _resample_indices(len(targets), n_bootstrap, seed)
+    resampled_auroc = (np.mean([resampled_binary_auroc(targets[:, c], scores[:, c], resamples) for c in valid], axis=0)
+                       if len(valid) else np.full(len(resamples), math.nan))
     return {
         "n": int(len(targets)),
         "auroc": float(per_class[valid].mean()) if len(valid) else math.nan,
-        "auroc_ci95": _ci_list(
-            bootstrap_ci(macro_auroc, targets, scores, n_resamples=n_bootstrap, seed=seed)),
+        "auroc_ci95": _ci_list(_percentile_interval(resampled_auroc, n_bootstrap, alpha=0.05)),
         "per_class_auroc": {name: _none_if_nan(float(v)) for name, v in zip(class_names, per_class)},
         "auroc_skipped_classes": [name for c, name in enumerate(class_names) if c not in valid],
     }

@@ -13,6 +13,7 @@ from ace_lora.evaluation.metrics import (
     dice_per_image,
     iou_per_image,
     multilabel_metrics,
+    resampled_binary_auroc,
     segmentation_metrics,
 )
 
@@ -109,6 +110,57 @@ def test_multiclass_auroc_is_sklearn_macro_ovr():
         low, high = result[f"{key}_ci95"]
         assert low < result[key] < high
     assert result == classification_metrics(labels, probs, names, n_bootstrap=200, seed=5)
+
+
+def test_resampled_auroc_is_roc_auc_score_on_each_resample_ties_and_one_class_resamples_included():
+    rng = np.random.default_rng(1)
+    is_positive = rng.random(12) < 0.25
+    scores = rng.integers(0, 4, size=12) / 4  # many ties
+    indices = rng.integers(0, 12, size=(300, 12))
+    values = resampled_binary_auroc(is_positive, scores, indices)
+    one_class = [len(set(is_positive[idx])) == 1 for idx in indices]
+    assert 0 < sum(one_class) < 300
+    for idx, value, undefined in zip(indices, values, one_class):
+        assert math.isnan(value) if undefined else value == pytest.approx(
+            roc_auc_score(is_positive[idx], scores[idx]), abs=1e-12)
+
+
+def _per_resample_interval(metric, n, n_bootstrap, seed):
+    """The interval as computed before the AUROCs were vectorised: sklearn on every resample."""
+    values = [metric(idx) for idx in np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))]
+    values = np.array([v for v in values if np.isfinite(v)])
+    return list(np.percentile(values, [2.5, 97.5]))
+
+
+def test_auroc_intervals_are_those_of_sklearn_on_every_resample():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, size=40)
+    logits = rng.normal(size=(40, 3)) + np.eye(3)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    def ovr(idx):
+        y, p = labels[idx], probs[idx]
+        if len(set(y)) < 3:
+            return math.nan
+        return roc_auc_score(y, p, multi_class="ovr", average="macro")
+    result = classification_metrics(labels, probs, ["a", "b", "c"], n_bootstrap=300, seed=4)
+    assert result["auroc_ci95"] == pytest.approx(_per_resample_interval(ovr, 40, 300, 4), abs=1e-12)
+
+    binary = (labels == 1).astype(int)
+    result = classification_metrics(binary, probs[:, :2], ["no", "yes"], n_bootstrap=300, seed=4)
+    expected = _per_resample_interval(
+        lambda idx: roc_auc_score(binary[idx], probs[idx, 1]) if len(set(binary[idx])) == 2 else math.nan, 40, 300, 4)
+    assert result["auroc_ci95"] == pytest.approx(expected, abs=1e-12)
+
+    targets = rng.random((40, 3)) < [0.5, 0.1, 0.0]  # the third class has no positive: left out
+
+    def macro(idx):
+        t = targets[idx]
+        if not all(0 < t[:, c].sum() < len(idx) for c in (0, 1)):
+            return math.nan
+        return np.mean([roc_auc_score(t[:, c], probs[idx, c]) for c in (0, 1)])
+    result = multilabel_metrics(targets, probs, ["a", "b", "c"], n_bootstrap=300, seed=4)
+    assert result["auroc_ci95"] == pytest.approx(_per_resample_interval(macro, 40, 300, 4), abs=1e-12)
 
 
 def test_multiclass_absent_class_is_none_and_left_out_of_the_macro():
