@@ -5,6 +5,7 @@ import sys
 from collections import Counter
 
 import pytest
+from filelock import FileLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -40,10 +41,18 @@ def shared_dir():
 
 @pytest.fixture(scope="session")
 def fake_biomedclip_dir(shared_dir, tmp_path_factory):
-    """Full-size BiomedCLIP architecture with seeded random weights, built once per session."""
-    out = tmp_path_factory.mktemp("fake_biomedclip")
-    script = os.path.join(shared_dir, "parity", "make_fake_biomedclip.py")
-    subprocess.run([sys.executable, script, str(out)], check=True, capture_output=True)
+    """Full-size BiomedCLIP architecture with seeded random weights (750 MB, 12 s), built once per test run:
+    pytest-xdist workers share one copy in the run's temporary folder, the first to need it builds it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.getbasetemp().parent  # the run's folder, above every worker's own
+    else:
+        root = tmp_path_factory.getbasetemp()
+    out, done = root / "fake_biomedclip", root / "fake_biomedclip.done"
+    with FileLock(str(root / "fake_biomedclip.lock")):
+        if not done.is_file():
+            script = os.path.join(shared_dir, "parity", "make_fake_biomedclip.py")
+            subprocess.run([sys.executable, script, str(out)], check=True, capture_output=True)
+            done.touch()
     return str(out)
 
 
