@@ -1,8 +1,10 @@
 """Process groups for multi-GPU / multi-node training (torchrun or SLURM), and a single-process stand-in.
 
 torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT. Under `srun` without torchrun,
-SLURM_PROCID, SLURM_LOCALID and SLURM_NTASKS give the same information; MASTER_ADDR and MASTER_PORT must
-then be exported by the job script. NCCL is used on CUDA, gloo on CPU. Rank 0 logs and writes files.
+SLURM_PROCID, SLURM_LOCALID and SLURM_STEP_NUM_TASKS give the same information (read only inside an srun
+step: in an `salloc -n 4` or batch shell SLURM_NTASKS counts tasks that no one started); MASTER_ADDR and
+MASTER_PORT must then be exported by the job script (ace_lora.submit does). NCCL is used on CUDA, gloo on
+CPU. Rank 0 logs and writes files.
 """
 import datetime
 import os
@@ -40,8 +42,9 @@ def world_from_env() -> Optional[Tuple[int, int, int]]:
     env = os.environ
     if "WORLD_SIZE" in env and "RANK" in env:
         return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
-        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"])
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:  # a task of an srun step, not an salloc / sbatch shell
+        tasks = env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))
+        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(tasks)
     return None
 
 

@@ -27,22 +27,40 @@ time) and results_<evaluation>.png.
 """
 import argparse
 import os
+import queue
 import signal
-import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
+import submitit
 import yaml
 from matplotlib.figure import Figure
 
+from .cluster import (
+    QUEUED_STATES,
+    RUNNING_STATES,
+    SLURM,
+    ClusterConfig,
+    RequeueableCall,
+    check_sbatch,
+    cluster_config,
+    global_rank,
+    job_result,
+    job_states,
+    make_executor,
+    submit_calls,
+    task_env,
+)
 from .config import LOCAL_PREFIX
 from .errors import RunInterrupted, UserInputError, main_guard
 from .evaluation.tasks import RETRIEVAL, TASKS
 from .io import prepare_output_dir, read_json, read_yaml_mapping, write_json
 from .methods import METHODS, get_method
 from .params import HelpFormatter
+from .scripts import SCRIPTS, ForwardStopSignals, ScriptsStopped, cpu_slots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DENSE_SCRIPTS = {"siim_segmentation": "segmentation_siim.py", "rsna_detection": "detection_rsna.py"}
@@ -126,58 +144,26 @@ def read_done(folder: str) -> Optional[dict]:
     return read_json(os.path.join(folder, DONE))
 
 
-def run_script(command: List[str], log_path: str) -> Optional[str]:
-    """Run a script, its output appended to `log_path`; None on success, else its last error line.
-
-    The script runs in its own session, so a Ctrl-C at the terminal reaches only the sweep, which
-    forwards SIGINT / SIGTERM to it once and waits: the training saves its checkpoint and exits, and the
-    sweep then stops with RunInterrupted (a second signal is forwarded too: the training stops at once).
-    Should the sweep itself die (kill -9), the script gets SIGTERM (Linux: PR_SET_PDEATHSIG), saves and
-    exits, instead of training on unwatched.
-    """
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
-        log.flush()
-        offset = log.tell()  # this attempt's output starts here
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 preexec_fn=_terminate_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        received: List[int] = []
-
-        def forward(signum, _frame):
-            received.append(signum)
-            child.send_signal(signum)
-
-        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            returncode = child.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    if received:
-        raise SweepInterrupted(received[0], returncode)
-    if returncode == 0:
-        return None
-    with open(log_path, encoding="utf-8") as log:
-        log.seek(offset)
-        lines = [line.strip() for line in log if line.strip()]
-    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
-    return (errors or lines or [f"exit status {returncode}"])[-1]
+PART_RECORD = "part.json"  # the part's SLURM job: its id, log, submission time (written by the driver and the job)
+FAILED = "failed.json"  # why a script of the part last failed; read only while its done.json is absent
 
 
-def _terminate_with_parent() -> None:
-    """In the child before exec: SIGTERM when the sweep dies (Linux only; elsewhere nothing)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+def part_folder(output_dir: str, run: dict, seed: int) -> str:
+    return os.path.join(output_dir, "runs", run["name"], f"seed{seed}")
 
 
-class SweepInterrupted(Exception):
-    """A signal reached the sweep while a part ran; the part has been told and has exited."""
+def sweep_parts(sweep: dict) -> List[Tuple[dict, int]]:
+    """Every (run, seed) of the sweep, in table order; each is one part (one cluster job)."""
+    return [(run, seed) for run in sweep["runs"] for seed in sweep.get("seeds", [1])]
 
-    def __init__(self, signum: int, returncode: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.returncode = signum, returncode
+
+def _run_step(command: List[str], log_path: str, folder: str, env: Optional[Dict[str, str]],
+              cpus: Optional[List[int]]) -> Optional[str]:
+    """One script of a part; its failure is noted in `folder` (FAILED) for the table and the status."""
+    error = SCRIPTS.run(command, log_path, env=env, cpus=cpus)
+    if error is not None:
+        write_json(os.path.join(folder, FAILED), {"error": error})
+    return error
 
 
 TRAIN_TIME = "train_time.json"  # seconds of every training attempt of a part, added up
@@ -190,10 +176,13 @@ def _add_train_time(part: str, seconds: float) -> float:
     return total
 
 
-def train_part(sweep: dict, run: dict, seed: int, folder: str) -> dict:
+def train_part(sweep: dict, run: dict, seed: int, folder: str, env: Optional[Dict[str, str]] = None,
+               cpus: Optional[List[int]] = None, distributed: bool = False, main_task: bool = True) -> dict:
     """Train one run (skipped when finished or for `bare`); {status, checkpoint, trainable, seconds}.
 
-    `seconds` counts every attempt (an interrupted one too); a resumed part appends to train.log."""
+    `seconds` counts every attempt (an interrupted one too); a resumed part appends to train.log.
+    `distributed`: this process is one task of several (SLURM), which run train_multi_gpu.py together; the
+    first (`main_task`) writes the marker."""
     method = run.get("method", "ace_lora")
     if not get_method(method).trains:
         return {"status": "ok", "checkpoint": None, "trainable": 0, "seconds": 0.0}
@@ -204,12 +193,12 @@ def train_part(sweep: dict, run: dict, seed: int, folder: str) -> dict:
     os.makedirs(part, exist_ok=True)
     values = {**sweep.get("train", {}), **run.get("overrides", {}), "method": method, "seed": seed,
               "model": sweep["model"], "output_dir": part, "resume": "auto", "no_progress": True}
-    launcher = sweep.get("launcher") or []
-    script = os.path.join(ROOT, "train_multi_gpu.py" if launcher else "train.py")
+    launcher = [] if distributed else list(map(str, sweep.get("launcher") or []))
+    script = os.path.join(ROOT, "train_multi_gpu.py" if launcher or distributed else "train.py")
     start = time.perf_counter()
     try:
-        error = run_script([*map(str, launcher), *([] if launcher else [sys.executable]), script, *flags(values)],
-                           os.path.join(folder, "train.log"))
+        error = _run_step([*launcher, *([] if launcher else [sys.executable]), script, *flags(values)],
+                          os.path.join(folder, "train.log"), part, env, cpus)
     finally:
         seconds = _add_train_time(part, time.perf_counter() - start)
     if error is not None:
@@ -219,7 +208,8 @@ def train_part(sweep: dict, run: dict, seed: int, folder: str) -> dict:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     record = {"status": "ok", "checkpoint": checkpoint, "seconds": seconds,
               "trainable": int(sum(t.numel() for t in state["trainable"].values()))}
-    write_done(part, record)
+    if main_task:
+        write_done(part, record)
     return record
 
 
@@ -236,13 +226,15 @@ def evaluation_command(sweep: dict, evaluation: dict, checkpoint: Optional[str],
     return [sys.executable, os.path.join(ROOT, "zero_shot_eval", script), *flags(values)]
 
 
-def evaluate_part(sweep: dict, evaluation: dict, checkpoint: Optional[str], folder: str) -> dict:
+def evaluate_part(sweep: dict, evaluation: dict, checkpoint: Optional[str], folder: str,
+                  env: Optional[Dict[str, str]] = None, cpus: Optional[List[int]] = None) -> dict:
     out = os.path.join(folder, evaluation["name"])
     done = read_done(out)
     if done is not None:
         return done
     os.makedirs(out, exist_ok=True)
-    error = run_script(evaluation_command(sweep, evaluation, checkpoint, out), os.path.join(out, "log.txt"))
+    error = _run_step(evaluation_command(sweep, evaluation, checkpoint, out), os.path.join(out, "log.txt"), out,
+                      env, cpus)
     if error is not None:
         return {"status": "failed", "error": error}
     metrics = read_json(os.path.join(out, "metrics.json"))["metrics"]
@@ -254,37 +246,274 @@ def evaluate_part(sweep: dict, evaluation: dict, checkpoint: Optional[str], fold
     return record
 
 
-def run_sweep(sweep: dict, output_dir: str, progress: bool = True) -> pd.DataFrame:
-    """Every part, in order (runs, seeds, then evaluations); returns the results.csv table."""
+def run_part(sweep: dict, run: dict, seed: int, output_dir: str, env: Optional[Dict[str, str]] = None,
+             cpus: Optional[List[int]] = None, progress: bool = True, distributed: bool = False,
+             main_task: bool = True) -> bool:
+    """Train one (run, seed) and evaluate it with every evaluation; True when every marker exists.
+
+    Finished scripts are skipped (their done.json); a failure is noted beside the script (failed.json)
+    and the part's other evaluations still run. Under SLURM with several tasks (`distributed`), every
+    task trains and only the first (`main_task`) writes the marker and evaluates."""
+    folder = part_folder(output_dir, run, seed)
+    os.makedirs(folder, exist_ok=True)
+    trained = train_part(sweep, run, seed, folder, env, cpus, distributed, main_task)
+    if not main_task:
+        return trained["status"] == "ok"
+    if progress:
+        print(f"{run['name']} seed {seed}: training {trained['status']}", flush=True)
+    if trained["status"] != "ok":
+        return False
+    ok = True
+    for evaluation in sweep["evaluations"]:
+        result = evaluate_part(sweep, evaluation, trained["checkpoint"], folder, env, cpus)
+        ok = ok and result["status"] == "ok"
+        if progress:
+            print(f"  {evaluation['name']}: {result['status']}", flush=True)
+    return ok
+
+
+def part_done(sweep: dict, run: dict, seed: int, output_dir: str) -> bool:
+    """A part is done when all of its markers exist (its training's, unless it trains nothing, and each
+    evaluation's)."""
+    folder = part_folder(output_dir, run, seed)
+    needed = ([os.path.join(folder, "train")] if get_method(run.get("method", "ace_lora")).trains else [])
+    needed += [os.path.join(folder, evaluation["name"]) for evaluation in sweep["evaluations"]]
+    return all(read_done(path) is not None for path in needed)
+
+
+def _failure(path: str, default: str) -> str:
+    return "failed: " + (read_json(os.path.join(path, FAILED)) or {}).get("error", default)
+
+
+RESULT_COLUMNS = ["run", "method", "seed", "evaluation", "metric", "value", "ci_low", "ci_high", "status",
+                  "trainable_parameters", "train_seconds"]
+
+
+def part_rows(sweep: dict, run: dict, seed: int, output_dir: str, unfinished: str = "not run") -> List[dict]:
+    """The part's results.csv rows, from its markers; a missing marker is a failed row with the noted error
+    (or `unfinished`, e.g. the job's final SLURM state)."""
+    folder = part_folder(output_dir, run, seed)
+    method = run.get("method", "ace_lora")
+    if get_method(method).trains:
+        trained = read_done(os.path.join(folder, "train"))
+    else:
+        trained = {"trainable": 0, "seconds": 0.0}
+    base = {"run": run["name"], "method": method, "seed": seed,
+            "trainable_parameters": (trained or {}).get("trainable"), "train_seconds": (trained or {}).get("seconds")}
     rows = []
-    seeds = sweep.get("seeds", [1])
-    for run in sweep["runs"]:
-        for seed in seeds:
-            folder = os.path.join(output_dir, "runs", run["name"], f"seed{seed}")
-            os.makedirs(folder, exist_ok=True)
-            trained = train_part(sweep, run, seed, folder)
-            base = {"run": run["name"], "method": run.get("method", "ace_lora"), "seed": seed,
-                    "trainable_parameters": trained.get("trainable"), "train_seconds": trained.get("seconds")}
-            if progress:
-                print(f"{run['name']} seed {seed}: training {trained['status']}", flush=True)
-            for evaluation in sweep["evaluations"]:
-                if trained["status"] != "ok":
-                    rows.append({**base, "evaluation": evaluation["name"], "metric": None, "value": None,
-                                 "ci_low": None, "ci_high": None, "status": "failed: " + trained["error"]})
-                    continue
-                result = evaluate_part(sweep, evaluation, trained["checkpoint"], folder)
-                if result["status"] != "ok":
-                    rows.append({**base, "evaluation": evaluation["name"], "metric": None, "value": None,
-                                 "ci_low": None, "ci_high": None, "status": "failed: " + result["error"]})
-                    continue
-                for metric, entry in result["metrics"].items():
-                    low, high = entry["ci95"] or (None, None)
-                    rows.append({**base, "evaluation": evaluation["name"], "metric": metric, "value": entry["value"],
-                                 "ci_low": low, "ci_high": high, "status": "ok"})
-                if progress:
-                    print(f"  {evaluation['name']}: {result['status']}", flush=True)
-    return pd.DataFrame(rows, columns=["run", "method", "seed", "evaluation", "metric", "value", "ci_low", "ci_high",
-                                       "status", "trainable_parameters", "train_seconds"])
+    for evaluation in sweep["evaluations"]:
+        empty = {**base, "evaluation": evaluation["name"], "metric": None, "value": None, "ci_low": None,
+                 "ci_high": None}
+        if trained is None:
+            rows.append({**empty, "status": _failure(os.path.join(folder, "train"), unfinished)})
+            continue
+        out = os.path.join(folder, evaluation["name"])
+        result = read_done(out)
+        if result is None:
+            rows.append({**empty, "status": _failure(out, unfinished)})
+            continue
+        for metric, entry in result["metrics"].items():
+            low, high = entry["ci95"] or (None, None)
+            rows.append({**empty, "metric": metric, "value": entry["value"], "ci_low": low, "ci_high": high,
+                         "status": "ok"})
+    return rows
+
+
+def collect_results(sweep: dict, output_dir: str, unfinished: Optional[Dict[Tuple[str, int], str]] = None
+                    ) -> pd.DataFrame:
+    """The results.csv table of every part, from the markers alone (whichever launcher ran them)."""
+    rows = []
+    for run, seed in sweep_parts(sweep):
+        rows += part_rows(sweep, run, seed, output_dir, (unfinished or {}).get((run["name"], seed), "not run"))
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def run_local(sweep: dict, output_dir: str, parallel: int = 1, progress: bool = True) -> pd.DataFrame:
+    """Every part on this machine, `parallel` at a time (each on its own GPU, or its own share of the
+    cores); returns the results.csv table. SIGINT / SIGTERM reach the running scripts, which save."""
+    parts = sweep_parts(sweep)
+    with ForwardStopSignals():
+        if parallel == 1:
+            for run, seed in parts:
+                run_part(sweep, run, seed, output_dir, progress=progress)
+        else:
+            slots: "queue.Queue[dict]" = queue.Queue()
+            for slot in local_slots(parallel):
+                slots.put(slot)
+
+            def work(run: dict, seed: int) -> bool:
+                slot = slots.get()
+                try:
+                    return run_part(sweep, run, seed, output_dir, env=slot["env"], cpus=slot["cpus"],
+                                    progress=progress)
+                finally:
+                    slots.put(slot)
+
+            with ThreadPoolExecutor(parallel) as pool:
+                futures = [pool.submit(work, run, seed) for run, seed in parts]
+            stops = [future.exception() for future in futures if isinstance(future.exception(), ScriptsStopped)]
+            for future in futures:
+                if future.exception() is not None and not stops:
+                    raise future.exception()
+            if stops:
+                raise stops[0]
+    return collect_results(sweep, output_dir)
+
+
+def local_slots(parallel: int) -> List[dict]:
+    """Where each of `parallel` parts runs: its own GPU (CUDA_VISIBLE_DEVICES) when there are GPUs, and
+    its own share of the cores (pinned, with as many compute threads)."""
+    cores = len(os.sched_getaffinity(0))
+    if parallel > cores:
+        raise UserInputError(f"--parallel {parallel} but this machine gives {cores} core(s): each part needs one")
+    import torch  # here: only --parallel asks for the GPUs (fast --help)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([gpu for gpu in visible.split(",") if gpu.strip()] if visible is not None
+            else [str(index) for index in range(torch.cuda.device_count())])
+    if gpus and parallel > len(gpus):
+        raise UserInputError(f"--parallel {parallel} but {len(gpus)} GPU(s) are visible: each part runs on its own")
+    slots = []
+    for index, cpus in enumerate(cpu_slots(parallel)):
+        env = {"OMP_NUM_THREADS": str(len(cpus))}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index]
+        slots.append({"env": env, "cpus": cpus})
+    return slots
+
+
+class PartFailed(Exception):
+    """A part's job ends in failure (SLURM: FAILED) when one of its scripts failed; failed.json says why."""
+
+
+def slurm_part_job(sweep: dict, run: dict, seed: int, output_dir: str) -> bool:
+    """One part as a SLURM job (run by every task of it): train, then evaluate on the first task."""
+    folder = part_folder(output_dir, run, seed)
+    env, rank = task_env(), global_rank()
+    if rank == 0:  # the job records itself too: a driver killed right after sbatch could not
+        record = read_json(os.path.join(folder, PART_RECORD)) or {}
+        job = submitit.JobEnvironment()
+        if record.get("job_id") != job.job_id:
+            write_json(os.path.join(folder, PART_RECORD),
+                       {"job_id": job.job_id, "log": str(job.paths.stdout), "folder": str(job.paths.folder.parent),
+                        "scheduler": os.environ.get("SUBMITIT_EXECUTOR", SLURM)})
+    if not run_part(sweep, run, seed, output_dir, env=env, distributed=bool(env), main_task=rank == 0):
+        raise PartFailed(f"{run['name']} seed {seed} failed: see {folder}")
+    return True
+
+
+def part_statuses(sweep: dict, output_dir: str) -> List[dict]:
+    """Every part's row of the status table: part, state (done, queued, running, failed, lost, not
+    submitted), job id, elapsed, log, and why it failed."""
+    records = {(run["name"], seed): read_json(os.path.join(part_folder(output_dir, run, seed), PART_RECORD))
+               for run, seed in sweep_parts(sweep)}
+    states: Dict[str, Dict[str, str]] = {}
+    for kind in {record.get("scheduler", SLURM) for record in records.values() if record}:
+        states.update(job_states([r["job_id"] for r in records.values() if r and r.get("scheduler", SLURM) == kind],
+                                 kind))
+    rows = []
+    for run, seed in sweep_parts(sweep):
+        folder = part_folder(output_dir, run, seed)
+        record = records[(run["name"], seed)] or {}
+        job_id = record.get("job_id", "")
+        known = states.get(job_id)
+        row = {"part": f"{run['name']}/seed{seed}", "run": run["name"], "seed": seed, "job_id": job_id,
+               "elapsed": (known or {}).get("elapsed", ""), "log": record.get("log", os.path.join(folder, "train.log")),
+               "reason": ""}
+        if part_done(sweep, run, seed, output_dir):
+            seconds = (read_done(os.path.join(folder, "train")) or {}).get("seconds")
+            row.update(state="done", elapsed=row["elapsed"] or (_clock(seconds) if seconds else ""))
+        elif not job_id:
+            row["state"] = "not submitted"
+        elif known and known["state"] in QUEUED_STATES:
+            row["state"] = "queued"
+        elif known and known["state"] in RUNNING_STATES:
+            row["state"] = "running"
+        elif known:
+            row.update(state="failed", reason=f"job {job_id} {known['state']}")
+        else:
+            result = job_result(record.get("folder", ""), job_id)
+            if result is None:
+                row.update(state="lost", reason=f"job {job_id} is not known to SLURM and left no result")
+            else:
+                row.update(state="failed", reason=f"job {job_id} ended with an error")
+        rows.append(row)
+    return rows
+
+
+def _clock(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{second:02d}"
+
+
+def status_table(rows: List[dict]) -> str:
+    columns = ("part", "state", "job_id", "elapsed", "log")
+    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    for row in rows:
+        reason = f"  ({row['reason']})" if row["reason"] else ""
+        lines.append("  ".join(str(row[c]).ljust(widths[c]) for c in columns) + reason)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def submit_parts(sweep: dict, output_dir: str, cluster: ClusterConfig, parts: List[Tuple[dict, int]],
+                 kind: str = SLURM) -> List[str]:
+    """The parts as one job array (their job ids); each part's job id and log recorded in its folder (part.json).
+
+    Submitting and recording happen with SIGINT / SIGTERM / SIGHUP held back, so that a driver stopped then
+    leaves no job unrecorded (the job also records itself when it starts)."""
+    folder = os.path.join(output_dir, "slurm")
+    executor = make_executor(cluster, folder, name=f"ace-lora-{os.path.basename(output_dir)}", kind=kind)
+    calls = [RequeueableCall(slurm_part_job, sweep, run, seed, output_dir) for run, seed in parts]
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        jobs = submit_calls(executor, calls)
+        for (run, seed), job in zip(parts, jobs):
+            write_json(os.path.join(part_folder(output_dir, run, seed), PART_RECORD),
+                       {"job_id": str(job.job_id), "log": str(job.paths.stdout).replace("%t", "0"), "folder": folder,
+                        "scheduler": kind, "submitted": time.strftime("%Y-%m-%d %H:%M:%S")})
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return [str(job.job_id) for job in jobs]
+
+
+def run_on_cluster(sweep: dict, output_dir: str, cluster: ClusterConfig, wait: bool = True, poll_s: float = 60.0,
+                   kind: str = SLURM) -> int:
+    """Submit every part that is not done, queued or running (new, failed and lost ones), show the table,
+    and (with `wait`) follow the jobs until none is queued or running, then write the results.
+
+    Returns 0 when every part is done (or, without `wait`, when the jobs are submitted), else 1."""
+    rows = part_statuses(sweep, output_dir)
+    again = [(row, (run, seed)) for row, (run, seed) in zip(rows, sweep_parts(sweep))
+             if row["state"] in ("not submitted", "failed", "lost")]
+    for row, _ in again:
+        if row["state"] != "not submitted":
+            print(f"{row['part']}: {row['state']} ({row['reason']}): resubmitting", flush=True)
+    if again:
+        job_ids = submit_parts(sweep, output_dir, cluster, [part for _, part in again], kind)
+        print(f"submitted {len(job_ids)} part(s): job(s) {', '.join(job_ids)}", flush=True)
+        rows = part_statuses(sweep, output_dir)
+    print(status_table(rows), flush=True)
+    if not wait:
+        if all(row["state"] == "done" for row in rows):
+            write_results(sweep, collect_results(sweep, output_dir), output_dir)
+        return 0
+    shown = {row["part"]: row["state"] for row in rows}
+    try:
+        while any(row["state"] in ("queued", "running") for row in rows):
+            time.sleep(poll_s)
+            rows = part_statuses(sweep, output_dir)
+            for row in rows:
+                if shown.get(row["part"]) != row["state"]:
+                    reason = f" ({row['reason']})" if row["reason"] else ""
+                    print(f"{row['part']}: {row['state']}{reason}", flush=True)
+                    shown[row["part"]] = row["state"]
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"stopped following the jobs; they go on. See them with: python -m ace_lora.sweep "
+                             f"status {output_dir}", 130) from None
+    unfinished = {(row["run"], row["seed"]): row["reason"] or row["state"] for row in rows if row["state"] != "done"}
+    write_results(sweep, collect_results(sweep, output_dir, unfinished), output_dir)
+    return 0 if not unfinished else 1
 
 
 def primary_metric(sweep: dict, evaluation: dict) -> str:
@@ -370,7 +599,8 @@ def demo_sweep(output_dir: str) -> dict:
     train = {k: v for k, v in DEMO_DEFAULTS.items() if k not in ("output_dir", "val_before_training")}
     train.update(train_csv=data.train_csv, data_root=data.data_root, device="cpu", epochs=8)
     return {
-        "model": model, "train": train, "seeds": [1],
+        "demo": True, "model": model, "train": train, "seeds": [1],
+        "cluster": {"gpus_per_node": 0, "cpus_per_task": 1, "time_min": 30},
         "runs": [{"name": "bare", "method": "bare"}, {"name": "lora", "method": "lora"},
                  {"name": "ace_lora", "method": "ace_lora"}, {"name": "dora", "method": "dora"}],
         "evaluations": [
@@ -383,24 +613,108 @@ def demo_sweep(output_dir: str) -> dict:
     }
 
 
-@main_guard
-def main(argv=None) -> int:
+def cluster_settings(sweep: dict, overrides: List[str]) -> ClusterConfig:
+    """The sweep's `cluster:` block with --cluster KEY=VALUE on top, checked."""
+    values = dict(sweep.get("cluster") or {})
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserInputError(f"--cluster {item}: give KEY=VALUE (e.g. partition=gpu)")
+        values[key.strip()] = yaml.safe_load(value)
+    cluster = cluster_config(values, "cluster")
+    if sweep.get("launcher") and cluster.tasks > 1:
+        raise UserInputError("the sweep's launcher: starts the training processes itself (one task): set "
+                             "tasks_per_node: 1 in its cluster: block, or drop launcher: to run one task per GPU")
+    return cluster
+
+
+def load_sweep(args) -> dict:
+    """The sweep of the command line; a demo rerun in the same folder reuses its data (jobs may read it)."""
+    recorded = os.path.join(args.output_dir, "sweep.yaml")
+    if args.demo and os.path.isfile(recorded):
+        sweep = read_yaml_mapping(recorded, "sweep config")
+        if sweep.get("demo") and os.path.isdir(sweep["model"].removeprefix(LOCAL_PREFIX)):
+            return sweep
+    sweep = demo_sweep(args.output_dir) if args.demo else read_sweep(args.config)
+    with open(recorded, "w", encoding="utf-8") as f:
+        yaml.safe_dump(sweep, f, sort_keys=False)
+    return sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ace_lora.sweep", description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("config", nargs="?", help="the sweep YAML (see above); not with --demo")
     parser.add_argument("--output-dir", required=True, help="folder of the sweep (rerun with the same to resume)")
     parser.add_argument("--demo", action="store_true", help="tiny model and synthetic data on the CPU, minutes")
+    launch = parser.add_argument_group("where the parts run")
+    launch.add_argument("--launcher", choices=("local", SLURM), default="local",
+                        help="local: on this machine, by this process; slurm: each (run, seed) part a job of one "
+                             "job array, through submitit (docs/cluster.md)")
+    launch.add_argument("--parallel", type=int, default=1,
+                        help="local: parts at once, each on its own GPU, or its own share of the CPU cores")
+    launch.add_argument("--no-wait", action="store_true",
+                        help="slurm: submit and exit; the same command (or `status`) later shows the table, "
+                             "resubmits failed or lost parts and writes the results once all are done")
+    launch.add_argument("--cluster", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="slurm: keys of the YAML's cluster: block set here, e.g. partition=gpu time_min=240")
+    launch.add_argument("--poll-s", type=float, default=60.0,
+                        help="slurm: seconds between two looks at the jobs while waiting for them")
+    return parser
+
+
+def status_main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ace_lora.sweep status",
+                                     description="The table of a sweep's parts (part, state, job id, elapsed, "
+                                                 "log); the results once every part is done. Submits nothing.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("output_dir", help="the sweep's --output-dir")
     args = parser.parse_args(argv)
+    recorded = os.path.join(os.path.abspath(args.output_dir), "sweep.yaml")
+    if not os.path.isfile(recorded):
+        raise UserInputError(f"{args.output_dir}: not a sweep folder (no sweep.yaml)")
+    sweep = read_yaml_mapping(recorded, "sweep config")
+    output_dir = os.path.dirname(recorded)
+    rows = part_statuses(sweep, output_dir)
+    print(status_table(rows))
+    if all(row["state"] == "done" for row in rows):
+        write_results(sweep, collect_results(sweep, output_dir), output_dir)
+        print(f"wrote {os.path.join(output_dir, 'results.md')}")
+    return 0
+
+
+@main_guard
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
+    args = build_parser().parse_args(argv)
     if args.demo == bool(args.config):
         raise UserInputError("give a sweep YAML or --demo (one of them)")
+    if args.parallel < 1:
+        raise UserInputError(f"--parallel must be >= 1, got {args.parallel}")
+    if args.launcher == SLURM and args.parallel != 1:
+        raise UserInputError("--parallel is for --launcher local; on SLURM set parts_at_once in the cluster: block")
+    if args.launcher != SLURM and (args.no_wait or args.cluster):
+        raise UserInputError(f"{'--no-wait' if args.no_wait else '--cluster'} goes with --launcher slurm (the local "
+                             "runner runs the parts itself)")
+    if not args.poll_s > 0:
+        raise UserInputError(f"--poll-s must be > 0, got {args.poll_s}")
     args.output_dir = os.path.abspath(args.output_dir)  # the parts run scripts by absolute path, from anywhere
+    if args.config and not os.path.isfile(args.config):
+        raise UserInputError(f"{args.config}: file not found")
+    if args.config:
+        cluster_settings(read_sweep(args.config), args.cluster)  # its mistakes before anything is written
+    if args.launcher == SLURM:
+        check_sbatch()
     prepare_output_dir(args.output_dir)
-    sweep = demo_sweep(args.output_dir) if args.demo else read_sweep(args.config)
-    with open(os.path.join(args.output_dir, "sweep.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(sweep, f, sort_keys=False)
+    sweep = load_sweep(args)
+    if args.launcher == SLURM:
+        return run_on_cluster(sweep, args.output_dir, cluster_settings(sweep, args.cluster), wait=not args.no_wait,
+                              poll_s=args.poll_s)
     try:
-        results = run_sweep(sweep, args.output_dir)
-    except SweepInterrupted as stop:
+        results = run_local(sweep, args.output_dir, args.parallel)
+    except ScriptsStopped as stop:
         again = "--demo" if args.demo else args.config
         raise RunInterrupted(f"{stop}: the sweep stopped after its running part saved and exited (status "
                              f"{stop.returncode}); continue with: python -m ace_lora.sweep {again} --output-dir "
@@ -412,4 +726,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the imported module, not __main__: the jobs pickle its functions by name (submitit).
+    from ace_lora.sweep import main as imported_main
+    sys.exit(imported_main())

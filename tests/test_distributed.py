@@ -146,11 +146,16 @@ def test_torchrun_demo_on_cpu(tmp_path):
 
 
 def test_world_from_launcher_environment(monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_STEP_ID",
+                 "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(name, raising=False)
     assert world_from_env() is None
-    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_PROCID", "0")  # an `salloc -n 8` (or batch) shell: no srun step, no ranks to wait for
     monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert world_from_env() is None
+    monkeypatch.setenv("SLURM_STEP_ID", "0")  # a task of `srun -n 8`
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "5")
     monkeypatch.setenv("SLURM_LOCALID", "1")
     assert world_from_env() == (5, 1, 8)
     monkeypatch.setenv("RANK", "3")  # torchrun's variables win

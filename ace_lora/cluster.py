@@ -1,0 +1,226 @@
+"""SLURM through submitit: the `cluster:` settings, submitting calls as jobs (one job array for many),
+the jobs' states, and the requeue at preemption or the time limit.
+
+A job runs the repository's scripts as child processes (ace_lora.scripts), never the training in its
+own process: the training knows nothing of SLURM. Before the time limit (and at preemption) SLURM
+sends SIGUSR2 to every process of the job; submitit's handler in the job process calls
+`RequeueableCall.checkpoint`, which tells the running script to save (SIGTERM, once), waits for it, and
+lets submitit requeue the same call: the scripts start again and resume from their checkpoints
+(`--resume auto`). `scontrol requeue` and preemption by SIGTERM reach the scripts directly (every process
+of the job is signalled), and they save the same way before SLURM kills the job.
+
+States come from `squeue` (pending, running, and finished jobs for MinJobAge), not `sacct`, which needs
+the accounting database that small clusters often lack; a job that SLURM no longer knows is judged by
+the files it leaves (its done markers, submitit's result file).
+"""
+import dataclasses
+import difflib
+import os
+import shutil
+import signal
+import subprocess
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import submitit
+
+from .errors import UserInputError
+from .scripts import SCRIPTS
+
+SLURM = "slurm"
+# SLURM job states (squeue %T) grouped as the status tables show them.
+QUEUED_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
+                 "STOPPED", "SIGNALING", "RESV_DEL_HOLD"}
+RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT"}
+
+
+def _setting(default: Any, help: str) -> Any:
+    factory = (lambda: list(default)) if isinstance(default, list) else None
+    if factory:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class ClusterConfig:
+    """What each job asks SLURM for. The one declaration of these settings: the `cluster:` block of a sweep
+    YAML (keys as named here) and the flags of ace_lora.submit (--time-min, ...) are read from it."""
+
+    partition: Optional[str] = _setting(None, "SLURM partition (default: the cluster's default one)")
+    account: Optional[str] = _setting(None, "SLURM account to charge")
+    qos: Optional[str] = _setting(None, "SLURM quality of service")
+    constraint: Optional[str] = _setting(None, "node features, e.g. a100")
+    time_min: int = _setting(720, "minutes per attempt; a job still running then saves, is requeued and resumes")
+    nodes: int = _setting(1, "nodes per job (one training on several nodes: one task per GPU)")
+    gpus_per_node: int = _setting(1, "GPUs per node (0 on CPU-only nodes)")
+    tasks_per_node: Optional[int] = _setting(None, "processes per node (default: the GPUs per node, at least 1)")
+    cpus_per_task: int = _setting(8, "CPU cores per process (data loading)")
+    mem_gb: Optional[float] = _setting(None, "memory per node in GB (default: the partition's)")
+    parts_at_once: int = _setting(64, "sweeps: most parts running at the same time (the job array's throttle)")
+    signal_delay_s: int = _setting(120, "SIGUSR2 this many seconds before the time limit: the time to save")
+    max_timeouts: int = _setting(20, "requeues after reaching the time limit before a job is given up")
+    setup: List[str] = _setting([], "shell lines run before each job, e.g. 'module load cuda'")
+
+    @property
+    def tasks(self) -> int:
+        return self.nodes * self.tasks_per_node_or_default
+
+    @property
+    def tasks_per_node_or_default(self) -> int:
+        return self.tasks_per_node if self.tasks_per_node is not None else max(self.gpus_per_node, 1)
+
+
+CLUSTER_FIELDS = {field.name: field for field in dataclasses.fields(ClusterConfig)}
+POSITIVE = ("time_min", "nodes", "cpus_per_task", "parts_at_once", "tasks_per_node")
+NON_NEGATIVE = ("gpus_per_node", "signal_delay_s", "max_timeouts")
+
+
+def cluster_config(values: Optional[dict], source: str = "cluster") -> ClusterConfig:
+    """A ClusterConfig from a mapping (the YAML block), every key and value checked (one-line errors)."""
+    values = dict(values or {})
+    for key in values:
+        if key not in CLUSTER_FIELDS:
+            close = difflib.get_close_matches(key, CLUSTER_FIELDS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(CLUSTER_FIELDS)})"
+            raise UserInputError(f"{source}: unknown key '{key}'{hint}")
+    for key in (*POSITIVE, *NON_NEGATIVE):
+        value = values.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key in POSITIVE else 0):
+            raise UserInputError(f"{source}: '{key}' must be an integer >= {1 if key in POSITIVE else 0}, "
+                                 f"got {value!r}")
+    if values.get("mem_gb") is not None and not (isinstance(values["mem_gb"], (int, float)) and values["mem_gb"] > 0):
+        raise UserInputError(f"{source}: 'mem_gb' must be a number > 0, got {values['mem_gb']!r}")
+    for key in ("partition", "account", "qos", "constraint"):
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise UserInputError(f"{source}: '{key}' must be a string, got {values[key]!r}")
+    setup = values.get("setup", [])
+    if not isinstance(setup, list) or not all(isinstance(line, str) for line in setup):
+        raise UserInputError(f"{source}: 'setup' must be a list of shell lines")
+    return ClusterConfig(**values)
+
+
+def check_sbatch() -> None:
+    if shutil.which("sbatch") is None:
+        raise UserInputError("sbatch was not found on PATH: run this on a SLURM login node, or use --launcher local")
+
+
+def make_executor(config: ClusterConfig, folder: str, name: str, kind: str = SLURM) -> submitit.AutoExecutor:
+    """A submitit executor for `config`; kind "local" is submitit's local executor (tests, no SLURM)."""
+    if kind == SLURM:
+        check_sbatch()
+    executor = submitit.AutoExecutor(folder=os.path.join(folder, "%j"), cluster=kind,
+                                     slurm_max_num_timeout=config.max_timeouts)
+    executor.update_parameters(
+        name=name, timeout_min=config.time_min, nodes=config.nodes,
+        tasks_per_node=config.tasks_per_node_or_default, cpus_per_task=config.cpus_per_task,
+        gpus_per_node=config.gpus_per_node or None, mem_gb=config.mem_gb,
+        slurm_partition=config.partition, slurm_account=config.account, slurm_qos=config.qos,
+        slurm_constraint=config.constraint, slurm_array_parallelism=config.parts_at_once,
+        slurm_signal_delay_s=config.signal_delay_s, slurm_setup=config.setup or None,
+        slurm_additional_parameters={"requeue": True})
+    return executor
+
+
+def submit_calls(executor: submitit.AutoExecutor, calls: Sequence["RequeueableCall"]) -> List[submitit.Job]:
+    """Submit `calls` as one job array (one job for one call); sbatch's refusal becomes one line."""
+    try:
+        with executor.batch():
+            jobs = [executor.submit(call) for call in calls]
+    except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reasons = [line for line in lines if "error" in line.lower() and "sbatch" in line.lower()]
+        raise UserInputError(f"sbatch refused the job{'s' if len(calls) > 1 else ''}: "
+                             f"{(reasons or lines or ['no reason given'])[-1]}") from None
+    return jobs
+
+
+def job_states(job_ids: Iterable[str], kind: str = SLURM) -> Dict[str, Dict[str, str]]:
+    """{job id: {"state": SLURM state, "elapsed": time used}} for the jobs the scheduler still knows
+    (SLURM: squeue; submitit's local executor: the controller process is alive)."""
+    wanted = set(job_ids)
+    if not wanted:
+        return {}
+    if kind != SLURM:
+        return {job_id: {"state": "RUNNING", "elapsed": ""} for job_id in wanted if _local_job_running(job_id)}
+    try:
+        done = subprocess.run(["squeue", "--me", "--noheader", "--array", "--states=all", "--format=%i|%T|%M"],
+                              capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise UserInputError("squeue was not found on PATH: look at SLURM jobs from a SLURM login node") from None
+    if done.returncode != 0:
+        raise UserInputError(f"squeue failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+    states = {}
+    for line in done.stdout.splitlines():
+        job_id, state, elapsed = (line.strip().split("|") + ["", ""])[:3]
+        if job_id in wanted:
+            states[job_id] = {"state": state, "elapsed": elapsed}
+    return states
+
+
+def _local_job_running(job_id: str) -> bool:
+    """submitit's local executor: a job id is the pid of its controller process."""
+    try:
+        os.kill(int(job_id), 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def job_result(job_folder: str, job_id: str) -> Optional[tuple]:
+    """submitit's result of a finished job: ("success", value) or ("error", traceback); None if absent."""
+    path = submitit.core.utils.JobPaths(os.path.join(job_folder, "%j"), job_id=job_id).result_pickle
+    if not path.exists():
+        return None
+    try:
+        return submitit.core.utils.pickle_load(path)
+    except Exception:  # noqa: BLE001 - a half-written result is no result
+        return None
+
+
+def task_env() -> Dict[str, str]:
+    """MASTER_ADDR and MASTER_PORT for a job of several tasks (from SLURM's node list, a port from the
+    job id, so every task agrees); nothing for a job of one task."""
+    environment = submitit.JobEnvironment()
+    if environment.num_tasks <= 1:
+        return {}
+    port = 20000 + int(environment.raw_job_id) % 20000
+    return {"MASTER_ADDR": environment.hostnames[0], "MASTER_PORT": str(port)}
+
+
+def global_rank() -> int:
+    return submitit.JobEnvironment().global_rank
+
+
+class RequeueableCall(submitit.helpers.Checkpointable):
+    """`function(*args)` as a SLURM job that is requeued, not lost, at preemption and at its time limit."""
+
+    def __init__(self, function: Callable[..., Any], *args: Any):
+        self.function, self.args = function, args
+
+    def __call__(self) -> Any:
+        return self.function(*self.args)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """In the job process, at SIGUSR2: the running script saves and exits, then the same call is requeued."""
+        SCRIPTS.stop_all(signal.SIGTERM)
+        SCRIPTS.wait_stopped()
+        return super().checkpoint(*args, **kwargs)
+
+
+def add_cluster_args(group, skip: Sequence[str] = ()) -> None:
+    """A flag for each ClusterConfig setting (--time-min, ...), its help and type from the declaration."""
+    types = {"time_min": int, "nodes": int, "gpus_per_node": int, "tasks_per_node": int, "cpus_per_task": int,
+             "parts_at_once": int, "signal_delay_s": int, "max_timeouts": int, "mem_gb": float}
+    for name, field in CLUSTER_FIELDS.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name == "setup":
+            group.add_argument(flag, nargs="+", default=[], metavar="LINE", help=field.metadata["help"])
+        else:
+            group.add_argument(flag, type=types.get(name, str), default=field.default, help=field.metadata["help"])
+
+
+def cluster_from_args(args, skip: Sequence[str] = ()) -> ClusterConfig:
+    return cluster_config({name: getattr(args, name) for name in CLUSTER_FIELDS if name not in skip}, "flags")
