@@ -13,8 +13,10 @@ States come from `squeue` (pending, running, and finished jobs for MinJobAge), n
 the accounting database that small clusters often lack; a job that SLURM no longer knows is judged by
 the files it leaves (its done markers, submitit's result file).
 """
+import contextlib
 import dataclasses
 import difflib
+import io
 import os
 import shutil
 import signal
@@ -105,10 +107,30 @@ def check_sbatch() -> None:
         raise UserInputError("sbatch was not found on PATH: run this on a SLURM login node, or use --launcher local")
 
 
+def check_resources(config: ClusterConfig) -> None:
+    """Ask SLURM whether a job of `config` could ever start (`sbatch --test-only`, nothing submitted): many
+    clusters accept a job beyond any node and leave it pending for ever."""
+    request = {"partition": config.partition, "account": config.account, "qos": config.qos,
+               "constraint": config.constraint, "time": config.time_min, "nodes": config.nodes,
+               "ntasks-per-node": config.tasks_per_node_or_default, "cpus-per-task": config.cpus_per_task,
+               "gpus-per-node": config.gpus_per_node or None,
+               "mem": f"{int(config.mem_gb * 1024)}M" if config.mem_gb else None}
+    command = ["sbatch", "--test-only", *[f"--{key}={value}" for key, value in request.items() if value is not None],
+               "--wrap", "true"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        reasons = [line.split(":", 1)[1].strip() if line.startswith(("sbatch: error:", "allocation failure:"))
+                   else line for line in lines]
+        reasons = [reason.removeprefix("error:").strip() for reason in reasons]
+        raise UserInputError(f"sbatch refused the job: {'; '.join(dict.fromkeys(reasons or ['no reason given']))}")
+
+
 def make_executor(config: ClusterConfig, folder: str, name: str, kind: str = SLURM) -> submitit.AutoExecutor:
     """A submitit executor for `config`; kind "local" is submitit's local executor (tests, no SLURM)."""
     if kind == SLURM:
         check_sbatch()
+        check_resources(config)
     executor = submitit.AutoExecutor(folder=os.path.join(folder, "%j"), cluster=kind,
                                      slurm_max_num_timeout=config.max_timeouts)
     executor.update_parameters(
@@ -124,14 +146,15 @@ def make_executor(config: ClusterConfig, folder: str, name: str, kind: str = SLU
 
 def submit_calls(executor: submitit.AutoExecutor, calls: Sequence["RequeueableCall"]) -> List[submitit.Job]:
     """Submit `calls` as one job array (one job for one call); sbatch's refusal becomes one line."""
+    echoed = io.StringIO()  # submitit echoes sbatch's stderr before raising: it goes into the one line instead
     try:
-        with executor.batch():
+        with contextlib.redirect_stderr(echoed), executor.batch():
             jobs = [executor.submit(call) for call in calls]
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        reasons = [line for line in lines if "error" in line.lower() and "sbatch" in line.lower()]
+        reasons = [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
         raise UserInputError(f"sbatch refused the job{'s' if len(calls) > 1 else ''}: "
-                             f"{(reasons or lines or ['no reason given'])[-1]}") from None
+                             f"{'; '.join(dict.fromkeys(reasons or lines or ['no reason given']))}") from None
     return jobs
 
 

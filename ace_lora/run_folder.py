@@ -18,7 +18,8 @@ import threading
 import time
 from typing import List, Optional, Tuple
 
-from .errors import UserInputError
+from .errors import StorageError, UserInputError
+from .io import STORAGE_REASONS
 
 LOCK_NAME = ".lock"
 # What a run writes; any of them means the folder holds a run.
@@ -108,6 +109,9 @@ class RunLock:
             # file system from being remounted read-only under the run
             fd = os.open(self.path, os.O_CREAT | os.O_RDONLY, 0o644)
         except OSError as err:
+            if err.errno in STORAGE_REASONS:  # a read-only folder or file system, a full disk: exit 4, as for writes
+                raise StorageError(f"cannot create the lock file {self.path}: {STORAGE_REASONS[err.errno]} "
+                                   f"({err.strerror or err})") from None
             raise UserInputError(f"cannot create the lock file {self.path} ({err.strerror or err})") from None
         flocked = _try_flock(fd)
         refusal = self._refusal(flocked)

@@ -1,7 +1,10 @@
 """Baselines and ablations on one pipeline: train every run of a YAML sweep, evaluate each with the same
-scripts, and write one generated results table.
+scripts, and write one generated results table; on this machine or as SLURM jobs.
 
     python -m ace_lora.sweep configs/paper/main_zero_shot.yaml --output-dir sweeps/main
+    python -m ace_lora.sweep CONFIG --output-dir D --parallel 2         # two parts at once (GPUs or cores)
+    python -m ace_lora.sweep CONFIG --output-dir D --launcher slurm --no-wait --cluster partition=gpu
+    python -m ace_lora.sweep status D                                   # the parts' table; submits nothing
     python -m ace_lora.sweep --demo --output-dir sweeps/demo       # tiny model, synthetic data, CPU
 
 The YAML (configs/paper/ holds the paper's experiments; docs/reproducing.md says how to run them):
@@ -15,12 +18,15 @@ The YAML (configs/paper/ holds the paper's experiments; docs/reproducing.md says
     - {name: chexpert, task: chexpert, csv: ..., data_root: ...}
     - {name: siim_seg_1pct, task: siim_segmentation, split_dir: ..., overrides: {train_fraction: 0.01}}
   launcher: [torchrun, --standalone, --nproc_per_node, "4"]   # optional: each training under torchrun
+  cluster: {partition: gpu, time_min: 720, gpus_per_node: 1}  # optional: what each SLURM job asks for
 
-Every training and evaluation is a subprocess of the repository's own scripts, in
-<output-dir>/runs/<run>/seed<k>/. A part is finished when its `done.json` exists (written atomically
-after the script succeeded); a rerun skips finished parts and redoes the rest (training resumes from
-its last checkpoint with `--resume auto`), so nothing finished is recomputed and nothing half-written
-is trusted. A failing part is reported in the table and the other parts go on.
+Every (run, seed) is a part: its training, then every evaluation, each a subprocess of the repository's
+own scripts, in <output-dir>/runs/<run>/seed<k>/ (under SLURM: one job per part, all in one job array).
+A script is finished when its `done.json` exists (written atomically after it succeeded); a rerun skips
+finished ones and redoes the rest (training resumes from its last checkpoint with `--resume auto`), so
+nothing finished is recomputed and nothing half-written is trusted. A failing part is reported in the
+table and the other parts go on. On SLURM the same command later shows the table, resubmits only failed
+or lost parts, and never a queued, running or done one (docs/cluster.md).
 Outputs: results.csv (run x seed x evaluation x metric: value, 95% CI), results.md (runs as rows,
 evaluations as columns, mean +- std over seeds, best per column in bold, trainable numbers, training
 time) and results_<evaluation>.png.

@@ -15,7 +15,7 @@ the details (what is checked when a cache is opened, --rebuild, DDP).
 import argparse
 import sys
 
-from ace_lora.errors import main_guard
+from ace_lora.errors import UserInputError, main_guard
 from ace_lora.params import HelpFormatter, add_config_arg, add_model_args, add_num_workers_arg, parse_with_config
 
 TRANSFORM_HELP = ("train: the whole image resized to the model's square input (train.py's transform); eval: the "
@@ -25,7 +25,7 @@ TRANSFORM_HELP = ("train: the whole image resized to the model's square input (t
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_config_arg(parser)
-    parser.add_argument("--csv", required=True,
+    parser.add_argument("--csv",
                         help="the CSV whose images to cache: a training CSV (column image_path), or with --task a "
                              "zero-shot test CSV")
     parser.add_argument("--data-root", help="folder that relative image paths start from (default: the CSV's folder)")
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fast-decode", action="store_true",
                         help="decode JPEGs at a reduced DCT scale, as train.py --fast-decode (not exact; such a "
                              "cache serves only runs with --fast-decode)")
-    parser.add_argument("--output", required=True, help="the cache folder (created; a half-built one is continued)")
+    parser.add_argument("--output", help="the cache folder (created; a half-built one is continued, a damaged one "
+                                         "repaired)")
     add_num_workers_arg(parser)
     parser.add_argument("--chunk-size", type=int, default=256,
                         help="images per committed chunk (what a killed build redoes at most)")
@@ -49,13 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rebuild", action="store_true",
                         help="rebuild the entries whose sources changed, or the whole cache when it holds other "
                              "images or another transform")
+    parser.add_argument("--verify", metavar="DIR",
+                        help="check every chunk of the cache DIR (sizes and checksums), name the damaged ones and "
+                             "exit (1 when any is damaged; repair with this script's --rebuild); nothing else needed")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
+
+
+def human_size(n_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.2f} {unit}"
+    return f"{n_bytes} bytes"
 
 
 @main_guard
 def main(argv=None) -> int:
     args = parse_with_config(build_parser(), argv)
+    if args.verify:
+        return verify(args.verify)
+    for flag, value in (("--csv", args.csv), ("--output", args.output)):
+        if not value:
+            raise UserInputError(f"{flag} is required (or --verify DIR)")
     from ace_lora.backbone import load_backbone  # after parsing: --help stays fast
     from ace_lora.data.image_cache import build_cache, check_cache_folder, csv_image_paths
     from ace_lora.data.transforms import pixel_transform
@@ -70,8 +86,21 @@ def main(argv=None) -> int:
                            chunk_size=args.chunk_size, num_workers=args.num_workers, content_hash=args.content_hash,
                            skip_unreadable=args.skip_unreadable, rebuild=args.rebuild, progress=args.progress)
     print(f"image cache {args.output}: {manifest['n_images']} images ({manifest['n_greyscale']} greyscale, "
-          f"{manifest['n_unreadable']} unreadable), {manifest['bytes'] / 1e9:.2f} GB, {args.transform} transform "
+          f"{manifest['n_unreadable']} unreadable), {human_size(manifest['bytes'])}, {args.transform} transform "
           f"at {transform.size}x{transform.size}")
+    return 0
+
+
+def verify(folder: str) -> int:
+    from ace_lora.data.image_cache import verify_cache
+    checked, damaged = verify_cache(folder)
+    for problem in damaged:
+        print(f"damaged: {problem}")
+    if damaged:
+        print(f"{len(damaged)} of {checked} chunks of {folder} are damaged: repair them with the command that built "
+              f"the cache and --rebuild (python dataset_prep/cache_images.py --csv CSV --output {folder} --rebuild)")
+        return 1
+    print(f"{folder}: all {checked} chunks intact (their sizes, and their checksums where recorded)")
     return 0
 
 

@@ -72,8 +72,7 @@ def save(signum, frame):
     sys.exit(128 + signum)
 signal.signal(signal.SIGTERM, save)
 open(os.path.join(folder, "started"), "w").close()
-while True:
-    time.sleep(0.05)
+time.sleep(120)  # bounded: a failed test leaves nothing running for long
 """
 
 
@@ -158,3 +157,18 @@ def test_status_states_from_markers_records_and_the_scheduler(tmp_path, monkeypa
     assert table[0].split() == ["part", "state", "job_id", "elapsed", "log"] and len(table) == 1 + len(runs)
     results = sweep.collect_results(config, out, {("cancelled", 1): "job 7_4 CANCELLED"})
     assert results.set_index("run").loc["cancelled", "status"] == "failed: bad flag"  # the script's own reason
+
+
+def test_local_parallel_parts_get_their_own_gpu_and_cores(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    slots = sweep.local_slots(min(2, cores))
+    assert [slot["env"].get("CUDA_VISIBLE_DEVICES") for slot in slots] == ["3", "5"][:len(slots)]
+    assert all(slot["env"]["OMP_NUM_THREADS"] == str(len(slot["cpus"])) for slot in slots)
+    if cores >= 3:
+        with pytest.raises(UserInputError, match=r"--parallel 3 but 2 GPU\(s\) are visible"):
+            sweep.local_slots(3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: the cores are shared out
+    assert "CUDA_VISIBLE_DEVICES" not in sweep.local_slots(1)[0]["env"]
+    with pytest.raises(UserInputError, match=rf"--parallel {cores + 1} but this machine gives {cores} core"):
+        sweep.local_slots(cores + 1)

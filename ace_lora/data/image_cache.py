@@ -12,8 +12,10 @@ A cache folder holds:
   source (path, size, mtime_ns, optionally a blake2b content hash), channels (1 greyscale, 3 colour, 0
   unreadable, with the error) and offset. Both are written atomically, the .json last: a chunk without
   its .json is not done, so a killed build continues where it stopped when run again.
-- `index.csv`, then `manifest.json`, written when every chunk is done: only a folder with a manifest is
-  read as a cache, so a half-built one is never used as a whole one.
+- `chunks/NNNNNN.sum.json`: the chunk file's size and blake2b checksum, taken when it was written (before its
+  .json).
+- `index.csv`, then `manifest.json` (with every chunk's size and checksum), written when every chunk is
+  done: only a folder with a manifest is read as a cache, so a half-built one is never used as a whole one.
 
 Decisions:
 - numpy `.npy` chunks opened with `mmap_mode="r"`: no new dependency, reads straight from the page cache,
@@ -24,14 +26,21 @@ Decisions:
   source changed since it was cached (size and mtime; a cache with content hashes accepts a changed mtime
   when the content is equal, e.g. a data set copied to another cluster). Changed and deleted sources are
   named; `rebuild` rebuilds the chunks that hold them.
-- The builder locks the folder (run_folder.RunLock): a second builder is refused while the first lives.
+- Damage (a truncated, deleted or replaced chunk, a deleted or truncated index.csv, an unreadable manifest
+  or plan) is checked cheaply at every opening (the files exist and have their recorded sizes; the index
+  has every row) and ends in one line naming the damage and the command that repairs it: a build with
+  rebuild (`--image-cache-rebuild`, `cache_images.py --rebuild`) rewrites exactly the damaged chunks (it
+  compares every chunk's checksum) and the index and manifest. Bytes corrupted at the same size are found
+  by the checksums: `cache_images.py --verify DIR` checks every chunk and names the damaged ones.
+- The builder locks the folder (run_folder.RunLock): a second builder is refused while the first lives; it
+  removes the temporary files that a killed build left.
 - Cached lookups are by path, so a cache of the whole training CSV serves any split of it.
 """
 import hashlib
 import os
 import shutil
 from collections import OrderedDict
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -45,7 +54,7 @@ from ace_lora.data.tables import read_table
 from ace_lora.data.transforms import PixelTransform
 from ace_lora.errors import UserInputError
 from ace_lora.io import atomic_write, read_json, write_json
-from ace_lora.run_folder import RunLock
+from ace_lora.run_folder import LOCK_NAME, RunLock
 
 CACHE_FORMAT = 1
 PLAN, MANIFEST, INDEX, CHUNKS = "plan.json", "manifest.json", "index.csv", "chunks"
@@ -117,6 +126,59 @@ def _stat(path: str) -> Optional[dict]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _json_or_damage(path: str):
+    """(document or None when absent, None) or (None, what is wrong) for a file that is not readable JSON."""
+    try:
+        return read_json(path), None
+    except (ValueError, UnicodeDecodeError):
+        return None, f"{os.path.basename(path)} is not readable JSON"
+
+
+def repair_hint(folder: str, flag: str = "--image-cache") -> str:
+    if flag == "--output":
+        return "repair it with the same dataset_prep/cache_images.py command and --rebuild"
+    return (f"repair it with --image-cache-rebuild (or dataset_prep/cache_images.py --csv CSV --output {folder} "
+            "--rebuild)")
+
+
+class CacheDamaged(UserInputError):
+    """A cache whose files do not match their records; the message names the damage and the repair."""
+
+    def __init__(self, folder: str, what: str, flag: str = "--image-cache"):
+        super().__init__(f"{flag} {folder} is damaged ({what}): {repair_hint(folder, flag)}")
+
+
+def _chunk_sum_path(folder: str, chunk: int) -> str:
+    return os.path.join(folder, CHUNKS, f"{chunk:06d}.sum.json")
+
+
+def _chunk_damage(folder: str, chunk: int, expected_bytes: int, record: Optional[dict] = None,
+                  checksum: bool = False) -> Optional[str]:
+    """What is wrong with chunk `chunk`'s pixel file, None if nothing: missing, not a .npy file, another length
+    than its `expected_bytes` of pixels or its recorded size, or (`checksum`) another checksum."""
+    path = _chunk_paths(folder, chunk)[0]
+    name = os.path.relpath(path, folder)
+    if not os.path.isfile(path):
+        return f"{name} is missing"
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, _ = read_header(f)
+            header = f.tell()
+    except (ValueError, OSError, EOFError):
+        return f"{name} is not a pixel chunk (unreadable header, {size} bytes)"
+    if shape != (expected_bytes,) or size != header + expected_bytes:
+        return f"{name} is truncated or overwritten ({size} bytes, expected {header + expected_bytes})"
+    if record is not None and record.get("bytes") != size:
+        return f"{name} has {size} bytes, {record.get('bytes')} when it was written"
+    if checksum and record is not None and _file_hash(path) != record.get("blake2b"):
+        return f"{name} has other bytes than when it was written (checksum differs)"
+    return None
+
+
 # ---- building ----------------------------------------------------------------------------------------------
 class _ChunkItems(Dataset):
     """Item i: (source stat, pixels or None, error or None); the stat is taken before decoding, so a file
@@ -144,11 +206,15 @@ def _chunk_paths(folder: str, chunk: int):
     return base + ".npy", base + ".json"
 
 
-def _chunk_is_current(folder: str, chunk: int, sources: Sequence[str]) -> bool:
-    """Chunk `chunk` is written, for these sources, which have not changed since."""
-    pixels_path, entries_path = _chunk_paths(folder, chunk)
-    entries = read_json(entries_path)
-    if not entries or [e["path"] for e in entries] != list(sources) or not os.path.isfile(pixels_path):
+def _chunk_is_current(folder: str, chunk: int, sources: Sequence[str], size: int, checksum: bool = False) -> bool:
+    """Chunk `chunk` is written, for these sources, which have not changed since, and its pixel file is whole
+    (its length; with `checksum`, its bytes)."""
+    entries, damaged = _json_or_damage(_chunk_paths(folder, chunk)[1])
+    if damaged or not entries or [e["path"] for e in entries] != list(sources):
+        return False
+    record, _ = _json_or_damage(_chunk_sum_path(folder, chunk))
+    expected = sum(int(e["channels"]) for e in entries) * size * size
+    if _chunk_damage(folder, chunk, expected, record, checksum) is not None:
         return False
     return not _changed_sources(entries)
 
@@ -190,6 +256,8 @@ def _write_chunk(folder: str, chunk: int, items, skip_unreadable: Optional[bool]
     pixels_path, entries_path = _chunk_paths(folder, chunk)
     data = np.concatenate(arrays) if arrays else np.zeros(0, np.uint8)
     atomic_write(pixels_path, lambda f: np.save(f, data, allow_pickle=False))
+    write_json(_chunk_sum_path(folder, chunk), {"bytes": os.path.getsize(pixels_path),
+                                                "blake2b": _file_hash(pixels_path)})
     write_json(entries_path, entries, indent=None)
     return unreadable
 
@@ -200,23 +268,29 @@ def _unique(paths: Sequence[str]) -> List[str]:
 
 def build_cache(folder: str, paths: Sequence[str], transform: PixelTransform, *, fast_decode: bool = False,
                 csv: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE, num_workers: int = 0, content_hash: bool = False,
-                skip_unreadable: Optional[bool] = False, rebuild: bool = False, progress: bool = True) -> dict:
-    """Build the cache of `paths` in `folder`, continue a half-built one, or (`rebuild`) rebuild the chunks
-    whose sources changed (and a cache of other images or another transform as a whole). Decoding runs in
-    `num_workers` DataLoader workers, this process writes. Returns the manifest."""
-    check_cache_folder(folder, "--output")
+                skip_unreadable: Optional[bool] = False, rebuild: bool = False, progress: bool = True,
+                flag: str = "--output") -> dict:
+    """Build the cache of `paths` in `folder`, continue a half-built one, repair a damaged one, or (`rebuild`)
+    rebuild the chunks whose sources changed or whose bytes differ from their checksums (and a cache of other
+    images or another transform as a whole). Decoding runs in `num_workers` DataLoader workers, this process
+    writes. `flag` names the folder's option in messages. Returns the manifest."""
+    check_cache_folder(folder, flag)
     if chunk_size < 1 or num_workers < 0:
         raise UserInputError(f"--chunk-size must be >= 1 and --num-workers >= 0 (got {chunk_size}, {num_workers})")
-    os.makedirs(os.path.join(folder, CHUNKS), exist_ok=True)
-    with RunLock(folder, owner="image cache build", flag="--output"):
-        sources = _unique(paths)
-        if not sources:
-            raise UserInputError("no images to cache")
+    sources = _unique(paths)
+    if not sources:
+        raise UserInputError("no images to cache")
+    os.makedirs(folder, exist_ok=True)
+    with RunLock(folder, owner="image cache build", flag=flag):
+        _remove_temporary_files(folder)
         plan = {"format": CACHE_FORMAT, "transform": describe(transform, fast_decode), "csv": os.path.abspath(csv)
                 if csv else "", "chunk_size": chunk_size, "content_hash": content_hash, "sources": sources}
-        old = read_json(os.path.join(folder, PLAN))
-        foreign = sorted(set(os.listdir(folder)) - {CHUNKS, ".lock"})
-        if old is None and (foreign or os.listdir(os.path.join(folder, CHUNKS))):
+        old, damaged = _json_or_damage(os.path.join(folder, PLAN))
+        if damaged and not rebuild:
+            raise CacheDamaged(folder, damaged, flag)
+        chunks_dir = os.path.join(folder, CHUNKS)
+        foreign = sorted(set(os.listdir(folder)) - {CHUNKS, LOCK_NAME, *([PLAN, MANIFEST, INDEX] if damaged else [])})
+        if old is None and (foreign or (os.path.isdir(chunks_dir) and os.listdir(chunks_dir))) and not damaged:
             raise UserInputError(f"{folder} holds other files ({', '.join(foreign[:3]) or 'chunks without a plan'}) "
                                  "and no image cache: give an empty or new folder")
         if old is not None:
@@ -228,10 +302,11 @@ def build_cache(folder: str, paths: Sequence[str], transform: PixelTransform, *,
                                      "(--rebuild; --image-cache-rebuild of the training and evaluation scripts)")
             if differs:
                 _remove(folder, MANIFEST, INDEX, CHUNKS)
-                os.makedirs(os.path.join(folder, CHUNKS))
+        os.makedirs(chunks_dir, exist_ok=True)
         write_json(os.path.join(folder, PLAN), plan)
         chunks = [sources[start:start + chunk_size] for start in range(0, len(sources), chunk_size)]
-        todo = [c for c, chunk in enumerate(chunks) if not _chunk_is_current(folder, c, chunk)]
+        todo = [c for c, chunk in enumerate(chunks)
+                if not _chunk_is_current(folder, c, chunk, transform.size, checksum=rebuild)]
         if todo:
             _remove(folder, MANIFEST)  # not whole while any chunk is written
             items = _ChunkItems(DecodedImages(sources, transform, fast_decode), content_hash)
@@ -240,13 +315,43 @@ def build_cache(folder: str, paths: Sequence[str], transform: PixelTransform, *,
             # builds its cache must train as one that finds it built
             loader = DataLoader(items, batch_sampler=batches, num_workers=num_workers, collate_fn=list,
                                 prefetch_factor=2 if num_workers else None, generator=torch.Generator())
-            bar = tqdm(total=len(sources), initial=len(sources) - sum(len(chunks[c]) for c in todo), unit="img",
-                       desc=f"caching images in {folder}", disable=not progress)
-            for c, batch in zip(todo, loader):
-                _write_chunk(folder, c, batch, skip_unreadable, csv)
-                bar.update(len(batch))
-            bar.close()
+            with tqdm(total=len(sources), initial=len(sources) - sum(len(chunks[c]) for c in todo), unit="img",
+                      desc=f"caching images in {folder}", disable=not progress) as bar:  # closed before any error
+                for c, batch in zip(todo, loader):
+                    _write_chunk(folder, c, batch, skip_unreadable, csv)
+                    bar.update(len(batch))
         return _finalise(folder, plan, len(chunks))
+
+
+def _remove_temporary_files(folder: str) -> None:
+    """The .tmp_ files of atomic writes that a killed build left (the caller holds the folder's lock)."""
+    for parent in (folder, os.path.join(folder, CHUNKS)):
+        if os.path.isdir(parent):
+            for name in os.listdir(parent):
+                if name.startswith(".tmp_"):
+                    os.remove(os.path.join(parent, name))
+
+
+def verify_cache(folder: str) -> Tuple[int, List[str]]:
+    """(chunks checked, the damaged ones): every chunk's size and, where recorded, checksum."""
+    manifest, damaged = _json_or_damage(os.path.join(folder, MANIFEST))
+    if damaged or manifest is None:
+        plan, _ = _json_or_damage(os.path.join(folder, PLAN))
+        if manifest is None and plan is None and not damaged:
+            raise UserInputError(f"--verify {folder} is not an image cache (no {MANIFEST})")
+        raise CacheDamaged(folder, damaged or f"{MANIFEST} is missing", "--verify")
+    index = _read_index(folder, manifest, "--verify")
+    size = manifest["transform"]["size"]
+    records = manifest.get("chunks") or []
+    problems = []
+    n_chunks = int(index["chunk"].max()) + 1 if len(index) else 0
+    expected = index.groupby("chunk")["channels"].sum()
+    for chunk in range(n_chunks):
+        record = records[chunk] if chunk < len(records) else None
+        problem = _chunk_damage(folder, chunk, int(expected.get(chunk, 0)) * size * size, record, checksum=True)
+        if problem:
+            problems.append(problem)
+    return n_chunks, problems
 
 
 def _difference(old: dict, new: dict, key: str) -> str:
@@ -282,7 +387,8 @@ def _finalise(folder: str, plan: dict, n_chunks: int) -> dict:
     size = plan["transform"]["size"]
     manifest = {key: plan[key] for key in ("format", "transform", "csv", "chunk_size", "content_hash")}
     manifest.update(n_images=len(index), n_unreadable=int((index["channels"] == 0).sum()),
-                    n_greyscale=int((index["channels"] == 1).sum()), bytes=int(index["channels"].sum()) * size * size)
+                    n_greyscale=int((index["channels"] == 1).sum()), bytes=int(index["channels"].sum()) * size * size,
+                    chunks=[read_json(_chunk_sum_path(folder, c)) for c in range(n_chunks)])
     write_json(os.path.join(folder, MANIFEST), manifest)
     return manifest
 
@@ -335,12 +441,32 @@ class CachedImages:
         return torch.from_numpy(values).view(channels, self.size, self.size)
 
 
+def _read_index(folder: str, manifest: dict, flag: str = "--image-cache") -> pd.DataFrame:
+    """index.csv, checked against the manifest (a missing, unreadable or truncated index is damage)."""
+    path = os.path.join(folder, INDEX)
+    if not os.path.isfile(path):
+        raise CacheDamaged(folder, f"{INDEX} is missing", flag)
+    try:
+        index = pd.read_csv(path, dtype={"path": str, "error": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        raise CacheDamaged(folder, f"{INDEX} is not a readable CSV", flag) from None
+    columns = {"path", "chunk", "offset", "channels", "size", "mtime_ns"}
+    if not columns <= set(index.columns) or len(index) != manifest.get("n_images"):
+        raise CacheDamaged(folder, f"{INDEX} has {len(index)} of the {manifest.get('n_images')} images of "
+                                   f"{MANIFEST}", flag)
+    return index
+
+
 def open_cache(folder: str, paths: Sequence[str], transform: PixelTransform, fast_decode: bool = False) -> CachedImages:
     """The cached pixels of `paths` (in that order), after the checks of the module docstring."""
     check_cache_folder(folder)
-    manifest = read_json(os.path.join(folder, MANIFEST))
+    manifest, damaged = _json_or_damage(os.path.join(folder, MANIFEST))
+    if damaged:
+        raise CacheDamaged(folder, damaged)
     if manifest is None:
-        plan = read_json(os.path.join(folder, PLAN))
+        plan, damaged = _json_or_damage(os.path.join(folder, PLAN))
+        if damaged:
+            raise CacheDamaged(folder, damaged)
         if plan is None:
             raise UserInputError(f"--image-cache {folder} is not an image cache (no {MANIFEST})")
         raise UserInputError(f"--image-cache {folder} is half built: finish it by running the same "
@@ -353,7 +479,7 @@ def open_cache(folder: str, paths: Sequence[str], transform: PixelTransform, fas
         differs = _difference({"transform": manifest["transform"]}, {"transform": expected}, "transform")
         raise UserInputError(f"--image-cache {folder} was built for another transform ({differs}, cache vs this "
                              "run): use another folder, or rebuild it with --image-cache-rebuild")
-    index = pd.read_csv(os.path.join(folder, INDEX), dtype={"path": str, "error": str}, keep_default_na=False)
+    index = _read_index(folder, manifest)
     position = pd.Series(np.arange(len(index)), index=index["path"])
     wanted = [os.path.abspath(p) for p in paths]
     absent = [p for p in wanted if p not in position.index]
@@ -362,6 +488,13 @@ def open_cache(folder: str, paths: Sequence[str], transform: PixelTransform, fas
                              f"(built from {manifest.get('csv') or 'an image list'}, {manifest['n_images']} images), "
                              f"first: {absent[0]}; cache this CSV in another folder")
     rows = index.iloc[position.loc[wanted].to_numpy()]
+    records = manifest.get("chunks") or []
+    pixels_per_chunk = index.groupby("chunk")["channels"].sum() * transform.size * transform.size
+    for chunk in sorted(set(rows["chunk"].tolist())):  # cheap: a header and a size per chunk used
+        problem = _chunk_damage(folder, chunk, int(pixels_per_chunk[chunk]),
+                                records[chunk] if chunk < len(records) else None)
+        if problem:
+            raise CacheDamaged(folder, problem)
     changed = _changed_sources(rows.to_dict("records"))
     if changed:
         raise UserInputError(f"--image-cache {folder}: {len(changed)} source image(s) changed since caching: "
@@ -379,8 +512,8 @@ def open_or_build(folder: str, paths: Sequence[str], transform: PixelTransform, 
     def build():
         if os.path.isfile(os.path.join(folder, MANIFEST)) and not rebuild:
             return
-        plan = read_json(os.path.join(folder, PLAN)) if os.path.isdir(folder) else None
-        options = dict(build_options, csv=csv)
+        plan = _json_or_damage(os.path.join(folder, PLAN))[0] if os.path.isdir(folder) else None
+        options = dict(build_options, csv=csv, flag="--image-cache")
         if plan:  # continue or refresh the folder's own plan: its images, chunks and hashing
             options.update(csv=plan["csv"], chunk_size=plan["chunk_size"], content_hash=plan["content_hash"])
         build_cache(folder, plan["sources"] if plan else paths, transform, fast_decode=fast_decode, rebuild=rebuild,

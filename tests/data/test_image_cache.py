@@ -62,8 +62,10 @@ def test_cached_pixels_equal_the_decoded_ones(sources, tmp_path, num_workers):
     assert cached[4].shape == (3, SIZE, SIZE) and cached[0].shape == (1, SIZE, SIZE)
     reordered = C.open_cache(folder, sources[::-1], TRAIN)  # looked up by path: any subset, any order
     assert torch.equal(reordered[0], cached[6])
-    assert sorted(os.listdir(os.path.join(folder, C.CHUNKS))) == [f"00000{i}.{e}" for i in range(3) for e in ("json",
-                                                                                                             "npy")]
+    assert sorted(os.listdir(os.path.join(folder, C.CHUNKS))) == [f"00000{i}.{e}" for i in range(3)
+                                                                  for e in ("json", "npy", "sum.json")]
+    assert [record["bytes"] for record in manifest["chunks"]] == [
+        os.path.getsize(os.path.join(folder, C.CHUNKS, f"00000{i}.npy")) for i in range(3)]
 
 
 def test_a_cache_is_read_in_workers_without_copying_its_maps(sources, tmp_path):
@@ -253,3 +255,139 @@ def test_a_folder_with_other_files_is_not_taken_for_a_cache(sources, tmp_path):
     with pytest.raises(UserInputError, match=r"holds other files \(index\.csv\) and no image cache"):
         C.build_cache(str(folder), sources, TRAIN, progress=False)
     assert (folder / "index.csv").read_text() == "my own file\n"
+
+
+def _truncate(path, keep):
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+
+
+DAMAGES = {  # what is done to a built cache, and the damage the one line names
+    "truncated chunk": (lambda out: _truncate(out / C.CHUNKS / "000000.npy", 200),
+                        "chunks/000000.npy is truncated or overwritten (200 bytes, expected"),
+    "deleted chunk": (lambda out: os.remove(out / C.CHUNKS / "000001.npy"), "chunks/000001.npy is missing"),
+    "deleted index": (lambda out: os.remove(out / C.INDEX), "index.csv is missing"),
+    "truncated index": (lambda out: (out / C.INDEX).write_text("\n".join(
+        (out / C.INDEX).read_text().splitlines()[:4]) + "\n"), "index.csv has 3 of the 6 images of manifest.json"),
+    "damaged manifest": (lambda out: (out / C.MANIFEST).write_text('{"format": 1, "tra'),
+                         "manifest.json is not readable JSON"),
+}
+
+
+@pytest.fixture(scope="module")
+def cache_script_setup(tiny_model_name, tmp_path_factory):
+    from ace_lora.data.synthetic import write_demo_dataset
+    from ace_lora.factory import build_model
+    from tests.data.test_prepare import load_script
+    data = write_demo_dataset(str(tmp_path_factory.mktemp("data")), n_train=6, n_test_per_class=1)
+    return load_script("cache_images.py"), data, build_model(tiny_model_name).preprocess
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_cache_is_one_line_naming_the_damage_and_the_repair_and_rebuild_repairs_it(
+        damage, cache_script_setup, tiny_model_name, tmp_path, capsys):
+    from ace_lora.data.train_dataset import build_training_dataset
+    script, data, preprocess = cache_script_setup
+    out = tmp_path / "cache"
+    argv = ["--csv", data.train_csv, "--model", tiny_model_name, "--output", str(out), "--chunk-size", "4",
+            "--num-workers", "0", "--no-progress"]
+    assert script.main(argv) == 0
+    decoded = build_training_dataset(data.train_csv, preprocess, quiet=True)
+    damage_files, named = DAMAGES[damage]
+    damage_files(out)
+    with pytest.raises(UserInputError) as error:  # what train.py --image-cache meets
+        build_training_dataset(data.train_csv, preprocess, image_cache=str(out), quiet=True)
+    assert str(error.value).startswith(f"--image-cache {out} is damaged ({named}")
+    assert str(error.value).endswith(f"repair it with --image-cache-rebuild (or dataset_prep/cache_images.py --csv CSV "
+                                     f"--output {out} --rebuild)")
+    assert script.main([*argv, "--rebuild"]) == 0
+    capsys.readouterr()
+    assert script.main(["--verify", str(out)]) == 0
+    cached = build_training_dataset(data.train_csv, preprocess, image_cache=str(out), quiet=True)
+    assert all(torch.equal(cached[i][0], decoded[i][0]) for i in range(6))
+
+
+def test_corrupted_bytes_are_found_by_verify_and_rebuilt_alone_as_is_a_damaged_cache_under_training(
+        cache_script_setup, tiny_model_name, tmp_path, capsys):
+    from ace_lora.data.train_dataset import build_training_dataset
+    script, data, preprocess = cache_script_setup
+    out = tmp_path / "cache"
+    argv = ["--csv", data.train_csv, "--model", tiny_model_name, "--output", str(out), "--chunk-size", "4",
+            "--num-workers", "0", "--no-progress"]
+    assert script.main(argv) == 0
+    decoded = build_training_dataset(data.train_csv, preprocess, quiet=True)
+    chunk = out / C.CHUNKS / "000001.npy"
+    raw = bytearray(chunk.read_bytes())
+    raw[-10:] = bytes(255 - b for b in raw[-10:])  # same size, other bytes: the cheap checks cannot see it
+    chunk.write_bytes(bytes(raw))
+    untouched = (out / C.CHUNKS / "000000.npy").stat().st_mtime_ns
+    capsys.readouterr()
+    assert script.main(["--verify", str(out)]) == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "damaged: chunks/000001.npy has other bytes than when it was written (checksum differs)"
+    assert printed[1].startswith(f"1 of 2 chunks of {out} are damaged: repair them")
+    assert script.main([*argv, "--rebuild"]) == 0
+    assert (out / C.CHUNKS / "000000.npy").stat().st_mtime_ns == untouched  # exactly the damaged chunk rebuilt
+    assert script.main(["--verify", str(out)]) == 0
+    cached = build_training_dataset(data.train_csv, preprocess, image_cache=str(out), quiet=True)
+    assert all(torch.equal(cached[i][0], decoded[i][0]) for i in range(6))
+
+    os.remove(out / C.CHUNKS / "000000.npy")  # training's own --image-cache-rebuild repairs too
+    cached = build_training_dataset(data.train_csv, preprocess, image_cache=str(out), image_cache_rebuild=True,
+                                    quiet=True)
+    assert all(torch.equal(cached[i][0], decoded[i][0]) for i in range(6))
+
+
+def test_builds_leave_no_debris_and_name_the_callers_flag(sources, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("x")
+    with pytest.raises(UserInputError, match="holds other files"):
+        C.build_cache(str(folder), sources, TRAIN, progress=False)
+    assert sorted(os.listdir(folder)) == ["mine.txt"]  # no empty chunks/ (nor a lock) left by a refused build
+    cache = tmp_path / "cache"
+    C.build_cache(str(cache), sources, TRAIN, chunk_size=3, progress=False)
+    (cache / C.CHUNKS / ".tmp_abc.json").write_text("[")  # what kill -9 of a build with workers leaves
+    (cache / ".tmp_def.json").write_text("{")
+    C.build_cache(str(cache), sources, TRAIN, chunk_size=3, progress=False)
+    assert not [n for n in os.listdir(cache) + os.listdir(cache / C.CHUNKS) if n.startswith(".tmp_")]
+    with RunLock(str(cache), owner="image cache build", flag="--output"):  # a build in progress elsewhere
+        code = ("import sys\nfrom ace_lora.data import image_cache as C\n"
+                "from tests.data.test_image_cache import TRAIN\n"
+                "try:\n C.open_or_build(sys.argv[1], sys.argv[2:], TRAIN, rebuild=True)\n"
+                "except Exception as e: print(e)")
+        out = subprocess.run([sys.executable, "-c", code, str(cache), *sources], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert "choose another --image-cache" in out.stdout and "--output" not in out.stdout
+
+
+def test_a_read_only_cache_folder_that_needs_writing_is_a_storage_failure(sources, tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({made.stderr.decode().strip()})")
+    try:
+        with pytest.raises(StorageError, match=r"cannot create the lock file .*\.lock: the file system is read-only"):
+            C.open_or_build(str(folder), sources, TRAIN, rebuild=True)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_an_unreadable_image_ends_the_progress_bar_before_its_error_line(cache_script_setup, tiny_model_name,
+                                                                         tmp_path, capsys):
+    from tests.conftest import error_exit_line
+    script, data, _ = cache_script_setup
+    table = open(data.train_csv).read().splitlines()
+    first = table[1].split(",")[0]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    csv = tmp_path / "train.csv"
+    csv.write_text("\n".join([table[0], table[1].replace(first, str(broken), 1), *table[2:]]) + "\n")
+    argv = ["--csv", str(csv), "--data-root", data.data_root, "--model", tiny_model_name, "--output",
+            str(tmp_path / "cache"), "--num-workers", "0"]
+    line = error_exit_line(capsys, script.main, argv, progress_lines=True)  # the bar on: its line ends first
+    assert "broken.png" in line
+    assert script.main(["--csv", data.train_csv, "--model", tiny_model_name, "--output", str(tmp_path / "small"),
+                        "--num-workers", "0", "--no-progress"]) == 0
+    assert " kB, train transform" in capsys.readouterr().out  # not "0.00 GB"
