@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     if args.batch_size < 1 or args.num_workers < 0:
         raise UserInputError(f"--batch-size must be >= 1 and --num-workers >= 0, got {args.batch_size}, "
                              f"{args.num_workers}")
+    from ace_lora.data.images import set_max_image_pixels
     from ace_lora.io import check_output_dir, write_resolved_config  # after parsing: --help needs no torch
     from ace_lora.predict import (
         check_class_columns,
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
         predict_files,
         read_names,
     )
+    set_max_image_pixels(args.max_image_pixels)
     classes = read_names(args.classes, "class")
     check_class_columns(classes)
     templates = read_names(args.templates, "template") if args.templates else None

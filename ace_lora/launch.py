@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
+from .data.images import set_max_image_pixels
 from .data.paths import data_root_for
 from .data.tables import separator_hint
 from .demo import prepare_demo, write_demo_metrics
@@ -118,6 +119,7 @@ def open_run_folder(args, resuming: bool, lock: RunLock) -> None:
 
 def run_training(args, context: DistributedContext) -> Optional[Dict]:
     """What train.py and train_multi_gpu.py run once their process group (if any) is set up."""
+    set_max_image_pixels(args.max_image_pixels)
     if args.demo:
         return run_demo(args, context)
     if args.dry_run:

@@ -184,7 +184,7 @@ class Predictor:
 
     def similarity_maps(self, images, texts: Sequence[str]) -> List[np.ndarray]:
         """Per image a (T, H, W) map: the cosine between each refined patch token and each text's
-        embedding, bilinearly upsampled from the patch grid to the image's own size."""
+        embedding, bilinearly upsampled from the patch grid to the image's own size ((0, H, W) for no text)."""
         return self.maps_to(images, self.embed_texts(texts))
 
     @torch.no_grad()
@@ -192,6 +192,8 @@ class Predictor:
         """`similarity_maps` against given (T, D) embeddings (texts, or class prompt ensembles)."""
         texts_emb = F.normalize(embeddings.float(), dim=-1)
         pil = as_pil_images(images)
+        if len(texts_emb) == 0:  # no text: a (0, H, W) map per image, as embed_texts gives (0, D)
+            return [np.zeros((0, image.size[1], image.size[0]), np.float32) for image in pil]
         maps = []
         for chunk in _chunks(pil, self.batch_size):
             batch = stack_pixels([self.model.eval_pixels(image) for image in chunk]).to(self.device)

@@ -228,7 +228,7 @@ def evaluation_command(sweep: dict, evaluation: dict, checkpoint: Optional[str],
                        "no_progress": True})
     else:
         script = "retrieval.py" if task == RETRIEVAL else f"zero_shot_eval_ace_lora_{task}.py"
-        values.update({"csv": evaluation["csv"], "data_root": evaluation.get("data_root")})
+        values.update({"csv": evaluation["csv"], "data_root": evaluation.get("data_root"), "no_progress": True})
     return [sys.executable, os.path.join(ROOT, "zero_shot_eval", script), *flags(values)]
 
 

@@ -16,7 +16,14 @@ import argparse
 import sys
 
 from ace_lora.errors import UserInputError, main_guard
-from ace_lora.params import HelpFormatter, add_config_arg, add_model_args, add_num_workers_arg, parse_with_config
+from ace_lora.params import (
+    HelpFormatter,
+    add_config_arg,
+    add_max_image_pixels_arg,
+    add_model_args,
+    add_num_workers_arg,
+    parse_with_config,
+)
 
 TRANSFORM_HELP = ("train: the whole image resized to the model's square input (train.py's transform); eval: the "
                   "model's own evaluation transform, resize + centre crop (the zero-shot scripts and predict.py)")
@@ -53,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify", metavar="DIR",
                         help="check every chunk of the cache DIR (sizes and checksums), name the damaged ones and "
                              "exit (1 when any is damaged; repair with this script's --rebuild); nothing else needed")
+    add_max_image_pixels_arg(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
@@ -74,6 +82,8 @@ def main(argv=None) -> int:
             raise UserInputError(f"{flag} is required (or --verify DIR)")
     from ace_lora.backbone import load_backbone  # after parsing: --help stays fast
     from ace_lora.data.image_cache import build_cache, check_cache_folder, csv_image_paths
+    from ace_lora.data.images import set_max_image_pixels
+    set_max_image_pixels(args.max_image_pixels)
     from ace_lora.data.transforms import pixel_transform
     check_cache_folder(args.output, "--output")
     if args.task:

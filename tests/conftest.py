@@ -31,6 +31,28 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: -slow[item.path])
 
 
+IGNORED_IN_CHECKOUT = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", "venv", ".venv"}
+
+
+def checkout_entries() -> set:
+    """Every file and folder of the checkout, less git's and Python's own."""
+    entries = set()
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in IGNORED_IN_CHECKOUT and not d.endswith(".egg-info")]
+        entries.update(os.path.relpath(os.path.join(folder, name), ROOT) for name in dirs + files)
+    return entries
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_is_written_into_the_checkout():
+    """Tests write into their temporary folders only: a script run with a default output folder (results/...)
+    would leave it in the user's checkout."""
+    before = checkout_entries()
+    yield
+    written = sorted(checkout_entries() - before)
+    assert not written, f"tests wrote into the checkout: {', '.join(written[:5])}"
+
+
 @pytest.fixture(scope="session")
 def shared_dir():
     """The read-only shared/ folder beside the repository (parity fixture, released checkpoint)."""

@@ -205,5 +205,7 @@ def test_the_api_does_not_guess(tiny_model_name, weights, mixed_folder):
     assert model.embed_images([]).shape == (0, 64) and model.embed_texts([]).shape == (0, 64)
     assert model.classify([], ["edema", "pneumonia"]).shape == (0, 2)
     assert model.similarity_maps([], ["edema"]) == []
+    [no_text] = model.similarity_maps([path], [])  # no text: an empty map of the image's size, not torch's error
+    assert no_text.shape == (0, *np.asarray(Image.open(path)).shape[:2])
     np.testing.assert_array_equal(model.classify(image.mul(255).round().to(torch.uint8), ["edema", "pneumonia"]),
                                   model.classify(image, ["edema", "pneumonia"]))

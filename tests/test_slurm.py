@@ -178,7 +178,7 @@ def test_a_part_reaching_its_time_limit_saves_is_requeued_and_finishes(slurm, da
     """SIGUSR2 comes signal_delay_s before the time limit: the job's training saves, submitit requeues the job
     and the next attempt resumes. The limit is lowered to one minute once the training runs, so that the
     signal (SLURM looks every ~30 s) reaches it while it trains, and raised again for the next attempt."""
-    config = write_sweep(tmp_path, data, ["lora"], epochs=12, time_min=20, signal_delay_s=50)
+    config = write_sweep(tmp_path, data, ["lora"], epochs=60, time_min=20, signal_delay_s=50)
     out = tmp_path / "out"
     command = [config, "--output-dir", str(out), "--launcher", "slurm", "--poll-s", "1"]
     assert sweep.main([*command, "--no-wait"]) == 0
@@ -191,7 +191,7 @@ def test_a_part_reaching_its_time_limit_saves_is_requeued_and_finishes(slurm, da
     assert part_record(out, "lora")["job_id"] == job_id
     log = (out / "runs" / "lora" / "seed1" / "train.log").read_text()
     assert "SIGTERM: finishing this step, then saving" in log and "resumed from" in log
-    assert "finished 12 epochs (step 72)" in log
+    assert "finished 60 epochs (step 360)" in log
     assert "Caught signal SIGUSR2" in job_log(out)
     assert pd.read_csv(out / "results.csv")["status"].eq("ok").all()
 

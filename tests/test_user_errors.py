@@ -191,3 +191,34 @@ def test_11_help_of_every_entry_script_imports_no_heavy_library():
                               text=True, cwd=ROOT)
         assert done.returncode == 0, (script, done.stderr)
         assert "usage:" in done.stdout and done.stdout.strip().splitlines()[-1] == "LOADED []", (script, done.stdout)
+
+
+def _csv_with_first_image(data, tmp_path, image_path) -> str:
+    table = pd.read_csv(data.train_csv)
+    table.loc[0, "image_path"] = str(image_path)
+    path = tmp_path / "train.csv"
+    table.to_csv(path, index=False)
+    return str(path)
+
+
+def test_round3_13_an_image_over_the_pixel_limit_names_its_row_and_the_flag_that_allows_it(
+        tiny_model_name, demo_data, tmp_path, capsys):
+    big = tmp_path / "big.png"
+    Image.new("L", (300, 200)).save(big)  # 60,000 pixels: over a limit of 50,000 as 15000x15000 is over Pillow's
+    csv = _csv_with_first_image(demo_data, tmp_path, big)
+    argv = ["--model", tiny_model_name, "--train-csv", csv, "--data-root", demo_data.data_root, "--output-dir",
+            str(tmp_path / "run"), "--batch-size", "12", "--max-steps", "1", "--num-workers", "0", "--device", "cpu",
+            "--no-progress"]
+    line = one_line(capsys, train.main, [*argv, "--max-image-pixels", "50000"])
+    assert line == (f"{csv} row 1: cannot read image {big}: 60,000 pixels, over the limit of 50,000 that guards "
+                    "against decompression bombs; if the file is trusted, pass --max-image-pixels N (0: no limit)")
+    assert train.main([*argv, "--max-image-pixels", "0", "--overwrite"]) == 0  # the documented way through
+
+
+def test_round3_14_an_image_path_that_names_a_folder_is_said_so(tiny_model_name, demo_data, tmp_path, capsys):
+    folder = tmp_path / "a_folder.png"
+    folder.mkdir()
+    csv = _csv_with_first_image(demo_data, tmp_path, folder)
+    line = one_line(capsys, train.main, ["--model", tiny_model_name, "--train-csv", csv, "--output-dir",
+                                         str(tmp_path / "r"), "--num-workers", "0", "--device", "cpu"])
+    assert line == f"{csv}: 1 image path(s) name a folder, not an image file: row 1 {folder}"

@@ -26,18 +26,21 @@ def main(argv=None) -> int:
     args = parse_with_config(retrieval_parser(__doc__), argv)
     check_runtime_args(args)
     # After parsing, so that --help needs no torch:
+    from ace_lora.data.images import set_max_image_pixels
     from ace_lora.evaluation.retrieval import evaluate_retrieval
     from ace_lora.factory import load_model_for_eval
-    from ace_lora.io import prepare_output_dir, strict_json, write_resolved_config
+    from ace_lora.io import check_output_dir, prepare_output_dir, strict_json, write_resolved_config
     from ace_lora.runtime import runtime_device
+    set_max_image_pixels(args.max_image_pixels)
     device = runtime_device(args)
-    prepare_output_dir(args.output_dir)
+    check_output_dir(args.output_dir)  # a bad --output-dir fails now; the folder is made only for results
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
     result = evaluate_retrieval(model, args.csv, args.data_root, image_column=args.image_column,
                                 text_column=args.text_column, batch_size=args.batch_size,
                                 num_workers=args.num_workers, device=device, precision=args.precision,
                                 image_cache=args.image_cache, image_cache_rebuild=args.image_cache_rebuild,
                                 progress=args.progress)
+    prepare_output_dir(args.output_dir)
     with open(os.path.join(args.output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(strict_json({"metrics": result.metrics, "config": vars(args)}), f, indent=2, allow_nan=False,
                   default=str)

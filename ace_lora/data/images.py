@@ -21,6 +21,15 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 _DICOM_MAGIC_OFFSET = 128  # the "DICM" prefix follows a 128-byte preamble
 
 
+def set_max_image_pixels(limit: Optional[int]) -> None:
+    """--max-image-pixels: Pillow's decompression-bomb limit for this process and the DataLoader workers it
+    forks (None: Pillow's default; 0: no limit)."""
+    if limit is not None:
+        if limit < 0:
+            raise UserInputError(f"--max-image-pixels must be >= 0 (0: no limit), got {limit}")
+        Image.MAX_IMAGE_PIXELS = limit // 2 or None  # Pillow refuses at twice this value (and warns above it)
+
+
 def is_dicom(path: Union[str, os.PathLike]) -> bool:
     """True for a `.dcm`/`.dicom` name or a file with the DICOM "DICM" prefix at byte 128."""
     if os.fspath(path).lower().endswith(DICOM_EXTENSIONS):
@@ -51,9 +60,11 @@ def load_image(path: Union[str, os.PathLike], keep_greyscale: bool = False,
     formats are decoded in full.
 
     Raises UserInputError for a missing file or one that cannot be decoded, also for an image over
-    PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`; raise it for trusted large files).
+    Pillow's decompression-bomb limit (`--max-image-pixels` of the scripts, `set_max_image_pixels`).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserInputError(f"{path} is a folder, not an image file")
     if not os.path.isfile(path):
         raise UserInputError(f"image not found: {path}")
     grey = "L" if keep_greyscale else "RGB"
@@ -68,10 +79,23 @@ def load_image(path: Union[str, os.PathLike], keep_greyscale: bool = False,
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 return Image.fromarray(_minmax_to_uint8(np.asarray(image))).convert(grey)
             return image.convert(grey if image.mode == "L" else "RGB")
-    except Image.DecompressionBombError as e:
-        raise _unreadable(path, f"{e} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted.") from None
+    except Image.DecompressionBombError:
+        limit = 2 * Image.MAX_IMAGE_PIXELS
+        raise _unreadable(path, f"{image_pixels(path):,} pixels, over the limit of {limit:,} that guards against "
+                                "decompression bombs; if the file is trusted, pass --max-image-pixels N (0: no "
+                                "limit)") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unknown or damaged files
         raise _unreadable(path, e) from e
+
+
+def image_pixels(path: str) -> int:
+    """Width x height from the file's header (nothing decoded)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as image:
+            return image.width * image.height
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _read_dicom(path: str) -> np.ndarray:

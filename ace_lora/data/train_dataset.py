@@ -94,8 +94,14 @@ def check_reports_present(table: pd.DataFrame, csv_path: str) -> None:
 
 
 def check_images_exist(table: pd.DataFrame, paths: Sequence[str], csv_path: str) -> None:
-    """Every image exists; else one line with the count and the first rows and paths that are missing."""
+    """Every image exists; else one line with the count and the first rows and paths that are missing (or
+    that name a folder)."""
     missing = [position for position, p in enumerate(paths) if not os.path.isfile(p)]
+    folders = [position for position in missing if os.path.isdir(paths[position])]
+    if folders:
+        listed = ", ".join(f"row {_csv_row(table, position)} {paths[position]}" for position in folders[:MAX_LISTED])
+        raise UserInputError(f"{csv_path}: {len(folders)} image path(s) name a folder, not an image file: {listed}"
+                             f"{', ...' if len(folders) > MAX_LISTED else ''}")
     if missing:
         listed = ", ".join(f"row {_csv_row(table, position)} {paths[position]}" for position in missing[:MAX_LISTED])
         raise UserInputError(f"{csv_path}: {len(missing)} of {len(paths)} images not found: {listed}"
@@ -106,17 +112,23 @@ class ImageReportDataset(Dataset):
     """Item i: (uint8 pixels of image i (C, S, S), report i, labels i (14,)); `images` is an image source
     (data/image_cache.py: decoded files or the cache), `image_paths` its files."""
 
-    def __init__(self, image_paths: Sequence[str], reports: Sequence[str], labels: np.ndarray, images: Sequence):
+    def __init__(self, image_paths: Sequence[str], reports: Sequence[str], labels: np.ndarray, images: Sequence,
+                 rows: Optional[Sequence[str]] = None):
         self.image_paths = list(image_paths)
         self.reports = [str(r) for r in reports]
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
         self.images = images
+        self.rows = rows  # where item i comes from ("train.csv row 12"), for messages
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, index: int):
-        return self.images[index], self.reports[index], self.labels[index]
+        try:
+            pixels = self.images[index]
+        except UserInputError as error:
+            raise UserInputError(f"{self.rows[index]}: {error}" if self.rows else str(error)) from None
+        return pixels, self.reports[index], self.labels[index]
 
 
 class TokenizingCollate:
@@ -147,7 +159,8 @@ def build_training_dataset(csv_path: str, eval_preprocess: Callable, data_root: 
     check_images_exist(table, paths, csv_path)
     images = image_source(paths, pixel_transform(eval_preprocess, "train"), fast_decode, image_cache,
                           image_cache_rebuild, csv=csv_path, **cache_options)
-    return ImageReportDataset(paths, table["report"].tolist(), labels, images)
+    rows = [f"{csv_path} row {_csv_row(table, position)}" for position in range(len(table))]
+    return ImageReportDataset(paths, table["report"].tolist(), labels, images, rows)
 
 
 class EpochSampler(Sampler):

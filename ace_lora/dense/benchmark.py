@@ -57,7 +57,7 @@ from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_box_overlays, plot_mask_overlays, plot_training_curves
 from ace_lora.evaluation.metrics import detection_metrics, dice_per_image, iou_per_image, segmentation_metrics
 from ace_lora.factory import load_model_for_eval
-from ace_lora.io import atomic_save, prepare_output_dir, strict_json, write_resolved_config
+from ace_lora.io import atomic_save, check_output_dir, prepare_output_dir, strict_json, write_resolved_config
 from ace_lora.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts
 from ace_lora.runtime import cpu_threads, runtime_device
 from ace_lora.tiny_model import write_tiny_biomedclip
@@ -121,8 +121,9 @@ class DenseRun:
 
 def start_run(task_name: str, args: argparse.Namespace) -> DenseRun:
     task = DENSE_TASKS[task_name]
-    prepare_output_dir(args.output_dir)  # a bad --output-dir fails now, not after training
+    check_output_dir(args.output_dir)  # a bad --output-dir fails now; the folder is made once the inputs are good
     if args.demo:
+        prepare_output_dir(args.output_dir)
         prepare_dense_demo(task, args)
     needed = ("val", "test") if args.zero_shot else SPLITS  # zero-shot learns nothing from a training split
     csvs = split_csv_paths(task.layout, args.split_dir, {s: getattr(args, f"{s}_csv") for s in SPLITS}, needed)
@@ -132,6 +133,7 @@ def start_run(task_name: str, args: argparse.Namespace) -> DenseRun:
     device = runtime_device(args)
     torch.manual_seed(args.seed)
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
+    prepare_output_dir(args.output_dir)
     write_resolved_config(args, args.output_dir)
     return DenseRun(task, args, model, input_spec(model.preprocess), device, tables)
 

@@ -149,6 +149,14 @@ def add_image_cache_args(group, transform: str) -> None:
     group.add_argument("--image-cache-rebuild", action="store_true",
                        help="rebuild the --image-cache entries whose source images changed since caching (or the "
                             "whole cache when it was built for another transform)")
+    add_max_image_pixels_arg(group)
+
+
+def add_max_image_pixels_arg(group) -> None:
+    group.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                       help="largest image (width x height) decoded; larger ones are refused as possible "
+                            "decompression bombs (default: Pillow's limit, 178,956,970; 0: no limit, for trusted "
+                            "files)")
 
 
 def check_runtime_args(args: argparse.Namespace) -> None:

@@ -47,6 +47,7 @@ def zero_shot_parser(task_name: str) -> argparse.ArgumentParser:
                         help="folder for the result files")
     output.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0 = none)")
     output.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    output.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_runtime_args(parser.add_argument_group("runtime"), batch_size=64, precision="fp32")
     return parser
 

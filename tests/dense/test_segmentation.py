@@ -198,10 +198,11 @@ def test_ace_lora_plain_lora_and_no_checkpoint_run_with_the_same_command(tiny_mo
 
 def test_bad_input_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        segmentation_main(["--split-dir", str(tmp_path)])
+        segmentation_main(["--split-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'siim_segmentation_train.csv'}: file not found"
+    assert not (tmp_path / "out").exists()  # a run that fails leaves no output folder
 
 
 def test_damaged_image_stops_the_run_before_the_model_loads_or_a_head_trains(tmp_path, capsys):

@@ -18,3 +18,12 @@ def test_each_task_s_script_checks_its_flags_before_loading_anything(capsys, tas
         "error: --csv is required (on the command line or as 'csv:' in --config)")
     assert error_exit_line(capsys, zero_shot_main, [task, "--csv", "x.csv", "--bootstrap", "-1"]) == (
         "error: --bootstrap must be >= 0 (0: no intervals), got -1")
+
+
+def test_help_without_a_task_prints_the_tasks_and_every_script_takes_no_progress(capsys):
+    assert zero_shot_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ace-lora-zero-shot {" + ",".join(TASKS) + "} [flags]")
+    from ace_lora.params import parse_with_config
+    from ace_lora.params.evaluation import zero_shot_parser
+    assert all(parse_with_config(zero_shot_parser(task), ["--no-progress"]).progress is False for task in TASKS)

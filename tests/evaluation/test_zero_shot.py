@@ -153,6 +153,7 @@ def test_script_turns_a_user_error_into_one_line_and_exit_status_2(tiny_model_na
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "'Target'" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()  # a run that fails leaves no output folder
 
 
 def test_chexpert_row_without_exactly_one_class_is_an_error(model, tmp_path):
