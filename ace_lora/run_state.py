@@ -67,6 +67,13 @@ def resume_path(args) -> Optional[str]:
         if args.resume == "latest":
             raise UserInputError(f"--resume latest: no checkpoint at {path}")
         return None
+    if os.path.isdir(args.resume):
+        last = os.path.join(args.resume, "checkpoints", "last.pt")
+        what = (f"that run's checkpoint is --resume {last}" if os.path.isfile(last) else
+                "an export or weights folder holds no training state (optimiser, schedule, data position): start a "
+                "new run from trained weights with --init-from WEIGHTS.pt")
+        raise UserInputError(f"--resume {args.resume} is a folder, not a checkpoint: --resume takes a training "
+                             f"checkpoint file (a run's checkpoints/last.pt) or latest / auto; {what}")
     return args.resume
 
 

@@ -222,3 +222,19 @@ def test_round3_14_an_image_path_that_names_a_folder_is_said_so(tiny_model_name,
     line = one_line(capsys, train.main, ["--model", tiny_model_name, "--train-csv", csv, "--output-dir",
                                          str(tmp_path / "r"), "--num-workers", "0", "--device", "cpu"])
     assert line == f"{csv}: 1 image path(s) name a folder, not an image file: row 1 {folder}"
+
+
+def test_round3_11_resume_given_a_folder_says_what_it_takes(demo_data, tmp_path, capsys):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "open_clip_config.json").write_text("{}")
+    line = one_line(capsys, train.main, train_args(NO_MODEL, demo_data, tmp_path / "run", "--resume", str(export)))
+    assert line == (f"--resume {export} is a folder, not a checkpoint: --resume takes a training checkpoint file (a "
+                    "run's checkpoints/last.pt) or latest / auto; an export or weights folder holds no training state "
+                    "(optimiser, schedule, data position): start a new run from trained weights with --init-from "
+                    "WEIGHTS.pt")
+    run = tmp_path / "old_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    line = one_line(capsys, train.main, train_args(NO_MODEL, demo_data, tmp_path / "run", "--resume", str(run)))
+    assert line.endswith(f"that run's checkpoint is --resume {run / 'checkpoints' / 'last.pt'}")
