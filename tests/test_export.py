@@ -148,3 +148,23 @@ def test_a_tuner_peft_cannot_merge_is_one_line_and_writes_nothing(tiny_model_nam
     assert capsys.readouterr().err.strip() == ("error: cannot export --method dora: peft cannot merge its LORA tuner "
                                                "into the backbone (merging is not supported for this tuner)")
     assert list(out.iterdir()) == []
+
+
+def test_a_moved_export_loads_with_ace_lora_and_with_open_clip_given_its_place(tiny_model_name, trained, tmp_path):
+    """The tiny model names its text tower by a local folder, so the export records its own path: after a move,
+    ace_lora's loader points the text tower at the folder itself, and plain open_clip takes it as text_cfg."""
+    out = tmp_path / "export"
+    assert export.main(["--model", tiny_model_name, "--checkpoint", trained, "--output-dir", str(out)]) == 0
+    moved = tmp_path / "moved"
+    os.rename(out, moved)
+    original = load_model_for_eval(tiny_model_name, trained)
+    exported = load_model_for_eval("hf-hub:unused", str(moved))
+    images = torch.randn(2, 3, 64, 64)
+    ids = original.tokenize(["findings suggesting edema", "there is pneumonia"])
+    with torch.no_grad():
+        assert_same_embeddings(exported, original, images, ids)
+        text_cfg = json.loads((moved / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+        clip, _, _ = open_clip.create_model_and_transforms(
+            f"local-dir:{moved}", text_cfg={**text_cfg, "hf_model_name": str(moved), "hf_tokenizer_name": str(moved)})
+        torch.testing.assert_close(clip.eval().encode_text(ids, normalize=True),
+                                   original.clip.encode_text(ids, normalize=True), rtol=0, atol=1e-5)
