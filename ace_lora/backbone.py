@@ -14,11 +14,15 @@ import difflib
 import json
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
+from urllib.parse import urlparse
 
 import open_clip
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from .config import BIOMEDCLIP_HUB, HUB_PREFIX, LOCAL_PREFIX, TAG_SEPARATOR
@@ -67,6 +71,44 @@ def named_model(spec: str) -> tuple:
     return name, tag or None, quick_gelu
 
 
+HUB_PROBE_TIMEOUT_S = 3.0  # offline, the hub client's own retries take 30-60 s before they give up
+HUB_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _hub_repo(model_name: str, name: str, pretrained) -> Optional[str]:
+    """The Hugging Face repository the model's files come from (None: nothing to download)."""
+    if model_name.startswith(HUB_PREFIX):
+        return model_name[len(HUB_PREFIX):]
+    if pretrained:
+        return (open_clip.get_pretrained_cfg(name, pretrained).get("hf_hub") or "").strip("/") or None
+    return None
+
+
+def hub_endpoint() -> str:
+    return hub_constants.ENDPOINT
+
+
+def check_hub_reachable(model_name: str, repo: Optional[str]) -> None:
+    """Fail within seconds, not after the hub client's retries, when the model must be downloaded and the hub
+    cannot be reached (a cached copy is used as it is). Nothing to check offline (HF_HUB_OFFLINE)."""
+    if repo is None or hub_constants.HF_HUB_OFFLINE:
+        return
+    endpoint = urlparse(hub_endpoint())
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+        return
+    except OSError:
+        pass
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in HUB_FILES):
+        print(f"note: {endpoint.hostname} cannot be reached; using the cached {repo} (HF_HUB_OFFLINE=1 skips the "
+              "network at once)", file=sys.stderr)
+        return
+    raise UserInputError(f"could not download {model_name}: {endpoint.hostname} cannot be reached and {repo} is not "
+                         "in the local cache; download it once where there is network (or copy its folder) and pass "
+                         "--model local-dir:PATH (docs/installation.md)")
+
+
 def load_backbone(model_name: str = BIOMEDCLIP_HUB, device: str = "cpu") -> Backbone:
     """Create the open_clip model, its evaluation preprocessing and tokenizer; all weights frozen."""
     overrides, name, pretrained = {}, model_name, None
@@ -80,6 +122,7 @@ def load_backbone(model_name: str = BIOMEDCLIP_HUB, device: str = "cpu") -> Back
         overrides = {"force_quick_gelu": True} if quick_gelu else {}
         if pretrained is None:
             print(f"note: {name} with random weights (give --pretrained TAG for trained ones)", file=sys.stderr)
+    check_hub_reachable(model_name, _hub_repo(model_name, name, pretrained))
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device,
                                                                     **overrides)

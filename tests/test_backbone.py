@@ -48,3 +48,19 @@ def test_unreachable_hub_gives_one_clear_message():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "MSG could not load hf-hub:microsoft/BiomedCLIP" in out.stdout
     assert "--model local-dir:PATH" in out.stdout
+
+
+@pytest.mark.parametrize("model", ["hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "ViT-B-32@openai"])
+def test_an_unreachable_hub_fails_before_the_download_is_tried(model, monkeypatch, tmp_path):
+    """Without HF_HUB_OFFLINE the hub client retries for 30-60 s; a short probe of the hub decides first."""
+    from ace_lora import backbone
+    monkeypatch.setattr(backbone.hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(backbone, "hub_endpoint", lambda: "http://127.0.0.1:9")  # nothing listens there
+
+    def must_not_download(*args, **kwargs):
+        raise AssertionError("the download was tried")
+
+    monkeypatch.setattr(backbone.open_clip, "create_model_and_transforms", must_not_download)
+    with pytest.raises(UserInputError, match=r"^could not download .*: 127\.0\.0\.1 cannot be reached and .* is not "
+                                             r"in the local cache; .* --model local-dir:PATH"):
+        load_backbone(model)
