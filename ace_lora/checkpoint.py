@@ -129,6 +129,16 @@ def check_finite_trainables(model: AceLoRAModel) -> None:
                                "not saved")
 
 
+def check_finite_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """A checkpoint called good holds no NaN/inf optimiser moment either: an inf second moment with finite
+    weights diverges again at once after a resume."""
+    bad = sum(1 for state in optimizer.state.values() for value in state.values()
+              if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all())
+    if bad:
+        raise TrainingDiverged(f"{bad} optimiser state tensor(s) hold NaN or infinite values (the weights are "
+                               "finite); not saved")
+
+
 def save_released_checkpoint(model: AceLoRAModel, path: str, loss: str = "label_guided") -> None:
     """The released format; `loss` (a registry name, ace_lora.loss) is recorded by name and, as released,
     as `use_labels`."""

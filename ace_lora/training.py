@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import (
+    check_finite_optimizer_state,
     check_finite_trainables,
     init_trainables_from,
     load_trainable_state_dict,
@@ -48,6 +49,7 @@ from .loggers import ScalarLoggers
 from .loss import create_loss
 from .methods import get_method, peft_config_for
 from .model import AceLoRAModel
+from .params.training import DEFAULT_LR
 from .run_state import AUTO, RunState, data_identity, rng_state
 from .train_step import train_step, warmup_cosine_schedule, wrap_ddp
 
@@ -192,9 +194,9 @@ class Trainer:
         rng_states = gather_objects(rng_state(), self.context)
         try:
             check_finite_trainables(self.raw_model)
+            check_finite_optimizer_state(self.optimizer)
         except TrainingDiverged as err:
-            raise TrainingDiverged(f"{err} at step {self.run.step}; {self._kept()}; try a lower --lr or --precision "
-                                   "fp32") from None
+            raise TrainingDiverged(f"{err} at step {self.run.step}; {self._after_divergence()}") from None
         if self.context.is_main:
             state = self.run.checkpoint(trainable_state_dict(self.raw_model), self.optimizer.state_dict(),
                                         self.scheduler.state_dict(), self.scaler.state_dict(), rng_states)
@@ -272,8 +274,7 @@ class Trainer:
             except TrainingDiverged as err:
                 bar.close()
                 raise TrainingDiverged(f"{err} at step {self.run.step + 1} (epoch {self.run.epoch + 1}); stopped "
-                                       f"without saving it; {self._kept()}; try a lower --lr or --precision "
-                                       "fp32") from None
+                                       f"without saving it; {self._after_divergence()}") from None
             self.run.step += 1
             self.run.step_in_epoch += 1
             steps_run += 1
@@ -308,6 +309,19 @@ class Trainer:
             return (f"the last checkpoint, {last} (step {self.run.saved_step}), holds finite weights; continue from "
                     "it with --resume latest")
         return "nothing was saved, so start again with --overwrite"
+
+    def _after_divergence(self) -> str:
+        """What a diverged run leaves, and the command that continues. Every checkpoint written holds finite
+        weights and optimiser state, but resuming one with the same flags repeats the divergence (training is
+        deterministic, and a resume keeps --lr), and weights grown under too high a rate may diverge under a
+        lower one too: the command given starts over with a lower --lr (a tenth, at most the default)."""
+        lower = f"--lr {min(self.args.lr / 10, DEFAULT_LR):g}"
+        if self.run.saved_step is not None:
+            last = os.path.join(self.checkpoint_dir, "last.pt")
+            return (f"the last checkpoint, {last} (step {self.run.saved_step}), holds finite weights and optimiser "
+                    f"state, but resuming it would repeat this: start again with a lower learning rate, --overwrite "
+                    f"{lower} (or keep what it learned: --init-from {last} {lower} --output-dir NEW_FOLDER)")
+        return f"nothing was saved: start again with a lower learning rate, --overwrite {lower}"
 
     def _save_and_stop(self) -> None:
         self.save()

@@ -50,7 +50,8 @@ def test_unreachable_hub_gives_one_clear_message():
     assert "--model local-dir:PATH" in out.stdout
 
 
-@pytest.mark.parametrize("model", ["hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "ViT-B-32@openai"])
+@pytest.mark.parametrize("model", ["hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+                                   "ViT-B-32@openai"])
 def test_an_unreachable_hub_fails_before_the_download_is_tried(model, monkeypatch, tmp_path):
     """Without HF_HUB_OFFLINE the hub client retries for 30-60 s; a short probe of the hub decides first."""
     from ace_lora import backbone

@@ -420,3 +420,23 @@ def test_a_read_only_remount_reports_the_first_error_and_the_next_run_takes_the_
                            capture_output=True, text=True, env=ENV)
     assert again.returncode == 0, again.stderr
     assert f"taking over the lock of process {process.pid}" in again.stderr
+
+
+def test_a_diverged_run_keeps_finite_optimiser_state_and_its_advice_works(tiny_model_name, demo_data, tmp_path,
+                                                                           capsys):
+    """--lr 100: the message names a checkpoint whose weights and optimiser moments are finite, and the command
+    it gives (start over with a lower --lr) trains; resuming with the same flags would repeat the divergence."""
+    out = tmp_path / "run"
+    argv = run_args(tiny_model_name, demo_data, out, "--epochs", "6", "--save-every-steps", "1")
+    line = diverged_line(capsys, [*argv, "--lr", "30"])
+    # at lr 30 AdamW's second moments overflow before the weights do: that checkpoint is refused too
+    assert "optimiser state tensor(s) hold NaN or infinite values (the weights are finite); not saved" in line
+    last = out / "checkpoints" / "last.pt"
+    assert f"the last checkpoint, {last} (step " in line and "holds finite weights and optimiser state" in line
+    assert "start again with a lower learning rate, --overwrite --lr 0.001 (or keep what it learned: --init-from " \
+           f"{last} --lr 0.001 --output-dir NEW_FOLDER)" in line
+    optimiser = load(last)["optimizer"]["state"]
+    assert optimiser and all(torch.isfinite(t).all() for state in optimiser.values() for t in state.values()
+                             if torch.is_tensor(t))
+    assert train.main([*argv, "--overwrite", "--lr", "0.001"]) == 0  # the advice, as given
+    assert load(last)["step"] == 18

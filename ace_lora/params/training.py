@@ -19,6 +19,7 @@ from . import (
 # Flag defaults of a --demo run unless given on the command line or in --config (chosen for a robust,
 # < 3 minute CPU run).
 DEMO_MODELS = ("biomedclip", "openclip")  # the tiny random architectures --demo can train (ace_lora/tiny_model.py)
+DEFAULT_LR = 1e-3
 DEMO_DEFAULTS = dict(output_dir="demo_output", epochs=12, batch_size=25, lr=2e-3, warmup_epochs=1, num_workers=0,
                      val_before_training=True, log_every_steps=1)
 
@@ -86,7 +87,7 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
     optim.add_argument("--epochs", type=int, default=40, help="training epochs (the schedule spans all of them)")
     optim.add_argument("--max-steps", type=int,
                        help="stop after this many optimizer steps in total (the schedule still spans --epochs)")
-    optim.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    optim.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak AdamW learning rate")
     optim.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
     optim.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999], help="AdamW betas")
     optim.add_argument("--warmup-epochs", type=float, default=1.0,
