@@ -139,7 +139,30 @@ def read_sweep(path: str) -> dict:
     sweep["train"] = resolve_paths(sweep.get("train") or {}, base)
     sweep["runs"] = [resolve_paths(run, base) for run in sweep["runs"]]
     sweep["evaluations"] = [resolve_paths(evaluation, base) for evaluation in sweep["evaluations"]]
+    check_held_out(sweep, path)
     return sweep
+
+
+def selection_csvs(sweep: dict) -> set:
+    """The validation CSVs that choose a run's best checkpoint (the shared train: block and every override)."""
+    values = [sweep.get("train", {}).get("val_csv")]
+    values += [run.get("overrides", {}).get("val_csv") for run in sweep["runs"]]
+    return {os.path.realpath(value) for value in values if value}
+
+
+def not_held_out(sweep: dict, evaluation: dict) -> bool:
+    return bool(evaluation.get("csv")) and os.path.realpath(evaluation["csv"]) in selection_csvs(sweep)
+
+
+def check_held_out(sweep: dict, path: str) -> None:
+    """An evaluation that scores the validation set that chose the best checkpoints is refused, unless the
+    YAML says so (`held_out: false`; results.md then marks the column)."""
+    for evaluation in sweep["evaluations"]:
+        if evaluation.get("held_out", True) is not False and not_held_out(sweep, evaluation):
+            raise UserInputError(f"{path}: evaluation {evaluation['name']} scores {evaluation['csv']}, the validation "
+                                 "set (val_csv) that chooses each run's best checkpoint: report a held-out set (NIH: "
+                                 "chestxray14_heldout.csv of dataset_prep/chestx-ray_14_prep.py), or mark the "
+                                 "evaluation held_out: false to report it anyway (marked in results.md)")
 
 
 def write_done(folder: str, record: dict) -> None:
@@ -543,7 +566,9 @@ def markdown_table(sweep: dict, results: pd.DataFrame) -> str:
             means[name][evaluation] = float(values.mean())
             std = f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else ""
             cells[name][evaluation] = f"{values.mean():.3f}{std}"
-    header = "| run | method | trainable | train time (s) | " + " | ".join(f"{e} ({m})" for e, m in columns) + " |"
+    marked = {e["name"] for e in sweep["evaluations"] if not_held_out(sweep, e)}
+    header = "| run | method | trainable | train time (s) | " + " | ".join(
+        f"{e} ({m}){' †' if e in marked else ''}" for e, m in columns) + " |"
     lines = [header, "|" + " --- |" * (4 + len(columns))]
     for evaluation, _ in columns:
         scored = {run: m[evaluation] for run, m in means.items() if evaluation in m}
@@ -560,6 +585,9 @@ def markdown_table(sweep: dict, results: pd.DataFrame) -> str:
         seconds_cell = f"{seconds.mean():.0f}" if len(seconds) else "n/a"
         lines.append(f"| {run['name']} | {run.get('method', 'ace_lora')} | {trainable_cell} | {seconds_cell} | "
                      + " | ".join(cells[run["name"]][e] for e, _ in columns) + " |")
+    if marked:
+        lines += ["", "† not held out: this evaluation scores the validation set that chose each run's best "
+                      "checkpoint (held_out: false in the sweep YAML)"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,10 @@
-"""NIH ChestX-ray14: one-hot test CSV for the first part of the official test list.
+"""NIH ChestX-ray14: one-hot CSVs of the official test list.
 
 Writes chestxray14_test.csv with columns Image Index, Path (relative to the CSV's folder) and one 0/1
 column per label (Atelectasis ... Hernia; 'No Finding' is all zeros) for int(--fraction x the test
-list's length) images: as released, the first test-list images in the data-entry CSV's order.
+list's length) images: as released, the first test-list images in the data-entry CSV's order. The release
+validates on it (it chooses the best epoch), so chestxray14_heldout.csv, the rest of the test list less
+those patients, is the held-out set to report (configs/paper/ do).
 """
 import argparse
 import sys
@@ -16,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arg(parser)
     parser.add_argument("--data-entry-csv", required=True, help="path to Data_Entry_2017_v2020.csv")
     parser.add_argument("--test-list", required=True, help="path to test_list.txt (one image file name a line)")
-    parser.add_argument("--output-dir", required=True, help="folder to write chestxray14_test.csv to")
+    parser.add_argument("--output-dir", required=True,
+                        help="folder to write chestxray14_test.csv and chestxray14_heldout.csv to")
     parser.add_argument("--fraction", type=float, default=0.2,
                         help="how many test images to keep, as a fraction of the test list's length, taken in "
                              "data-entry order as in the paper (default: 0.2; 1.0 for all)")

@@ -165,3 +165,23 @@ def test_ctrl_c_on_a_sweep_lets_the_training_save_and_the_rerun_continues_it(tmp
     assert f"resumed from {part / 'checkpoints' / 'last.pt'}" in log
     results = pd.read_csv(out / "results.csv")
     assert results["train_seconds"].iloc[0] > first_seconds  # every attempt counts
+
+
+def test_an_evaluation_of_the_validation_set_is_refused_unless_marked_and_then_marked_in_the_table(tmp_path, capsys):
+    from tests.conftest import error_exit_line
+    config = {"model": "m", "train": {"val_dataset": "nih", "val_csv": "splits/nih_test.csv"},
+              "runs": [{"name": "ace_lora"}],
+              "evaluations": [{"name": "nih", "task": "nih", "csv": "splits/../splits/nih_test.csv"}]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    line = error_exit_line(capsys, sweep.main, [str(path), "--output-dir", str(tmp_path / "out")])
+    assert line.startswith(f"error: {path}: evaluation nih scores {tmp_path / 'splits' / 'nih_test.csv'}, the "
+                           "validation set (val_csv) that chooses each run's best checkpoint: report a held-out set")
+    config["evaluations"][0]["held_out"] = False
+    path.write_text(yaml.safe_dump(config))
+    read = sweep.read_sweep(str(path))
+    results = pd.DataFrame([{"run": "ace_lora", "method": "ace_lora", "seed": 1, "evaluation": "nih", "metric": "auroc",
+                             "value": 0.7, "ci_low": None, "ci_high": None, "status": "ok", "trainable_parameters": 1,
+                             "train_seconds": 1.0}])
+    table = sweep.markdown_table(read, results).splitlines()
+    assert table[0].endswith("| nih (auroc) † |") and table[-1].startswith("† not held out")

@@ -5,7 +5,8 @@ them). Every output goes through `write_split_csvs`, which prints what it wrote.
 seeds follow the released ACE-LoRA preparation code so that the test sets are the paper's:
 RSNA 15% test and 70/15/15 detection (random_state=0, patients sorted by patientId, not stratified),
 SIIM 30% test sample (random_state=42, unique images in file order), NIH: of the data-entry rows whose
-image is in test_list.txt, the first (in data-entry order) 20% of the test list's length.
+image is in test_list.txt, the first (in data-entry order) 20% of the test list's length (the release's
+validation set), and the rest less those patients as a held-out test set.
 
 Image and mask paths in the CSVs are relative to the folder the CSV is written to (`output_dir`),
 whatever the working directory of the preparation run and whether the inputs were given as relative
@@ -263,11 +264,15 @@ def nih_one_hot(finding_labels: pd.Series, source: str) -> pd.DataFrame:
 
 def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: float = 0.2,
                 image_dir: Optional[str] = None) -> List[str]:
-    """chestxray14_test.csv: int(fraction * len(test_list)) test images, one-hot labelled.
+    """chestxray14_test.csv: int(fraction * len(test_list)) test images, one-hot labelled; and
+    chestxray14_heldout.csv: the rest of the test list, less the patients of the first file.
 
     As released, the images are the first data-entry rows (in data-entry CSV order) whose image is in
-    test_list.txt, not the first lines of test_list.txt. Images are `<image_dir>/<Image Index>` (default
-    image_dir: images/ next to the data-entry CSV, the download's layout); Path is relative to `output_dir`."""
+    test_list.txt, not the first lines of test_list.txt. The release validates (selects its best epoch) on
+    chestxray14_test.csv, so a score on it is not a held-out score: chestxray14_heldout.csv is the part of
+    the official test list that selection never saw (no image or patient in common), for reporting. Images
+    are `<image_dir>/<Image Index>` (default image_dir: images/ next to the data-entry CSV, the download's
+    layout); Path is relative to `output_dir`."""
     if not 0 < fraction <= 1:
         raise UserInputError(f"fraction must be in (0, 1], not {fraction}")
     check_output_dir(output_dir)
@@ -284,18 +289,31 @@ def prepare_nih(data_entry_csv: str, test_list: str, output_dir: str, fraction: 
     known = set(entries["Image Index"])
     report_excluded([name for name in names if name not in known], f"test-list images missing from {data_entry_csv}")
     count = int(len(names) * fraction)
-    in_test = entries[entries["Image Index"].isin(set(names))]
-    selected = in_test["Image Index"].tolist()[:count]
-    print(f"selected {len(selected)} images: the first {count} ({fraction:g} of the {len(names)} in {test_list}) "
-          f"in {data_entry_csv} order")
-    labels = nih_one_hot(in_test["Finding Labels"].iloc[:count].reset_index(drop=True), data_entry_csv)
+    in_test = entries[entries["Image Index"].isin(set(names))].reset_index(drop=True)
+    print(f"selected {min(count, len(in_test))} images: the first {count} ({fraction:g} of the {len(names)} in "
+          f"{test_list}) in {data_entry_csv} order")
     if image_dir is None:
         image_dir = os.path.join(os.path.dirname(os.path.abspath(data_entry_csv)), "images")
-    paths = [path_from(output_dir, os.path.join(image_dir, name)) for name in selected]
-    table = pd.concat([pd.DataFrame({"Image Index": selected, "Path": paths}),
-                       labels], axis=1)
-    print(f"{NIH_NO_FINDING}: {int((labels.sum(axis=1) == 0).sum())} images")
-    return write_split_csvs({"chestxray14_test.csv": table}, output_dir, label_columns=NIH_LABELS)
+
+    def one_hot_table(rows: pd.DataFrame) -> pd.DataFrame:
+        labels = nih_one_hot(rows["Finding Labels"].reset_index(drop=True), data_entry_csv)
+        paths = [path_from(output_dir, os.path.join(image_dir, name)) for name in rows["Image Index"]]
+        return pd.concat([pd.DataFrame({"Image Index": rows["Image Index"].tolist(), "Path": paths}), labels], axis=1)
+
+    table = one_hot_table(in_test.iloc[:count])
+    patient = in_test["Patient ID"] if "Patient ID" in in_test else in_test["Image Index"].str.split("_").str[0]
+    rest = in_test.iloc[count:]
+    heldout = rest[~patient.iloc[count:].isin(set(patient.iloc[:count]))]
+    print(f"{NIH_NO_FINDING}: {int((table[list(NIH_LABELS)].sum(axis=1) == 0).sum())} images; held out: "
+          f"{len(heldout)} of the other {len(rest)} test images ({len(rest) - len(heldout)} share a patient with "
+          "the first part)")
+    splits = {"chestxray14_test.csv": table}
+    if len(heldout):
+        splits["chestxray14_heldout.csv"] = one_hot_table(heldout)
+    elif os.path.isfile(os.path.join(output_dir, "chestxray14_heldout.csv")):  # an earlier run's, now wrong
+        os.remove(os.path.join(output_dir, "chestxray14_heldout.csv"))
+        print(f"removed {os.path.join(output_dir, 'chestxray14_heldout.csv')}: no test image is left to hold out")
+    return write_split_csvs(splits, output_dir, label_columns=NIH_LABELS)
 
 
 # Histopathology -------------------------------------------------------------------------------------

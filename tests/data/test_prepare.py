@@ -333,10 +333,21 @@ def test_nih_first_fraction_one_hot(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "selected 3 images: the first 3 (0.2 of the 15 in" in printed
     assert "excluded 1 test-list images missing from" in printed and "00000099_000.png" in printed
+    heldout = pd.read_csv(out / "chestxray14_heldout.csv")  # what model selection on the first file never saw
+    assert list(heldout.columns) == list(table.columns) and len(heldout) == 11
+    assert not set(heldout["Image Index"]) & set(table["Image Index"])
+
+    entries = tmp_path / "nih" / "Data_Entry_2017_v2020.csv"  # 00000005 is a later image of patient 0 (00000001)
+    entries.write_text(entries.read_text().replace("00000005_000.png,No Finding,0,4,",
+                                                   "00000005_000.png,No Finding,0,0,"))
+    assert script.main(raw + ["--output-dir", str(out)]) == 0
+    heldout = pd.read_csv(out / "chestxray14_heldout.csv")
+    assert len(heldout) == 10 and "00000005_000.png" not in set(heldout["Image Index"])
+    assert "held out: 10 of the other 11 test images (1 share a patient with the first part)" in capsys.readouterr().out
 
     assert script.main(raw + ["--output-dir", str(out), "--fraction", "1.0"]) == 0
     table = pd.read_csv(out / "chestxray14_test.csv").set_index("Image Index")
-    assert len(table) == 14
+    assert len(table) == 14 and not (out / "chestxray14_heldout.csv").exists()  # nothing left to hold out
     assert table.loc["00000002_000.png", list(NIH_LABELS)].sum() == 0  # No Finding
     assert table.loc["00000003_000.png", "Hernia"] == 1
     assert table[list(NIH_LABELS)].to_numpy().sum() == 1 + 2 + 3
