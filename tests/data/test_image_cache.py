@@ -1,4 +1,5 @@
 """The image cache: exact pixels, resumable chunked build, and every check made when a cache is opened."""
+import contextlib
 import os
 import pickle
 import subprocess
@@ -172,17 +173,34 @@ def test_unreadable_images_stop_the_build_or_are_flagged(sources, tmp_path):
     assert len(images) == 1 and unreadable[0][0] == 7 and "bad.jpg" in unreadable[0][1]
 
 
+def refusal_while_another_builds(folder, sources, call: str) -> str:
+    """What `call` (C.build_cache or C.open_or_build on argv) prints in another process while a build holds
+    the folder's lock."""
+    code = ("import sys\nfrom ace_lora.data import image_cache as C\nfrom tests.data.test_image_cache import TRAIN\n"
+            f"try:\n {call}\nexcept Exception as e: print(e)")
+    with RunLock(str(folder), owner="image cache build", flag="--output"):
+        return subprocess.run([sys.executable, "-c", code, str(folder), *sources], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__)))).stdout
+
+
+@contextlib.contextmanager
+def tmpfs(folder, options: str):
+    """A tmpfs mounted on `folder` (skips the test where mounting is not allowed)."""
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here ({made.stderr.decode().strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
 def test_a_second_builder_and_a_file_are_refused(sources, tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()
-    with RunLock(str(folder), owner="image cache build", flag="--output"):
-        code = ("import sys; from ace_lora.data import image_cache as C\n"
-                "from tests.data.test_image_cache import TRAIN\n"
-                "try:\n C.build_cache(sys.argv[1], sys.argv[2:], TRAIN, progress=False)\n"
-                "except Exception as e: print(e)")
-        out = subprocess.run([sys.executable, "-c", code, str(folder), *sources], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-        assert "another image cache build (process" in out.stdout and "choose another --output" in out.stdout
+    out = refusal_while_another_builds(folder, sources,
+                                       "C.build_cache(sys.argv[1], sys.argv[2:], TRAIN, progress=False)")
+    assert "another image cache build (process" in out and "choose another --output" in out
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(UserInputError, match="--output .*file is a file, not a folder"):
@@ -196,17 +214,12 @@ def test_a_second_builder_and_a_file_are_refused(sources, tmp_path):
 def test_a_full_disk_leaves_no_cache_in_use(sources, tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.decode().strip()})")
-    try:
+    with tmpfs(mount, "size=64k"):
         big = PixelTransform("train", 128, [T.Resize((128, 128))])  # 16 kB per greyscale image, 49 kB in colour
         with pytest.raises(StorageError, match=r"cannot write .*: the device is full"):
             C.build_cache(str(mount / "cache"), sources, big, chunk_size=1, progress=False)
         assert not os.path.exists(mount / "cache" / C.MANIFEST)
         assert not [n for n in os.listdir(mount / "cache" / C.CHUNKS) if n.startswith(".tmp_")]
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_the_cache_script_builds_what_training_reads(tiny_model_name, tmp_path, capsys):
@@ -351,27 +364,17 @@ def test_builds_leave_no_debris_and_name_the_callers_flag(sources, tmp_path):
     (cache / ".tmp_def.json").write_text("{")
     C.build_cache(str(cache), sources, TRAIN, chunk_size=3, progress=False)
     assert not [n for n in os.listdir(cache) + os.listdir(cache / C.CHUNKS) if n.startswith(".tmp_")]
-    with RunLock(str(cache), owner="image cache build", flag="--output"):  # a build in progress elsewhere
-        code = ("import sys\nfrom ace_lora.data import image_cache as C\n"
-                "from tests.data.test_image_cache import TRAIN\n"
-                "try:\n C.open_or_build(sys.argv[1], sys.argv[2:], TRAIN, rebuild=True)\n"
-                "except Exception as e: print(e)")
-        out = subprocess.run([sys.executable, "-c", code, str(cache), *sources], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert "choose another --image-cache" in out.stdout and "--output" not in out.stdout
+    out = refusal_while_another_builds(cache, sources,
+                                       "C.open_or_build(sys.argv[1], sys.argv[2:], TRAIN, rebuild=True)")
+    assert "choose another --image-cache" in out and "--output" not in out  # what train.py --image-cache meets
 
 
 def test_a_read_only_cache_folder_that_needs_writing_is_a_storage_failure(sources, tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({made.stderr.decode().strip()})")
-    try:
+    with tmpfs(folder, "ro,size=64k"):
         with pytest.raises(StorageError, match=r"cannot create the lock file .*\.lock: the file system is read-only"):
             C.open_or_build(str(folder), sources, TRAIN, rebuild=True)
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def test_an_unreadable_image_ends_the_progress_bar_before_its_error_line(cache_script_setup, tiny_model_name,
