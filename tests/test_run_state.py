@@ -262,12 +262,14 @@ def test_a_run_that_diverges_before_saving_says_to_start_again_with_overwrite(ti
     out = tmp_path / "run"
     argv = run_args(tiny_model_name, demo_data, out, "--lr", "1e30", "--warmup-epochs", "0", "--save-every-steps", "0")
     line = diverged_line(capsys, argv)
-    assert "at step 2 (epoch 1)" in line and "nothing was saved, so start again with --overwrite" in line
+    assert line.endswith("at step 2 (epoch 1); stopped without saving it; nothing was saved: start again with a lower "
+                         "learning rate, --overwrite --lr 0.001")
     assert not (out / "checkpoints" / "last.pt").exists()
     one_error_line(capsys, argv)  # the folder holds a run (its logs) ...
     with pytest.raises(SystemExit) as exit_info:
-        train.main(argv + ["--overwrite"])  # ... so --overwrite, as the message says
+        train.main(argv + ["--overwrite"])  # ... so --overwrite, as the message says (the same --lr diverges again)
     assert exit_info.value.code == 3
+    assert train.main(argv + ["--overwrite", "--lr", "0.001"]) == 0  # the message's learning rate trains
 
 
 def test_a_non_finite_weight_is_never_saved(tiny_model_name, demo_data, tmp_path, capsys, monkeypatch):

@@ -228,7 +228,7 @@ def test_a_two_task_srun_training_equals_torchrun(slurm, data, tmp_path):
 def test_an_allocation_shell_with_several_tasks_trains_one_process(slurm, data, tmp_path):
     """`salloc -n 2` sets SLURM_NTASKS=2 in its shell, but no srun started a second rank: nothing waits."""
     demo, model = data
-    done = subprocess.run(["salloc", "-n", "2", "--cpus-per-task", "1", sys.executable,
+    done = subprocess.run(["salloc", "--immediate=120", "-n", "2", "--cpus-per-task", "1", sys.executable,
                            os.path.join(ROOT, "train_multi_gpu.py"), "--train-csv", demo.train_csv, "--model", model,
                            "--device", "cpu", "--batch-size", "4", "--num-workers", "0", "--max-steps", "1",
                            "--output-dir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,

@@ -50,7 +50,7 @@ case "$command" in
     mkdir -p "$dir/state" "$dir/spool"
     dir="$(cd "$dir" && pwd)"
     node="$(hostname -s)"
-    cpus="$(nproc)"
+    cpus="$(getconf _NPROCESSORS_ONLN)"  # not nproc: it follows OMP_NUM_THREADS
     memory_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 3 / 4 ))
     user="$(id -un)"
     cat > "$dir/slurm.conf" <<CONF
