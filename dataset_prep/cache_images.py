@@ -8,7 +8,7 @@ Examples:
   python dataset_prep/cache_images.py --csv rsna_test.csv --task rsna --transform eval --output /scratch/rsna_eval
 
 Results from the cache equal those from the files bit for bit. Disk: S x S bytes per greyscale image (224 x 224
-= 49 kB; MIMIC-CXR's ~377k frontal images: about 19 GB), three times that per colour image. The build runs
+= 50 kB; x the CSV's rows: under 19 GB for MIMIC-CXR), three times that per colour image. The build runs
 in chunks committed one at a time: after a kill, run the same command again to continue. docs/data.md has
 the details (what is checked when a cache is opened, --rebuild, DDP).
 """
