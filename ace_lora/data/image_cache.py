@@ -19,7 +19,7 @@ A cache folder holds:
 
 Decisions:
 - numpy `.npy` chunks opened with `mmap_mode="r"`: no new dependency, reads straight from the page cache,
-  read-only opening (nothing is written while training). One file per chunk rather than one 19 GB file,
+  read-only opening (nothing is written while training). One file per chunk rather than one multi-GB file,
   so the build commits chunk by chunk and a rebuild rewrites only the chunks whose sources changed.
 - Opening checks (UserInputError, one line): the transform (another size, crop, interpolation, Pillow
   version or decode is refused with both values); that every image asked for is in the cache; and that no
@@ -403,7 +403,7 @@ class CachedImages:
     """Pixels read from a cache: item i = uint8 (C, S, S) of the i-th path asked for; an image that was
     unreadable when cached raises its UserInputError. Picklable: each DataLoader worker maps the chunk
     files itself (a memory map is never copied through a pickle). At most OPEN_MAPS chunk maps stay open
-    per process (each holds a file descriptor; a MIMIC cache has ~1,500 chunks)."""
+    per process (each holds a file descriptor; a MIMIC cache has up to ~1,500 chunks)."""
 
     OPEN_MAPS = 64
 
