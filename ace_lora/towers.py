@@ -144,9 +144,6 @@ class Tower:
         """The architecture, as checkpoints record it: another one refuses to load them."""
         return {"family": self.family, "layers": len(self.layers), "output_dim": self.output_dim}
 
-    def check_params(self, params: Sequence[str]) -> None:
-        """Every projection in `params` exists in this tower's attention."""
-
     def inject_lora(self, params: Sequence[str], position: str, r: int, alpha: float, dropout: float) -> LoRAMap:
         raise NotImplementedError
 

@@ -1,7 +1,7 @@
 """MHIST: mhist_test.csv and mhist_train.csv (columns Path, label, partition) by the official partition.
 
-Path is images/<Image Name> (the images/ folder next to annotations.csv, as downloaded), written relative to the CSV's own folder (--output-dir), label HP or SSA
-(majority vote), partition train or test.
+Path is images/<Image Name> (the images/ folder next to annotations.csv, as downloaded), written relative
+to the CSV's own folder (--output-dir), label HP or SSA (majority vote), partition train or test.
 """
 import argparse
 import sys

@@ -13,6 +13,6 @@ def test_prompts_are_class_major_and_embed_through_the_models_ensemble(tiny_mode
     with torch.no_grad():
         embeddings = prompt_ensemble_embeddings(model, ["edema", "pneumonia"], CHEST_XRAY_TEMPLATES, "cpu")
         expected = model.encode_prompt_ensemble(model.tokenize(prompts), 2)
-    assert embeddings.shape == (2, model.clip.embed_dim if hasattr(model.clip, "embed_dim") else 64)
+    assert embeddings.shape == (2, 64)  # the tiny model's joint space
     assert embeddings.dtype == torch.float32
     torch.testing.assert_close(embeddings, expected.float())
