@@ -202,13 +202,17 @@ def job_result(job_folder: str, job_id: str) -> Optional[tuple]:
 
 
 def task_env() -> Dict[str, str]:
-    """MASTER_ADDR and MASTER_PORT for a job of several tasks (from SLURM's node list, a port from the
-    job id, so every task agrees); nothing for a job of one task."""
+    """What the job's scripts get on top of its environment: MASTER_ADDR and MASTER_PORT for a job of several
+    tasks (from SLURM's node list, a port from the job id, so every task agrees), and OMP_NUM_THREADS = the
+    task's cores unless it is set (torch would otherwise start a thread per core of a shared node)."""
     environment = submitit.JobEnvironment()
-    if environment.num_tasks <= 1:
-        return {}
-    port = 20000 + int(environment.raw_job_id) % 20000
-    return {"MASTER_ADDR": environment.hostnames[0], "MASTER_PORT": str(port)}
+    env = {}
+    if "OMP_NUM_THREADS" not in os.environ and os.environ.get("SLURM_CPUS_PER_TASK"):
+        env["OMP_NUM_THREADS"] = os.environ["SLURM_CPUS_PER_TASK"]
+    if environment.num_tasks > 1:
+        port = 20000 + int(environment.raw_job_id) % 20000
+        env.update(MASTER_ADDR=environment.hostnames[0], MASTER_PORT=str(port))
+    return env
 
 
 def global_rank() -> int:

@@ -425,7 +425,8 @@ def slurm_part_job(sweep: dict, run: dict, seed: int, output_dir: str) -> bool:
             write_json(os.path.join(folder, PART_RECORD),
                        {"job_id": job.job_id, "log": str(job.paths.stdout), "folder": str(job.paths.folder.parent),
                         "scheduler": os.environ.get("SUBMITIT_EXECUTOR", SLURM)})
-    if not run_part(sweep, run, seed, output_dir, env=env, distributed=bool(env), main_task=rank == 0):
+    distributed = submitit.JobEnvironment().num_tasks > 1
+    if not run_part(sweep, run, seed, output_dir, env=env, distributed=distributed, main_task=rank == 0):
         raise PartFailed(f"{run['name']} seed {seed} failed: see {folder}")
     return True
 
