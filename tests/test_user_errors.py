@@ -238,3 +238,21 @@ def test_round3_11_resume_given_a_folder_says_what_it_takes(demo_data, tmp_path,
     (run / "checkpoints" / "last.pt").write_bytes(b"")
     line = one_line(capsys, train.main, train_args(NO_MODEL, demo_data, tmp_path / "run", "--resume", str(run)))
     assert line.endswith(f"that run's checkpoint is --resume {run / 'checkpoints' / 'last.pt'}")
+
+
+def test_round3_1_a_damaged_cache_under_train_py_is_one_line_and_its_rebuild_flag_repairs_it(
+        tiny_model_name, demo_data, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    argv = train_args(tiny_model_name, demo_data, tmp_path / "run", "--image-cache", str(cache), "--max-steps", "1")
+    assert train.main(argv) == 0  # builds the cache first
+    chunk = cache / "chunks" / "000000.npy"
+    with open(chunk, "r+b") as f:
+        f.truncate(300)
+    again = [*argv[:argv.index("--output-dir") + 1], str(tmp_path / "run2"), *argv[argv.index("--output-dir") + 2:]]
+    line = one_line(capsys, train.main, again)
+    assert line.startswith(f"--image-cache {cache} is damaged (chunks/000000.npy is truncated or overwritten (300 "
+                           "bytes, expected")
+    assert line.endswith(f"repair it with --image-cache-rebuild (or dataset_prep/cache_images.py --csv CSV --output "
+                         f"{cache} --rebuild)")
+    assert train.main([*again, "--image-cache-rebuild"]) == 0
+    assert chunk.stat().st_size > 300
