@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import submitit
@@ -171,6 +172,8 @@ def job_states(job_ids: Iterable[str], kind: str = SLURM) -> Dict[str, Dict[str,
                               capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         raise UserInputError("squeue was not found on PATH: look at SLURM jobs from a SLURM login node") from None
+    except subprocess.TimeoutExpired:
+        raise UserInputError("squeue did not answer within 60 s (a busy controller?): try again later") from None
     if done.returncode != 0:
         raise UserInputError(f"squeue failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
     states = {}
@@ -179,6 +182,29 @@ def job_states(job_ids: Iterable[str], kind: str = SLURM) -> Dict[str, Dict[str,
         if job_id in wanted:
             states[job_id] = {"state": state, "elapsed": elapsed}
     return states
+
+
+def follow_states(job_ids: Iterable[str], kind: str = SLURM, tries: int = 5, pause_s: float = 10.0):
+    """job_states for a driver that waits for hours: a controller that does not answer is asked again (up to
+    `tries` times) before the driver gives up in one line."""
+    for attempt in range(tries):
+        try:
+            return job_states(job_ids, kind)
+        except UserInputError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(pause_s)
+
+
+@contextlib.contextmanager
+def held_signals():
+    """SIGINT, SIGTERM and SIGHUP held back: a submission and its record happen both or neither."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _local_job_running(job_id: str) -> bool:
@@ -213,10 +239,6 @@ def task_env() -> Dict[str, str]:
         port = 20000 + int(environment.raw_job_id) % 20000
         env.update(MASTER_ADDR=environment.hostnames[0], MASTER_PORT=str(port))
     return env
-
-
-def global_rank() -> int:
-    return submitit.JobEnvironment().global_rank
 
 
 class RequeueableCall(submitit.helpers.Checkpointable):

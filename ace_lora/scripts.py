@@ -6,6 +6,7 @@ gets SIGTERM should its parent die (Linux: PR_SET_PDEATHSIG), so it saves and ex
 on unwatched. It ignores SIGUSR2: SLURM sends that signal to every process of a job before its time
 limit, and only the job process (submitit) acts on it, by calling `stop_all` once.
 """
+import ctypes
 import os
 import signal
 import subprocess
@@ -14,8 +15,9 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-# Exit statuses that mean a script was stopped by a signal after saving (128 + N), or killed by it (-N).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Exit statuses that mean a script was stopped by one of them after saving (128 + N), or killed by it (-N).
+STOPPED_STATUSES = {-sig for sig in STOP_SIGNALS} | {128 + sig for sig in STOP_SIGNALS}
 
 
 class ScriptsStopped(Exception):
@@ -30,7 +32,7 @@ class ScriptRunner:
     """The scripts this process runs now (from any thread), and the first stop signal it was told of."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the stop signal's handler takes it in the thread it interrupts
         self._running: Dict[int, subprocess.Popen] = {}
         self.stop_signal: Optional[int] = None
 
@@ -42,6 +44,8 @@ class ScriptRunner:
         ScriptsStopped when a stop was requested (before or while it ran) or when the script itself was
         stopped by SIGINT / SIGTERM (a scheduler's requeue or cancel signals every process of a job).
         """
+        if self.stop_signal is not None:
+            raise ScriptsStopped(self.stop_signal, None)
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
             log.flush()
@@ -50,9 +54,11 @@ class ScriptRunner:
                 if self.stop_signal is not None:
                     raise ScriptsStopped(self.stop_signal, None)
                 child = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=lambda: _prepare_child(cpus),
+                                         preexec_fn=_prepare_child,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
                 self._running[child.pid] = child
+            if cpus:
+                os.sched_setaffinity(child.pid, cpus)  # it has just started: the threads it makes inherit this
             try:
                 returncode = child.wait()
             finally:
@@ -60,8 +66,7 @@ class ScriptRunner:
                     self._running.pop(child.pid, None)
         if self.stop_signal is not None and returncode != 0:
             raise ScriptsStopped(self.stop_signal, returncode)
-        stopped_by = {-sig for sig in STOP_SIGNALS} | {128 + sig for sig in STOP_SIGNALS}
-        if returncode in stopped_by:
+        if returncode in STOPPED_STATUSES:
             raise ScriptsStopped(abs(returncode) % 128, returncode)
         if returncode == 0:
             return None
@@ -96,15 +101,15 @@ class ScriptRunner:
                 pass
 
 
-def _prepare_child(cpus: Optional[Sequence[int]]) -> None:
-    """In the child before exec: ignore SIGUSR2, SIGTERM when the parent dies (Linux), the given cores."""
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
+def _prepare_child() -> None:
+    """In the child before exec (no import, no lock): ignore SIGUSR2, SIGTERM when the parent dies (Linux)."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if cpus:
-        os.sched_setaffinity(0, cpus)
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 SCRIPTS = ScriptRunner()
@@ -126,6 +131,7 @@ class ForwardStopSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self.runner.stop_signal = None  # the stop was for this run; the caller has seen it (ScriptsStopped)
 
 
 def cpu_slots(parallel: int) -> List[List[int]]:

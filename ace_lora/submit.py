@@ -17,6 +17,8 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
+import submitit
+
 from .cluster import (
     QUEUED_STATES,
     RUNNING_STATES,
@@ -25,7 +27,8 @@ from .cluster import (
     add_cluster_args,
     check_sbatch,
     cluster_from_args,
-    global_rank,
+    follow_states,
+    held_signals,
     job_result,
     job_states,
     make_executor,
@@ -43,7 +46,13 @@ JOB_RECORD = "job.json"
 
 def training_job(train_argv: List[str], output_dir: str) -> None:
     """Every task of the job: train_multi_gpu.py, ranks from SLURM, MASTER_ADDR/PORT from the node list."""
-    rank = global_rank()
+    job = submitit.JobEnvironment()
+    rank = job.global_rank
+    record_path = os.path.join(output_dir, JOB_RECORD)
+    if rank == 0 and read_json(record_path) is None:  # the submitting command died between sbatch and its record
+        write_json(record_path, {"job_id": job.job_id, "folder": str(job.paths.folder.parent),
+                                 "log": os.path.join(output_dir, "train.log"),
+                                 "scheduler": os.environ.get("SUBMITIT_EXECUTOR", SLURM), "tasks": job.num_tasks})
     log = os.path.join(output_dir, "train.log") if rank == 0 else os.path.join(output_dir, "slurm",
                                                                                  f"train_rank{rank}.log")
     error = SCRIPTS.run([sys.executable, os.path.join(ROOT, "train_multi_gpu.py"), *train_argv], log, env=task_env())
@@ -104,19 +113,23 @@ def main(argv: Optional[Sequence[str]] = None, kind: str = SLURM) -> int:
     prepare_output_dir(output_dir)
     record_path = os.path.join(output_dir, JOB_RECORD)
     record = read_json(record_path)
-    state = job_states([record["job_id"]], kind).get(record["job_id"]) if record else None
+    state = job_states([record["job_id"]], record.get("scheduler", SLURM)).get(record["job_id"]) if record else None
     if state and state["state"] in QUEUED_STATES | RUNNING_STATES:
         print(f"job {record['job_id']} of {output_dir} is {state['state'].lower()} ({state['elapsed']}): not "
               f"submitting another; log {record['log']}")
+    elif record and finished(record, state):
+        print(f"job {record['job_id']} finished the run in {output_dir}: nothing to submit")
+        return 0
     else:
         if record:
             print(f"job {record['job_id']} has ended: submitting again (the run resumes from its last checkpoint)")
         folder = os.path.join(output_dir, "slurm")
         executor = make_executor(cluster, folder, name=f"ace-lora-{os.path.basename(output_dir)}", kind=kind)
-        [job] = submit_calls(executor, [RequeueableCall(training_job, train_argv, output_dir)])
-        record = {"job_id": str(job.job_id), "folder": folder, "log": os.path.join(output_dir, "train.log"),
-                  "scheduler": kind, "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "tasks": cluster.tasks}
-        write_json(record_path, record)
+        with held_signals():  # the job and its record, both or neither
+            [job] = submit_calls(executor, [RequeueableCall(training_job, train_argv, output_dir)])
+            record = {"job_id": str(job.job_id), "folder": folder, "log": os.path.join(output_dir, "train.log"),
+                      "scheduler": kind, "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "tasks": cluster.tasks}
+            write_json(record_path, record)
         print(f"submitted job {record['job_id']} ({cluster.nodes} node(s) x {cluster.tasks_per_node_or_default} "
               f"task(s)); log {record['log']}", flush=True)
     if args.no_wait:
@@ -124,12 +137,18 @@ def main(argv: Optional[Sequence[str]] = None, kind: str = SLURM) -> int:
     return follow_job(record, args.poll_s)
 
 
+def finished(record: dict, state: Optional[dict]) -> bool:
+    """The recorded job ended having finished the run (SLURM's COMPLETED, or submitit's success)."""
+    result = job_result(record["folder"], record["job_id"])
+    return (state is not None and state["state"] == "COMPLETED") or (result is not None and result[0] == "success")
+
+
 def follow_job(record: dict, poll_s: float) -> int:
     """Wait until the job leaves the queue; 0 when it finished the run, 1 otherwise."""
-    shown = None
+    shown, state = None, None
     try:
         while True:
-            state = job_states([record["job_id"]], record.get("scheduler", SLURM)).get(record["job_id"])
+            state = follow_states([record["job_id"]], record.get("scheduler", SLURM)).get(record["job_id"])
             current = state["state"] if state else None
             if current != shown and current is not None:
                 print(f"job {record['job_id']}: {current.lower()}", flush=True)
@@ -140,8 +159,7 @@ def follow_job(record: dict, poll_s: float) -> int:
     except KeyboardInterrupt:
         raise RunInterrupted(f"stopped following job {record['job_id']}; it goes on (log {record['log']})",
                              130) from None
-    result = job_result(record["folder"], record["job_id"])
-    if shown == "COMPLETED" or (result is not None and result[0] == "success"):
+    if finished(record, state):
         print(f"job {record['job_id']} finished the run")
         return 0
     print(f"job {record['job_id']} ended without finishing the run ({shown.lower() if shown else 'no result'}); "

@@ -34,7 +34,6 @@ time) and results_<evaluation>.png.
 import argparse
 import os
 import queue
-import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +52,8 @@ from .cluster import (
     RequeueableCall,
     check_sbatch,
     cluster_config,
-    global_rank,
+    follow_states,
+    held_signals,
     job_result,
     job_states,
     make_executor,
@@ -206,12 +206,12 @@ def _add_train_time(part: str, seconds: float) -> float:
 
 
 def train_part(sweep: dict, run: dict, seed: int, folder: str, env: Optional[Dict[str, str]] = None,
-               cpus: Optional[List[int]] = None, distributed: bool = False, main_task: bool = True) -> dict:
+               cpus: Optional[List[int]] = None, distributed: bool = False, rank: int = 0) -> dict:
     """Train one run (skipped when finished or for `bare`); {status, checkpoint, trainable, seconds}.
 
     `seconds` counts every attempt (an interrupted one too); a resumed part appends to train.log.
     `distributed`: this process is one task of several (SLURM), which run train_multi_gpu.py together; the
-    first (`main_task`) writes the marker."""
+    first (`rank` 0) writes the marker and counts the time, the others log to train_rank<k>.log."""
     method = run.get("method", "ace_lora")
     if not get_method(method).trains:
         return {"status": "ok", "checkpoint": None, "trainable": 0, "seconds": 0.0}
@@ -225,11 +225,12 @@ def train_part(sweep: dict, run: dict, seed: int, folder: str, env: Optional[Dic
     launcher = [] if distributed else list(map(str, sweep.get("launcher") or []))
     script = os.path.join(ROOT, "train_multi_gpu.py" if launcher or distributed else "train.py")
     start = time.perf_counter()
+    log = os.path.join(folder, "train.log" if rank == 0 else f"train_rank{rank}.log")
     try:
-        error = _run_step([*launcher, *([] if launcher else [sys.executable]), script, *flags(values)],
-                          os.path.join(folder, "train.log"), part, env, cpus)
+        error = _run_step([*launcher, *([] if launcher else [sys.executable]), script, *flags(values)], log, part, env,
+                          cpus)
     finally:
-        seconds = _add_train_time(part, time.perf_counter() - start)
+        seconds = _add_train_time(part, time.perf_counter() - start) if rank == 0 else 0.0
     if error is not None:
         return {"status": "failed", "error": error}
     import torch  # here: reading the checkpoint is the only torch work of the sweep process (fast --help)
@@ -237,7 +238,7 @@ def train_part(sweep: dict, run: dict, seed: int, folder: str, env: Optional[Dic
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     record = {"status": "ok", "checkpoint": checkpoint, "seconds": seconds,
               "trainable": int(sum(t.numel() for t in state["trainable"].values()))}
-    if main_task:
+    if rank == 0:
         write_done(part, record)
     return record
 
@@ -277,16 +278,16 @@ def evaluate_part(sweep: dict, evaluation: dict, checkpoint: Optional[str], fold
 
 def run_part(sweep: dict, run: dict, seed: int, output_dir: str, env: Optional[Dict[str, str]] = None,
              cpus: Optional[List[int]] = None, progress: bool = True, distributed: bool = False,
-             main_task: bool = True) -> bool:
+             rank: int = 0) -> bool:
     """Train one (run, seed) and evaluate it with every evaluation; True when every marker exists.
 
     Finished scripts are skipped (their done.json); a failure is noted beside the script (failed.json)
     and the part's other evaluations still run. Under SLURM with several tasks (`distributed`), every
-    task trains and only the first (`main_task`) writes the marker and evaluates."""
+    task trains and only the first (`rank` 0) writes the marker and evaluates."""
     folder = part_folder(output_dir, run, seed)
     os.makedirs(folder, exist_ok=True)
-    trained = train_part(sweep, run, seed, folder, env, cpus, distributed, main_task)
-    if not main_task:
+    trained = train_part(sweep, run, seed, folder, env, cpus, distributed, rank)
+    if rank != 0:
         return trained["status"] == "ok"
     if progress:
         print(f"{run['name']} seed {seed}: training {trained['status']}", flush=True)
@@ -361,6 +362,13 @@ def run_local(sweep: dict, output_dir: str, parallel: int = 1, progress: bool = 
     """Every part on this machine, `parallel` at a time (each on its own GPU, or its own share of the
     cores); returns the results.csv table. SIGINT / SIGTERM reach the running scripts, which save."""
     parts = sweep_parts(sweep)
+    recorded = [read_json(os.path.join(part_folder(output_dir, run, seed), PART_RECORD)) for run, seed in parts]
+    if any(recorded):  # submitted to SLURM before: never train beside a live job of the same part
+        live = [row for row in part_statuses(sweep, output_dir) if row["state"] in ("queued", "running")]
+        if live:
+            raise UserInputError(f"{live[0]['part']} has SLURM job {live[0]['job_id']} {live[0]['state']} in this "
+                                 f"sweep ({len(live)} part(s) in all): follow it with --launcher slurm, or scancel "
+                                 "it before running here")
     with ForwardStopSignals():
         if parallel == 1:
             for run, seed in parts:
@@ -417,29 +425,28 @@ class PartFailed(Exception):
 def slurm_part_job(sweep: dict, run: dict, seed: int, output_dir: str) -> bool:
     """One part as a SLURM job (run by every task of it): train, then evaluate on the first task."""
     folder = part_folder(output_dir, run, seed)
-    env, rank = task_env(), global_rank()
-    if rank == 0:  # the job records itself too: a driver killed right after sbatch could not
-        record = read_json(os.path.join(folder, PART_RECORD)) or {}
-        job = submitit.JobEnvironment()
-        if record.get("job_id") != job.job_id:
-            write_json(os.path.join(folder, PART_RECORD),
-                       {"job_id": job.job_id, "log": str(job.paths.stdout), "folder": str(job.paths.folder.parent),
-                        "scheduler": os.environ.get("SUBMITIT_EXECUTOR", SLURM)})
-    distributed = submitit.JobEnvironment().num_tasks > 1
-    if not run_part(sweep, run, seed, output_dir, env=env, distributed=distributed, main_task=rank == 0):
+    job = submitit.JobEnvironment()
+    record_path = os.path.join(folder, PART_RECORD)
+    if job.global_rank == 0 and read_json(record_path) is None:  # the driver died between sbatch and its record
+        write_json(record_path, {"job_id": job.job_id, "log": str(job.paths.stdout),
+                                 "folder": str(job.paths.folder.parent),
+                                 "scheduler": os.environ.get("SUBMITIT_EXECUTOR", SLURM)})
+    if not run_part(sweep, run, seed, output_dir, env=task_env(), distributed=job.num_tasks > 1,
+                    rank=job.global_rank):
         raise PartFailed(f"{run['name']} seed {seed} failed: see {folder}")
     return True
 
 
-def part_statuses(sweep: dict, output_dir: str) -> List[dict]:
+def part_statuses(sweep: dict, output_dir: str, states_of=None) -> List[dict]:
     """Every part's row of the status table: part, state (done, queued, running, failed, lost, not
-    submitted), job id, elapsed, log, and why it failed."""
+    submitted), job id, elapsed, log, and why it failed. `states_of`: how to ask the scheduler (job_states;
+    follow_states while waiting)."""
     records = {(run["name"], seed): read_json(os.path.join(part_folder(output_dir, run, seed), PART_RECORD))
                for run, seed in sweep_parts(sweep)}
     states: Dict[str, Dict[str, str]] = {}
     for kind in {record.get("scheduler", SLURM) for record in records.values() if record}:
-        states.update(job_states([r["job_id"] for r in records.values() if r and r.get("scheduler", SLURM) == kind],
-                                 kind))
+        ids = [r["job_id"] for r in records.values() if r and r.get("scheduler", SLURM) == kind]
+        states.update((states_of or job_states)(ids, kind))
     rows = []
     for run, seed in sweep_parts(sweep):
         folder = part_folder(output_dir, run, seed)
@@ -494,16 +501,12 @@ def submit_parts(sweep: dict, output_dir: str, cluster: ClusterConfig, parts: Li
     folder = os.path.join(output_dir, "slurm")
     executor = make_executor(cluster, folder, name=f"ace-lora-{os.path.basename(output_dir)}", kind=kind)
     calls = [RequeueableCall(slurm_part_job, sweep, run, seed, output_dir) for run, seed in parts]
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
+    with held_signals():
         jobs = submit_calls(executor, calls)
         for (run, seed), job in zip(parts, jobs):
             write_json(os.path.join(part_folder(output_dir, run, seed), PART_RECORD),
-                       {"job_id": str(job.job_id), "log": str(job.paths.stdout).replace("%t", "0"), "folder": folder,
+                       {"job_id": str(job.job_id), "log": str(job.paths.stdout), "folder": folder,
                         "scheduler": kind, "submitted": time.strftime("%Y-%m-%d %H:%M:%S")})
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return [str(job.job_id) for job in jobs]
 
 
@@ -532,7 +535,7 @@ def run_on_cluster(sweep: dict, output_dir: str, cluster: ClusterConfig, wait: b
     try:
         while any(row["state"] in ("queued", "running") for row in rows):
             time.sleep(poll_s)
-            rows = part_statuses(sweep, output_dir)
+            rows = part_statuses(sweep, output_dir, follow_states)
             for row in rows:
                 if shown.get(row["part"]) != row["state"]:
                     reason = f" ({row['reason']})" if row["reason"] else ""
@@ -648,6 +651,9 @@ def demo_sweep(output_dir: str) -> dict:
     }
 
 
+TEXT_SETTINGS = ("partition", "account", "qos", "constraint")  # kept as given on the command line ("0123", "@lab")
+
+
 def cluster_settings(sweep: dict, overrides: List[str]) -> ClusterConfig:
     """The sweep's `cluster:` block with --cluster KEY=VALUE on top, checked."""
     values = dict(sweep.get("cluster") or {})
@@ -655,7 +661,11 @@ def cluster_settings(sweep: dict, overrides: List[str]) -> ClusterConfig:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserInputError(f"--cluster {item}: give KEY=VALUE (e.g. partition=gpu)")
-        values[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        try:
+            values[key] = value if key in TEXT_SETTINGS else yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserInputError(f"--cluster {item}: not a value (a number, or a list such as [a, b])") from None
     cluster = cluster_config(values, "cluster")
     if sweep.get("launcher") and cluster.tasks > 1:
         raise UserInputError("the sweep's launcher: starts the training processes itself (one task): set "
@@ -739,7 +749,12 @@ def main(argv=None) -> int:
     if args.config and not os.path.isfile(args.config):
         raise UserInputError(f"{args.config}: file not found")
     if args.config:
-        cluster_settings(read_sweep(args.config), args.cluster)  # its mistakes before anything is written
+        read = read_sweep(args.config)  # its mistakes before anything is written
+        if args.launcher == SLURM:
+            cluster_settings(read, args.cluster)
+        elif args.parallel > 1 and read.get("launcher"):
+            raise UserInputError("--parallel gives each part one GPU; the sweep's launcher: starts several processes "
+                                 "per part: drop one of them")
     if args.launcher == SLURM:
         check_sbatch()
     prepare_output_dir(args.output_dir)

@@ -222,7 +222,7 @@ def test_a_two_task_srun_training_equals_torchrun(slurm, data, tmp_path):
     again = subprocess.run([sys.executable, "-m", "ace_lora.submit", "--gpus-per-node", "0", "--cpus-per-task", "1",
                             "--no-wait", "--",
                             *flags, "--output-dir", str(tmp_path / "srun")], cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode == 0 and "submitting again" in again.stdout  # ended: a new job, which finds it done
+    assert again.returncode == 0 and "finished the run" in again.stdout and "submitted" not in again.stdout
 
 
 def test_an_allocation_shell_with_several_tasks_trains_one_process(slurm, data, tmp_path):
