@@ -443,9 +443,11 @@ def part_statuses(sweep: dict, output_dir: str, states_of=None) -> List[dict]:
     follow_states while waiting)."""
     records = {(run["name"], seed): read_json(os.path.join(part_folder(output_dir, run, seed), PART_RECORD))
                for run, seed in sweep_parts(sweep)}
+    done = {(run["name"], seed) for run, seed in sweep_parts(sweep) if part_done(sweep, run, seed, output_dir)}
+    asked = [record for part, record in records.items() if record and part not in done]  # the scheduler: if needed
     states: Dict[str, Dict[str, str]] = {}
-    for kind in {record.get("scheduler", SLURM) for record in records.values() if record}:
-        ids = [r["job_id"] for r in records.values() if r and r.get("scheduler", SLURM) == kind]
+    for kind in {record.get("scheduler", SLURM) for record in asked}:
+        ids = [record["job_id"] for record in asked if record.get("scheduler", SLURM) == kind]
         states.update((states_of or job_states)(ids, kind))
     rows = []
     for run, seed in sweep_parts(sweep):
@@ -456,7 +458,7 @@ def part_statuses(sweep: dict, output_dir: str, states_of=None) -> List[dict]:
         row = {"part": f"{run['name']}/seed{seed}", "run": run["name"], "seed": seed, "job_id": job_id,
                "elapsed": (known or {}).get("elapsed", ""), "log": record.get("log", os.path.join(folder, "train.log")),
                "reason": ""}
-        if part_done(sweep, run, seed, output_dir):
+        if (run["name"], seed) in done:
             seconds = (read_done(os.path.join(folder, "train")) or {}).get("seconds")
             row.update(state="done", elapsed=row["elapsed"] or (_clock(seconds) if seconds else ""))
         elif not job_id:
