@@ -120,11 +120,23 @@ def check_resources(config: ClusterConfig) -> None:
                "--wrap", "true"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
-        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        reasons = [line.split(":", 1)[1].strip() if line.startswith(("sbatch: error:", "allocation failure:"))
-                   else line for line in lines]
-        reasons = [reason.removeprefix("error:").strip() for reason in reasons]
-        raise UserInputError(f"sbatch refused the job: {'; '.join(dict.fromkeys(reasons or ['no reason given']))}")
+        raise sbatch_refusal(done.stderr + done.stdout, "job")
+
+
+def sbatch_refusal(output: str, what: str) -> UserInputError:
+    """sbatch's refusal in one line: its reasons ("sbatch: error: X", "allocation failure: Y"), each once (its
+    whole output when it gives none)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    reasons = [_reason(line) for line in lines if _reason(line)]
+    return UserInputError(f"sbatch refused the {what}: "
+                          f"{'; '.join(dict.fromkeys(reasons or lines or ['no reason given']))}")
+
+
+def _reason(line: str) -> Optional[str]:
+    for mark in ("error:", "allocation failure:"):
+        if mark in line:
+            return line.split(mark, 1)[1].strip()
+    return None
 
 
 def make_executor(config: ClusterConfig, folder: str, name: str, kind: str = SLURM) -> submitit.AutoExecutor:
@@ -152,10 +164,7 @@ def submit_calls(executor: submitit.AutoExecutor, calls: Sequence["RequeueableCa
         with contextlib.redirect_stderr(echoed), executor.batch():
             jobs = [executor.submit(call) for call in calls]
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        reasons = [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
-        raise UserInputError(f"sbatch refused the job{'s' if len(calls) > 1 else ''}: "
-                             f"{'; '.join(dict.fromkeys(reasons or lines or ['no reason given']))}") from None
+        raise sbatch_refusal(str(error), "jobs" if len(calls) > 1 else "job") from None
     return jobs
 
 

@@ -675,14 +675,15 @@ def cluster_settings(sweep: dict, overrides: List[str]) -> ClusterConfig:
     return cluster
 
 
-def load_sweep(args) -> dict:
-    """The sweep of the command line; a demo rerun in the same folder reuses its data (jobs may read it)."""
+def load_sweep(args, read: Optional[dict]) -> dict:
+    """The sweep of the command line (`read`: its YAML, read already), recorded in the output folder as
+    sweep.yaml; a demo rerun in the same folder reuses its data (jobs may read it)."""
     recorded = os.path.join(args.output_dir, "sweep.yaml")
     if args.demo and os.path.isfile(recorded):
         sweep = read_yaml_mapping(recorded, "sweep config")
         if sweep.get("demo") and os.path.isdir(sweep["model"].removeprefix(LOCAL_PREFIX)):
             return sweep
-    sweep = demo_sweep(args.output_dir) if args.demo else read_sweep(args.config)
+    sweep = demo_sweep(args.output_dir) if args.demo else read
     with open(recorded, "w", encoding="utf-8") as f:
         yaml.safe_dump(sweep, f, sort_keys=False)
     return sweep
@@ -750,20 +751,18 @@ def main(argv=None) -> int:
     args.output_dir = os.path.abspath(args.output_dir)  # the parts run scripts by absolute path, from anywhere
     if args.config and not os.path.isfile(args.config):
         raise UserInputError(f"{args.config}: file not found")
-    if args.config:
-        read = read_sweep(args.config)  # its mistakes before anything is written
-        if args.launcher == SLURM:
-            cluster_settings(read, args.cluster)
-        elif args.parallel > 1 and read.get("launcher"):
-            raise UserInputError("--parallel gives each part one GPU; the sweep's launcher: starts several processes "
-                                 "per part: drop one of them")
+    read = read_sweep(args.config) if args.config else None  # its mistakes before anything is written
+    cluster = cluster_settings(read, args.cluster) if read is not None and args.launcher == SLURM else None
+    if read is not None and args.parallel > 1 and read.get("launcher"):
+        raise UserInputError("--parallel gives each part one GPU; the sweep's launcher: starts several processes "
+                             "per part: drop one of them")
     if args.launcher == SLURM:
         check_sbatch()
     prepare_output_dir(args.output_dir)
-    sweep = load_sweep(args)
+    sweep = load_sweep(args, read)
     if args.launcher == SLURM:
-        return run_on_cluster(sweep, args.output_dir, cluster_settings(sweep, args.cluster), wait=not args.no_wait,
-                              poll_s=args.poll_s)
+        return run_on_cluster(sweep, args.output_dir, cluster or cluster_settings(sweep, args.cluster),
+                              wait=not args.no_wait, poll_s=args.poll_s)
     try:
         results = run_local(sweep, args.output_dir, args.parallel)
     except ScriptsStopped as stop:

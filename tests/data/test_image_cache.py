@@ -287,68 +287,78 @@ DAMAGES = {  # what is done to a built cache, and the damage the one line names
 }
 
 
+class ScriptCache:
+    """dataset_prep/cache_images.py on a small training CSV, and what training reads back from its cache."""
+
+    def __init__(self, model_name: str, root):
+        from ace_lora.data.synthetic import write_demo_dataset
+        from ace_lora.data.train_dataset import build_training_dataset
+        from ace_lora.factory import build_model
+        from tests.data.test_prepare import load_script
+        self.script, self.model_name = load_script("cache_images.py"), model_name
+        self.data = write_demo_dataset(str(root), n_train=6, n_test_per_class=1)
+        self.preprocess = build_model(model_name).preprocess
+        self.read = lambda **cache: build_training_dataset(self.data.train_csv, self.preprocess, quiet=True, **cache)
+        self.decoded = [item[0] for item in self.read()]  # the pixels decoded from the files
+
+    def build(self, out) -> list:
+        """Build the cache in `out` (two chunks); returns the script's argv."""
+        argv = ["--csv", self.data.train_csv, "--model", self.model_name, "--output", str(out), "--chunk-size", "4",
+                "--num-workers", "0", "--no-progress"]
+        assert self.script.main(argv) == 0
+        return argv
+
+    def assert_serves_decoded_pixels(self, out, **options) -> None:
+        cached = self.read(image_cache=str(out), **options)
+        assert all(torch.equal(cached[i][0], self.decoded[i]) for i in range(6))
+
+
 @pytest.fixture(scope="module")
 def cache_script_setup(tiny_model_name, tmp_path_factory):
-    from ace_lora.data.synthetic import write_demo_dataset
-    from ace_lora.factory import build_model
-    from tests.data.test_prepare import load_script
-    data = write_demo_dataset(str(tmp_path_factory.mktemp("data")), n_train=6, n_test_per_class=1)
-    return load_script("cache_images.py"), data, build_model(tiny_model_name).preprocess
+    return ScriptCache(tiny_model_name, tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_a_damaged_cache_is_one_line_naming_the_damage_and_the_repair_and_rebuild_repairs_it(
-        damage, cache_script_setup, tiny_model_name, tmp_path, capsys):
-    from ace_lora.data.train_dataset import build_training_dataset
-    script, data, preprocess = cache_script_setup
+        damage, cache_script_setup, tmp_path, capsys):
+    setup = cache_script_setup
     out = tmp_path / "cache"
-    argv = ["--csv", data.train_csv, "--model", tiny_model_name, "--output", str(out), "--chunk-size", "4",
-            "--num-workers", "0", "--no-progress"]
-    assert script.main(argv) == 0
-    decoded = build_training_dataset(data.train_csv, preprocess, quiet=True)
+    argv = setup.build(out)
     damage_files, named = DAMAGES[damage]
     damage_files(out)
     with pytest.raises(UserInputError) as error:  # what train.py --image-cache meets
-        build_training_dataset(data.train_csv, preprocess, image_cache=str(out), quiet=True)
+        setup.read(image_cache=str(out))
     assert str(error.value).startswith(f"--image-cache {out} is damaged ({named}")
     assert str(error.value).endswith(f"repair it with --image-cache-rebuild (or dataset_prep/cache_images.py --csv CSV "
                                      f"--output {out} --rebuild)")
-    assert script.main([*argv, "--rebuild"]) == 0
+    assert setup.script.main([*argv, "--rebuild"]) == 0
     capsys.readouterr()
-    assert script.main(["--verify", str(out)]) == 0
-    cached = build_training_dataset(data.train_csv, preprocess, image_cache=str(out), quiet=True)
-    assert all(torch.equal(cached[i][0], decoded[i][0]) for i in range(6))
+    assert setup.script.main(["--verify", str(out)]) == 0
+    setup.assert_serves_decoded_pixels(out)
 
 
 def test_corrupted_bytes_are_found_by_verify_and_rebuilt_alone_as_is_a_damaged_cache_under_training(
-        cache_script_setup, tiny_model_name, tmp_path, capsys):
-    from ace_lora.data.train_dataset import build_training_dataset
-    script, data, preprocess = cache_script_setup
+        cache_script_setup, tmp_path, capsys):
+    setup = cache_script_setup
     out = tmp_path / "cache"
-    argv = ["--csv", data.train_csv, "--model", tiny_model_name, "--output", str(out), "--chunk-size", "4",
-            "--num-workers", "0", "--no-progress"]
-    assert script.main(argv) == 0
-    decoded = build_training_dataset(data.train_csv, preprocess, quiet=True)
+    argv = setup.build(out)
     chunk = out / C.CHUNKS / "000001.npy"
     raw = bytearray(chunk.read_bytes())
     raw[-10:] = bytes(255 - b for b in raw[-10:])  # same size, other bytes: the cheap checks cannot see it
     chunk.write_bytes(bytes(raw))
     untouched = (out / C.CHUNKS / "000000.npy").stat().st_mtime_ns
     capsys.readouterr()
-    assert script.main(["--verify", str(out)]) == 1
+    assert setup.script.main(["--verify", str(out)]) == 1
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "damaged: chunks/000001.npy has other bytes than when it was written (checksum differs)"
     assert printed[1].startswith(f"1 of 2 chunks of {out} are damaged: repair them")
-    assert script.main([*argv, "--rebuild"]) == 0
+    assert setup.script.main([*argv, "--rebuild"]) == 0
     assert (out / C.CHUNKS / "000000.npy").stat().st_mtime_ns == untouched  # exactly the damaged chunk rebuilt
-    assert script.main(["--verify", str(out)]) == 0
-    cached = build_training_dataset(data.train_csv, preprocess, image_cache=str(out), quiet=True)
-    assert all(torch.equal(cached[i][0], decoded[i][0]) for i in range(6))
+    assert setup.script.main(["--verify", str(out)]) == 0
+    setup.assert_serves_decoded_pixels(out)
 
     os.remove(out / C.CHUNKS / "000000.npy")  # training's own --image-cache-rebuild repairs too
-    cached = build_training_dataset(data.train_csv, preprocess, image_cache=str(out), image_cache_rebuild=True,
-                                    quiet=True)
-    assert all(torch.equal(cached[i][0], decoded[i][0]) for i in range(6))
+    setup.assert_serves_decoded_pixels(out, image_cache_rebuild=True)
 
 
 def test_builds_leave_no_debris_and_name_the_callers_flag(sources, tmp_path):
@@ -380,7 +390,7 @@ def test_a_read_only_cache_folder_that_needs_writing_is_a_storage_failure(source
 def test_an_unreadable_image_ends_the_progress_bar_before_its_error_line(cache_script_setup, tiny_model_name,
                                                                          tmp_path, capsys):
     from tests.conftest import error_exit_line
-    script, data, _ = cache_script_setup
+    script, data = cache_script_setup.script, cache_script_setup.data
     table = open(data.train_csv).read().splitlines()
     first = table[1].split(",")[0]
     broken = tmp_path / "broken.png"
