@@ -3,7 +3,7 @@
 `python train.py` (one device) and `torchrun ... train_multi_gpu.py` (DDP) are `train_main` and
 `train_multi_gpu_main`; installed, they are also `ace-lora-train` and `ace-lora-train-ddp`. Every flag is
 defined in ace_lora/params/training.py (`--help` lists them; `--config FILE.yaml` sets any of them, as the
-released run_utils.py did); ace_lora.launch.run_training takes the parsed flags from there.
+released run_utils.py did); ace_lora.train.launch.run_training takes the parsed flags from there.
 """
 from typing import Optional, Sequence
 
@@ -42,8 +42,8 @@ def parse_args(argv: Optional[Sequence[str]] = None, distributed: bool = False):
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """train.py: one process on --device."""
     args = parse_args(argv, distributed=False)
-    from ace_lora.distributed import single_process  # after parsing: --help needs no torch
-    from ace_lora.launch import run_training
+    from ace_lora.train.distributed import single_process  # after parsing: --help needs no torch
+    from ace_lora.train.launch import run_training
     run_training(args, single_process(args.device))
     return 0
 
@@ -52,8 +52,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 def train_multi_gpu_main(argv: Optional[Sequence[str]] = None) -> int:
     """train_multi_gpu.py: one process per GPU (torchrun / srun set the ranks)."""
     args = parse_args(argv, distributed=True)
-    from ace_lora.distributed import init_distributed, shutdown  # after parsing: --help needs no torch
-    from ace_lora.launch import run_training
+    from ace_lora.train.distributed import init_distributed, shutdown  # after parsing: --help needs no torch
+    from ace_lora.train.launch import run_training
     context = init_distributed(args.device)
     try:
         run_training(args, context)

@@ -6,8 +6,8 @@ The method lives here; the top-level scripts (`train.py`, `train_multi_gpu.py`, 
 
 
 def load(checkpoint=None, **kwargs):
-    """`ace_lora.predict.load`: a model to classify, embed and localise with (see ace_lora/predict.py).
+    """`ace_lora.evaluation.predict.load`: a model to classify, embed and localise with.
 
     Imported on first use, so that importing the package (every command line does) loads no torch."""
-    from .predict import load as load_predictor
+    from ace_lora.evaluation.predict import load as load_predictor
     return load_predictor(checkpoint, **kwargs)

@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Optional
 import numpy as np
 import yaml
 
-from .errors import StorageError, UserInputError
+from ace_lora.errors import StorageError, UserInputError
 
 
 def check_output_dir(output_dir: str, flag: str = "--output-dir") -> str:
@@ -157,6 +157,12 @@ def read_jsonl(path: str) -> List[dict]:
         return []
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def with_values(args: argparse.Namespace, **values) -> argparse.Namespace:
+    """A copy of parsed flags with some resolved (--precision auto on a device, a demo's data): parsed flags are
+    never edited in place, so every holder of them sees what was parsed."""
+    return argparse.Namespace(**{**vars(args), **values})
 
 
 def write_resolved_config(args: argparse.Namespace, output_dir: str, name: str = "config.yaml") -> str:

@@ -1,14 +1,13 @@
 """Where and how computations run: device and autocast precision."""
+import argparse
 import contextlib
 import re
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 
-from .errors import UserInputError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
+from ace_lora.errors import UserInputError
+from ace_lora.io import with_values
 
 DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps)")
 
@@ -44,11 +43,10 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def runtime_device(args) -> torch.device:
-    """The device of `args.device`, with `args.precision` resolved for it ('auto')."""
+def runtime_device(args) -> Tuple[argparse.Namespace, torch.device]:
+    """The device of `args.device`, and a copy of the flags with `--precision` resolved for it ('auto')."""
     device = resolve_device(args.device)
-    args.precision = resolve_precision(args.precision, device)
-    return device
+    return with_values(args, precision=resolve_precision(args.precision, device)), device
 
 
 @contextlib.contextmanager

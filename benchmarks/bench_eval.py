@@ -100,9 +100,9 @@ def main(argv=None) -> int:
     if os.path.isdir(args.output):
         raise UserInputError(f"--output {args.output} is a folder; give a file name")
     from ace_lora.evaluation.zero_shot import evaluate
-    from ace_lora.factory import load_model_for_eval
+    from ace_lora.model.factory import load_model_for_eval
     from ace_lora.runtime import runtime_device
-    device = runtime_device(args)
+    args, device = runtime_device(args)
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
     with tempfile.TemporaryDirectory() as folder:
         csv = write_synthetic_set(Path(folder), args.images, args.image_size, args.seed)

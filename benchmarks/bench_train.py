@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training speed and memory: ACE-LoRA against full fine-tuning of the same backbone, same batch.
 
-- ACE-LoRA: the training step of train.py (ace_lora.train_step.train_step; LoRA q/k/v in all layers,
+- ACE-LoRA: the training step of train.py (ace_lora.train.step.train_step; LoRA q/k/v in all layers,
   ACE-HGNN on both towers, label-guided loss, AdamW over the 969,217 trainable numbers).
 - Full fine-tuning: every backbone parameter trainable, plain CLIP loss on open_clip's pooled
   embeddings, AdamW over all of them.
@@ -55,10 +55,10 @@ def ace_steps(args, device):
     """A callable that runs one ACE-LoRA training step."""
     import torch
 
-    from ace_lora.distributed import single_process
-    from ace_lora.factory import build_model
-    from ace_lora.loss import create_loss
-    from ace_lora.train_step import train_step, warmup_cosine_schedule
+    from ace_lora.model.factory import build_model
+    from ace_lora.model.loss import create_loss
+    from ace_lora.train.distributed import single_process
+    from ace_lora.train.step import train_step, warmup_cosine_schedule
     model = build_model(args.model, device=device).train()
     batch = synthetic_batch(image_size(model.clip), model.tokenize, args.batch_size)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4, weight_decay=1e-2)
@@ -73,8 +73,8 @@ def full_steps(args, device):
     """A callable that runs one full fine-tuning step."""
     import torch
 
-    from ace_lora.backbone import load_backbone
-    from ace_lora.loss import label_guided_info_nce
+    from ace_lora.model.backbone import load_backbone
+    from ace_lora.model.loss import label_guided_info_nce
     from ace_lora.runtime import autocast
     backbone = load_backbone(args.model)
     clip = backbone.clip.to(device).train()

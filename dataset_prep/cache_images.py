@@ -80,9 +80,9 @@ def main(argv=None) -> int:
     for flag, value in (("--csv", args.csv), ("--output", args.output)):
         if not value:
             raise UserInputError(f"{flag} is required (or --verify DIR)")
-    from ace_lora.backbone import load_backbone  # after parsing: --help stays fast
     from ace_lora.data.image_cache import build_cache, check_cache_folder, csv_image_paths
     from ace_lora.data.images import set_max_image_pixels
+    from ace_lora.model.backbone import load_backbone  # after parsing: --help stays fast
     set_max_image_pixels(args.max_image_pixels)
     from ace_lora.data.transforms import pixel_transform
     check_cache_folder(args.output, "--output")

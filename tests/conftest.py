@@ -81,7 +81,7 @@ def fake_biomedclip_dir(shared_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_name(tmp_path_factory):
     """A tiny random BiomedCLIP-architecture model folder (`local-dir:` name)."""
-    from ace_lora.tiny_model import write_tiny_biomedclip
+    from ace_lora.model.tiny_model import write_tiny_biomedclip
 
     words = ("a chest x-ray image of findings suggesting no finding pneumonia pneumothorax atelectasis "
              "cardiomegaly consolidation edema pleural effusion there is")
@@ -107,8 +107,8 @@ def tiny_model_with_lora_updates(model_name: str):
     """A tiny ACE-LoRA model whose LoRA B matrices are random (seed 0), so that LoRA changes its outputs."""
     import torch
 
-    from ace_lora.config import AceLoRAConfig
-    from ace_lora.factory import build_model
+    from ace_lora.model.config import AceLoRAConfig
+    from ace_lora.model.factory import build_model
     torch.manual_seed(0)
     model = build_model(model_name, AceLoRAConfig())
     for layers in (model.text_lora, model.vision_lora):

@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 import train
-from ace_lora.checkpoint import released_state
-from ace_lora.config import AceLoRAConfig
 from ace_lora.data.synthetic import write_demo_dataset
-from ace_lora.dense.splits import decode_error
-from ace_lora.factory import build_model
+from ace_lora.evaluation.dense.splits import decode_error
+from ace_lora.model.checkpoint import released_state
+from ace_lora.model.config import AceLoRAConfig
+from ace_lora.model.factory import build_model
 from tests.conftest import error_exit_line
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert
 

@@ -11,21 +11,13 @@ and mAP@.50.
         --train-fraction 0.01 --output-dir results/rsna_det_ace_lora_1pct
     python zero_shot_eval/detection_rsna.py --demo          # synthetic data, tiny model, CPU
 
-See --help for every flag; the work is done by ace_lora.dense.benchmark.
+See --help for every flag; the work is done by ace_lora.evaluation.dense.benchmark.
 """
 import sys
 
-from ace_lora.errors import main_guard
-from ace_lora.params.dense import parse_dense_args
+from ace_lora.evaluation.command_line import dense_main
 
-
-@main_guard
-def main(argv=None) -> int:
-    args = parse_dense_args("rsna_detection", argv)
-    from ace_lora.dense.benchmark import run  # after parsing: --help needs no torch
-    run("rsna_detection", args)
-    return 0
-
+main = dense_main("rsna_detection")
 
 if __name__ == "__main__":
     sys.exit(main())

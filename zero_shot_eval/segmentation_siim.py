@@ -10,21 +10,13 @@ prediction on an empty mask counting 1 (MGCA).
         --train-fraction 0.1 --output-dir results/siim_seg_ace_lora_10pct
     python zero_shot_eval/segmentation_siim.py --demo          # synthetic data, tiny model, CPU
 
-See --help for every flag; the work is done by ace_lora.dense.benchmark.
+See --help for every flag; the work is done by ace_lora.evaluation.dense.benchmark.
 """
 import sys
 
-from ace_lora.errors import main_guard
-from ace_lora.params.dense import parse_dense_args
+from ace_lora.evaluation.command_line import dense_main
 
-
-@main_guard
-def main(argv=None) -> int:
-    args = parse_dense_args("siim_segmentation", argv)
-    from ace_lora.dense.benchmark import run  # after parsing: --help needs no torch
-    run("siim_segmentation", args)
-    return 0
-
+main = dense_main("siim_segmentation")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,7 +54,7 @@ from ace_lora.data.tables import read_table
 from ace_lora.data.transforms import PixelTransform
 from ace_lora.errors import UserInputError
 from ace_lora.io import atomic_write, read_json, write_json
-from ace_lora.run_folder import LOCK_NAME, RunLock
+from ace_lora.train.run_folder import LOCK_NAME, RunLock
 
 CACHE_FORMAT = 1
 PLAN, MANIFEST, INDEX, CHUNKS = "plan.json", "manifest.json", "index.csv", "chunks"

@@ -41,7 +41,7 @@ from ace_lora.data.labels import (
     RSNA_CLASSES,
     SIIM_CLASSES,
 )
-from ace_lora.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts
+from ace_lora.data.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts
 
 DEMO_FINDINGS = CHEXPERT_5X200_CLASSES
 # Reports: "{f}" is the finding in lower case. The first two are the zero-shot prompt wordings.

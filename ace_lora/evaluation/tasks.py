@@ -30,9 +30,9 @@ from ace_lora.data.labels import (
     SIIM_CLASSES,
 )
 from ace_lora.data.paths import index_siim_images, resolve_path
+from ace_lora.data.prompts import CHEST_XRAY_TEMPLATES, PATHOLOGY_TEMPLATES, class_major_prompts
 from ace_lora.data.tables import row_name, shown_value
 from ace_lora.errors import UserInputError
-from ace_lora.prompts import CHEST_XRAY_TEMPLATES, PATHOLOGY_TEMPLATES, class_major_prompts
 
 # Scorings turn cosine similarities (B, C) into the per-class scores that are written and evaluated.
 SOFTMAX = "softmax"  # softmax(scale * cosine): single-label probabilities

@@ -30,13 +30,13 @@ from tqdm import tqdm
 from ace_lora.data.eval_dataset import ImageListDataset, collate_eval_items
 from ace_lora.data.image_cache import image_source
 from ace_lora.data.paths import data_root_for
+from ace_lora.data.prompts import prompt_ensemble_embeddings
 from ace_lora.data.tables import read_table
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.figures import plot_confusion_matrix, plot_roc
 from ace_lora.evaluation.metrics import classification_metrics, multilabel_metrics
 from ace_lora.evaluation.tasks import COSINE, LOGIT_SCALES, NIH_RELEASED, SOFTMAX, TASKS, ZeroShotTask, get_task
 from ace_lora.io import prepare_output_dir, strict_json
-from ace_lora.prompts import prompt_ensemble_embeddings
 from ace_lora.runtime import autocast, resolve_device, resolve_precision
 
 LABEL_COLUMN = "label"  # true class name in predictions.csv (multi-label: positives joined by '|')

@@ -6,12 +6,13 @@ A YAML file given with `--config` supplies defaults (keys are flag names with '-
 the command line override it. The package imports no torch, so every `--help` answers at once.
 """
 import argparse
+import copy
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from ..config import BIOMEDCLIP_HUB, model_spec
-from ..errors import UserInputError
-from ..io import read_yaml_mapping
+from ace_lora.errors import UserInputError
+from ace_lora.io import read_yaml_mapping
+from ace_lora.model.config import BIOMEDCLIP_HUB, model_spec
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -28,23 +29,45 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse argv; values from `--config FILE.yaml` become defaults that explicit flags override.
+def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
+                      layered_defaults: Optional[Callable[[argparse.Namespace], dict]] = None,
+                      early: Sequence[str] = ()) -> argparse.Namespace:
+    """Parse argv once; values from `--config FILE.yaml` become defaults that explicit flags override.
 
     YAML values get the same checks as flags (type conversion, choices, one value vs a list), with
-    errors that name the file and key: argparse itself never checks defaults.
+    errors that name the file and key: argparse itself never checks defaults. `layered_defaults(values)`
+    gives defaults that depend on the `early` flags (e.g. --method, --demo) as given on the command line, else
+    in the YAML, else by default; they sit between the parser's own defaults and the YAML's.
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
+    actions = {a.dest: a for a in parser._actions}
+    values = {}
     if known.config:
         values = _read_config(known.config)
-        actions = {a.dest: a for a in parser._actions}
         unknown = sorted(set(values) - set(actions))
         if unknown:
             raise UserInputError(f"{known.config}: unknown keys {', '.join(unknown)}")
-        parser.set_defaults(**{k: _checked_value(actions[k], v, known.config, k) for k, v in values.items()})
+        values = {k: _checked_value(actions[k], v, known.config, k) for k, v in values.items()}
+    if layered_defaults is not None:
+        parser.set_defaults(**layered_defaults(_early_values(parser, argv, early, values)))
+    parser.set_defaults(**values)
     return _resolved(parser.parse_args(argv))
+
+
+def _early_values(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], dests: Sequence[str],
+                  config_values: dict) -> argparse.Namespace:
+    """The values of a few flags before the full parse (which reports any bad value: here it is left out)."""
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    for action in parser._actions:
+        if action.dest in dests:
+            pre._add_action(copy.copy(action))
+    pre.set_defaults(**{k: v for k, v in config_values.items() if k in dests})
+    try:
+        return pre.parse_known_args(argv)[0]
+    except argparse.ArgumentError:
+        return pre.parse_known_args([])[0]
 
 
 def _resolved(args: argparse.Namespace) -> argparse.Namespace:
@@ -52,17 +75,6 @@ def _resolved(args: argparse.Namespace) -> argparse.Namespace:
     if getattr(args, "pretrained", None):
         args.model = model_spec(args.model, args.pretrained)
     return args
-
-
-def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
-                             demo_defaults: dict) -> argparse.Namespace:
-    """`parse_with_config`; when --demo is on (as a flag or in --config), `demo_defaults` replace the
-    parser's defaults first, so explicit flags and config values still win."""
-    args = parse_with_config(parser, argv)
-    if not args.demo:
-        return args
-    parser.set_defaults(**demo_defaults)
-    return parse_with_config(parser, argv)
 
 
 def _read_config(path: str) -> dict:

@@ -2,9 +2,16 @@
 import argparse
 from typing import Optional, Sequence
 
-from ..dense.tasks import DENSE_TASKS, FEATURE_KINDS, SPLITS
-from ..errors import UserInputError
-from . import HelpFormatter, add_config_arg, add_model_args, add_runtime_args, parse_with_demo_defaults
+from ace_lora.errors import UserInputError
+from ace_lora.evaluation.dense.definitions import DENSE_TASKS, FEATURE_KINDS, SPLITS
+from ace_lora.params import (
+    HelpFormatter,
+    add_config_arg,
+    add_model_args,
+    add_runtime_args,
+    check_runtime_args,
+    parse_with_config,
+)
 
 
 def dense_parser(task_name: str) -> argparse.ArgumentParser:
@@ -90,10 +97,11 @@ def parse_dense_args(task_name: str, argv: Optional[Sequence[str]] = None) -> ar
     task = DENSE_TASKS[task_name]
     parser = dense_parser(task_name)
     parser.set_defaults(**task.defaults)
-    args = parse_with_demo_defaults(parser, argv, task.demo_defaults)
-    for name in ("epochs", "patience", "batch_size", "encode_batch_size", "head_channels", "head_convs", "bootstrap",
-                 "num_workers"):
-        minimum = 0 if name in ("epochs", "bootstrap", "num_workers") else 1
+    args = parse_with_config(parser, argv, early=("demo",),
+                             layered_defaults=lambda early: task.demo_defaults if early.demo else {})
+    check_runtime_args(args)
+    for name in ("epochs", "patience", "encode_batch_size", "head_channels", "head_convs", "bootstrap"):
+        minimum = 0 if name in ("epochs", "bootstrap") else 1
         if getattr(args, name, minimum) < minimum:
             raise UserInputError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
     if not 0 < args.train_fraction <= 1:

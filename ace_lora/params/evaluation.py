@@ -1,8 +1,8 @@
 """The command lines of the scripts that evaluate or apply a model: zero-shot, retrieval, predict, export."""
 import argparse
 
-from ..evaluation.tasks import LOGIT_SCALES, NIH_PROMPT_NAMES, get_task
-from . import (
+from ace_lora.evaluation.tasks import LOGIT_SCALES, NIH_PROMPT_NAMES, get_task
+from ace_lora.params import (
     HelpFormatter,
     add_config_arg,
     add_device_args,
@@ -55,7 +55,24 @@ def zero_shot_parser(task_name: str) -> argparse.ArgumentParser:
 # ---- prediction on your own images (predict.py) ----------------------------------------------------
 
 
-def predict_parser(description: str) -> argparse.ArgumentParser:
+PREDICT_DESCRIPTION = """Classify your own images with ACE-LoRA (or bare BiomedCLIP): zero-shot, with your own class
+names.
+
+Examples:
+  python predict.py scans/ --classes pneumonia "pleural effusion" "no finding" --checkpoint ACE_LoRA.pt \
+      --model local-dir:/models/biomedclip --output-dir results/my_scans
+  python predict.py --csv my_images.csv --column file --classes classes.txt --heatmaps results/heatmaps
+  python predict.py "slides/**/*.png" --classes "benign colon" "colon adenocarcinoma" \
+      --templates "an H&E image of {}." "a histopathology image of {}."
+
+Writes predictions.csv (path, one probability column per class, predicted), unreadable.csv when
+--skip-unreadable skipped files, config.yaml, and with --heatmaps one overlay PNG per image and class
+(listed in heatmaps.csv). A folder that holds a previous prediction is refused unless --overwrite.
+The Python API is `ace_lora.load(...)` (ace_lora/evaluation/predict.py).
+"""
+
+
+def predict_parser(description: str = PREDICT_DESCRIPTION) -> argparse.ArgumentParser:
     """The command line of predict.py."""
     parser, model = evaluation_parser(description)
     model.add_argument("--logit-scale", choices=LOGIT_SCALES, default="base",
@@ -93,7 +110,22 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
 # ---- image-text retrieval (zero_shot_eval/retrieval.py) --------------------------------------------
 
 
-def retrieval_parser(description: str) -> argparse.ArgumentParser:
+RETRIEVAL_DESCRIPTION = """Image-to-text and text-to-image retrieval with ACE-LoRA or the bare BiomedCLIP baseline.
+
+Reads a CSV with an image and its report per row: CheXpert 5x200 (Path, Report Impression; its five
+class columns give class-aware Precision@K), a MIMIC-CXR test split from dataset_prep/mimic_cxr_prep.py
+(image_path, report), or any CSV (--image-column, --text-column). Identical reports are one gallery
+item and count as correct for each other (docs/evaluation.md, "Retrieval").
+
+    python zero_shot_eval/retrieval.py --checkpoint ACE_LoRA.pt --csv chexpert_5x200.csv \
+        --data-root /data/chexpert --output-dir results/retrieval_chexpert
+
+Writes metrics.json (Recall@1/5/10, mean and median rank, Precision@K), ranks.csv (one row per query)
+and config.yaml.
+"""
+
+
+def retrieval_parser(description: str = RETRIEVAL_DESCRIPTION) -> argparse.ArgumentParser:
     """The command line of zero_shot_eval/retrieval.py."""
     parser, _ = evaluation_parser(description)
     data = parser.add_argument_group("data")
@@ -112,7 +144,19 @@ def retrieval_parser(description: str) -> argparse.ArgumentParser:
 # ---- export (export.py) ---------------------------------------------------------------------------
 
 
-def export_parser(description: str) -> argparse.ArgumentParser:
+EXPORT_DESCRIPTION = """Export a trained ACE-LoRA model to a folder: the backbone with LoRA merged (a plain open_clip
+model folder), the ACE-HGNN adapters and learned scale (safetensors + JSON), and a model card.
+
+    python export.py --model local-dir:/models/biomedclip --checkpoint runs/ace/ACE-LoRA_weights_best.pt \
+        --output-dir exports/ace_lora_mimic --training-data "MIMIC-CXR train split" \
+        --metrics results/chexpert/metrics.json
+
+Load it with `ace_lora.load("exports/ace_lora_mimic")`, with --checkpoint exports/ace_lora_mimic in any
+evaluation script, or the merged backbone alone with open_clip (docs/evaluation.md, "Export and share").
+"""
+
+
+def export_parser(description: str = EXPORT_DESCRIPTION) -> argparse.ArgumentParser:
     """The command line of export.py."""
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_config_arg(parser)

@@ -2,23 +2,22 @@
 import argparse
 from typing import Optional, Sequence
 
-from ..config import GNN_CHOICES, LORA_PARAMS, LORA_POSITIONS, LOSS_CHOICES
-from ..data.labels import UNCERTAIN_POLICIES
-from ..evaluation.tasks import TASKS
-from ..methods import METHODS, get_method
-from . import (
+from ace_lora.data.labels import UNCERTAIN_POLICIES
+from ace_lora.evaluation.tasks import TASKS
+from ace_lora.model.config import LOSS_KINDS, add_setting_args
+from ace_lora.model.methods import METHODS, get_method
+from ace_lora.params import (
     HelpFormatter,
     add_config_arg,
     add_image_cache_args,
     add_model_args,
     add_runtime_args,
     parse_with_config,
-    parse_with_demo_defaults,
 )
 
 # Flag defaults of a --demo run unless given on the command line or in --config (chosen for a robust,
 # < 3 minute CPU run).
-DEMO_MODELS = ("biomedclip", "openclip")  # the tiny random architectures --demo can train (ace_lora/tiny_model.py)
+DEMO_MODELS = ("biomedclip", "openclip")  # the tiny random architectures --demo can train (model/tiny_model.py)
 DEFAULT_LR = 1e-3
 DEMO_DEFAULTS = dict(output_dir="demo_output", epochs=12, batch_size=25, lr=2e-3, warmup_epochs=1, num_workers=0,
                      val_before_training=True, log_every_steps=1)
@@ -49,19 +48,8 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
                             "(open_clip's own ViT and causal text transformer)")
 
     lora = parser.add_argument_group("LoRA and ACE-HGNN")
-    lora.add_argument("--lora-r", type=int, default=4, help="LoRA rank r")
-    lora.add_argument("--lora-alpha", type=float, default=1.0, help="LoRA alpha; the update is scaled by alpha/sqrt(r)")
-    lora.add_argument("--lora-dropout", type=float, default=0.1, help="dropout on the LoRA input")
-    lora.add_argument("--params", nargs="+", default=["q", "k", "v"], choices=LORA_PARAMS,
-                      help="attention projections that get LoRA (q k v, optionally o)")
-    lora.add_argument("--position", default="all", choices=LORA_POSITIONS,
-                      help="which layers of each tower get LoRA (bottom/mid/up = thirds, half-*, top = last, "
-                           "top3 = last three)")
-    lora.add_argument("--topk", type=int, default=5, help="hyperedge size: top-k related tokens per token")
-    lora.add_argument("--hidden-features", type=int, default=128, help="hidden width of the ACE-HGNN adapters")
-    lora.add_argument("--apply-gnn-encoders", default="both", choices=GNN_CHOICES,
-                      help="towers that get the ACE-HGNN adapters; none = LoRA only (the CLIP-LoRA baseline)")
-    lora.add_argument("--loss", default="auto", choices=("auto",) + LOSS_CHOICES,
+    add_setting_args(lora)  # declared once, with the model config (ace_lora.model.config)
+    lora.add_argument("--loss", default="auto", choices=("auto", *LOSS_KINDS),
                       help="auto: label_guided, or label_guided_siglip for a SigLIP-trained model (one with a logit "
                            "bias); label_guided: same-label pairs are not negatives (needs labels); clip: plain "
                            "InfoNCE; siglip / label_guided_siglip: the sigmoid loss (label-equal pairs positive). "
@@ -132,8 +120,7 @@ def parse_training_args(argv: Optional[Sequence[str]], description: str, distrib
     """The training command line; with --demo, DEMO_DEFAULTS replace the defaults (flags and config still win)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_training_args(parser, distributed)
-    method = parse_with_config(parser, argv).method
-    parser.set_defaults(**get_method(method).defaults)  # explicit flags and --config still win
-    return parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS)
+    return parse_with_config(parser, argv, early=("method", "demo"), layered_defaults=lambda early: {
+        **get_method(early.method).defaults, **(DEMO_DEFAULTS if early.demo else {})})
 
 

@@ -17,7 +17,7 @@ from ace_lora.data.eval_dataset import ImageListDataset, collate_eval_items
 from ace_lora.data.synthetic import write_dicom
 from ace_lora.data.transforms import PixelTransform
 from ace_lora.errors import StorageError, UserInputError
-from ace_lora.run_folder import RunLock
+from ace_lora.train.run_folder import RunLock
 
 SIZE = 16
 TRAIN = PixelTransform("train", SIZE, [T.Resize((SIZE, SIZE), interpolation=T.InterpolationMode.BICUBIC)])
@@ -225,7 +225,7 @@ def test_a_full_disk_leaves_no_cache_in_use(sources, tmp_path):
 def test_the_cache_script_builds_what_training_reads(tiny_model_name, tmp_path, capsys):
     from ace_lora.data.synthetic import write_demo_dataset
     from ace_lora.data.train_dataset import build_training_dataset
-    from ace_lora.factory import build_model
+    from ace_lora.model.factory import build_model
     from tests.conftest import error_exit_line
     from tests.data.test_prepare import load_script
     script = load_script("cache_images.py")
@@ -293,7 +293,7 @@ class ScriptCache:
     def __init__(self, model_name: str, root):
         from ace_lora.data.synthetic import write_demo_dataset
         from ace_lora.data.train_dataset import build_training_dataset
-        from ace_lora.factory import build_model
+        from ace_lora.model.factory import build_model
         from tests.data.test_prepare import load_script
         self.script, self.model_name = load_script("cache_images.py"), model_name
         self.data = write_demo_dataset(str(root), n_train=6, n_test_per_class=1)

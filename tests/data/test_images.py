@@ -207,8 +207,8 @@ def test_greyscale_fast_path_is_bit_identical_for_the_training_and_the_evaluatio
     from torchvision import transforms as T
 
     from ace_lora.data.transforms import input_spec, pixel_transform
-    from ace_lora.factory import build_model
-    from ace_lora.tiny_model import write_tiny_biomedclip
+    from ace_lora.model.factory import build_model
+    from ace_lora.model.tiny_model import write_tiny_biomedclip
     preprocess = build_model(write_tiny_biomedclip(tempfile.mkdtemp(), ["x"], image_size=96)).preprocess
     spec = input_spec(preprocess)
     released_train = T.Compose([T.Resize((96, 96), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),

@@ -249,8 +249,8 @@ def test_siim_split_paths_resolve_from_the_csv_folder_when_prepared_with_relativ
     """The README's two commands, run from the data's parent folder with relative paths: the
     segmentation benchmark's reader (default root: the CSV's folder) must find every image and mask."""
     from ace_lora.data.prepare import prepare_siim_masks
-    from ace_lora.dense.splits import read_split
-    from ace_lora.dense.tasks import IMAGE_FILE, MASK_FILE, SIIM_SEGMENTATION
+    from ace_lora.evaluation.dense.definitions import IMAGE_FILE, MASK_FILE, SIIM_SEGMENTATION
+    from ace_lora.evaluation.dense.splits import read_split
 
     (tmp_path / "SIIM").mkdir()
     write_siim_csv(tmp_path / "SIIM" / "stage_2_train.csv", relative=False)

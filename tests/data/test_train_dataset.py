@@ -22,7 +22,7 @@ from ace_lora.data.train_dataset import (
 )
 from ace_lora.data.transforms import pixel_transform
 from ace_lora.errors import UserInputError
-from ace_lora.factory import build_model
+from ace_lora.model.factory import build_model
 
 
 @pytest.fixture(scope="module")

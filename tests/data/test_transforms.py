@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from ace_lora.backbone import load_backbone
 from ace_lora.data.transforms import InputSpec, input_spec
 from ace_lora.errors import UserInputError
+from ace_lora.model.backbone import load_backbone
 
 
 @pytest.fixture(scope="module")

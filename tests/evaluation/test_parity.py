@@ -21,8 +21,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from ace_lora.data.synthetic import write_dicom
-from ace_lora.factory import load_model_for_eval
-from ace_lora.predict import Predictor
+from ace_lora.evaluation.predict import Predictor
+from ace_lora.model.factory import load_model_for_eval
 from zero_shot_eval import zero_shot_eval_ace_lora_chexpert, zero_shot_eval_ace_lora_rsna, zero_shot_eval_ace_lora_siim
 
 CHEXPERT_CLASSES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ace_lora.config import AceLoRAConfig
 from ace_lora.data.images import load_image
 from ace_lora.data.labels import CHEXPERT_5X200_CLASSES
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.tasks import TASKS, get_task
 from ace_lora.evaluation.zero_shot import evaluate, score, write_outputs
-from ace_lora.factory import build_model
+from ace_lora.model.config import AceLoRAConfig
+from ace_lora.model.factory import build_model
 from zero_shot_eval import zero_shot_eval_ace_lora_nih, zero_shot_eval_ace_lora_rsna
 
 CHEXPERT_LABELS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",

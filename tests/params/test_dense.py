@@ -1,8 +1,8 @@
 """The dense command lines: out-of-range values are refused in one line before anything is loaded."""
 import pytest
 
-from ace_lora.dense.tasks import DENSE_TASKS
 from ace_lora.errors import UserInputError
+from ace_lora.evaluation.dense.definitions import DENSE_TASKS
 from ace_lora.params.dense import parse_dense_args
 
 

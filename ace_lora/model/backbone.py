@@ -1,0 +1,139 @@
+"""Loading the frozen backbone (open_clip): BiomedCLIP by default, or any open_clip model by name.
+
+Model names: `hf-hub:ID`, `local-dir:PATH`, or an open_clip model name (`ViT-B-16`, see
+`open_clip.list_models()`) with an optional pretrained tag after `@` (`ViT-B-16@openai`; the command lines'
+`--pretrained TAG` appends it, `model_spec`). A name without a tag has random weights. Unknown names and
+tags are refused in one line, with open_clip's close matches or the model's tags.
+
+A local folder (`local-dir:PATH`) must load with no network at all. open_clip's text tower reads the
+BERT config from `text_cfg.hf_model_name`, which in BiomedCLIP's config is a hub id; when PATH itself
+holds the BERT `config.json` (see docs/installation.md: "A local BiomedCLIP folder"), that name is pointed at PATH
+through open_clip's public `text_cfg` override instead.
+"""
+import difflib
+import json
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+from urllib.parse import urlparse
+
+import open_clip
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
+from torch import nn
+
+from ace_lora.errors import UserInputError
+from ace_lora.model.config import BIOMEDCLIP_HUB, HUB_PREFIX, LOCAL_PREFIX, TAG_SEPARATOR
+
+
+@dataclass
+class Backbone:
+    clip: nn.Module  # open_clip CLIP or CustomTextCLIP (BiomedCLIP: .visual TimmModel, .text HFTextEncoder)
+    preprocess: Callable  # PIL image -> (3, H, W) tensor, the model's own evaluation transform
+    tokenizer: Callable  # list[str] -> (B, context_length) LongTensor
+
+
+def _local_text_override(folder: str) -> dict:
+    """`text_cfg` override that points the BERT config and tokenizer at the local folder."""
+    config_path = os.path.join(folder, "open_clip_config.json")
+    if not os.path.isfile(config_path):
+        raise UserInputError(f"{folder} has no open_clip_config.json; it is not an open_clip model folder")
+    with open(config_path, encoding="utf-8") as f:
+        text_cfg = dict(json.load(f)["model_cfg"]["text_cfg"])
+    hf_name = text_cfg.get("hf_model_name")
+    if hf_name is None or os.path.isdir(hf_name):
+        return {}
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise UserInputError(
+            f"{folder}: the text tower's BERT config '{hf_name}' is a hub id and the folder has no config.json; "
+            "download it into the folder once (docs/installation.md)")
+    text_cfg["hf_model_name"] = os.path.abspath(folder)
+    text_cfg["hf_tokenizer_name"] = os.path.abspath(folder)
+    return {"text_cfg": text_cfg}
+
+
+def named_model(spec: str) -> tuple:
+    """(open_clip name, pretrained tag or None, quick_gelu) of a plain model name, checked against open_clip's
+    lists. quick_gelu: the tag's weights were trained with QuickGELU (OpenAI's), which the model's own config
+    may not say (open_clip only warns), so it is forced."""
+    name, _, tag = spec.partition(TAG_SEPARATOR)
+    if name not in open_clip.list_models():
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=4)
+        raise UserInputError(f"unknown model {name!r}" + (f" (close: {', '.join(close)})" if close else "")
+                             + "; see open_clip.list_models(), or use hf-hub:ID / local-dir:PATH")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag and tag not in tags:
+        raise UserInputError(f"{name} has no pretrained weights {tag!r}; its tags: {', '.join(tags) or 'none'}")
+    quick_gelu = bool(tag) and bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
+    return name, tag or None, quick_gelu
+
+
+HUB_PROBE_TIMEOUT_S = 3.0  # offline, the hub client's own retries take 30-60 s before they give up
+HUB_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _hub_repo(model_name: str, name: str, pretrained) -> Optional[str]:
+    """The Hugging Face repository the model's files come from (None: nothing to download)."""
+    if model_name.startswith(HUB_PREFIX):
+        return model_name[len(HUB_PREFIX):]
+    if pretrained:
+        return (open_clip.get_pretrained_cfg(name, pretrained).get("hf_hub") or "").strip("/") or None
+    return None
+
+
+def hub_endpoint() -> str:
+    return hub_constants.ENDPOINT
+
+
+def check_hub_reachable(model_name: str, repo: Optional[str]) -> None:
+    """Fail within seconds, not after the hub client's retries, when the model must be downloaded and the hub
+    cannot be reached (a cached copy is used as it is). Nothing to check offline (HF_HUB_OFFLINE)."""
+    if repo is None or hub_constants.HF_HUB_OFFLINE:
+        return
+    endpoint = urlparse(hub_endpoint())
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+        return
+    except OSError:
+        pass
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in HUB_FILES):
+        print(f"note: {endpoint.hostname} cannot be reached; using the cached {repo} (HF_HUB_OFFLINE=1 skips the "
+              "network at once)", file=sys.stderr)
+        return
+    raise UserInputError(f"could not download {model_name}: {endpoint.hostname} cannot be reached and {repo} is not "
+                         "in the local cache; download it once where there is network (or copy its folder) and pass "
+                         "--model local-dir:PATH (docs/installation.md)")
+
+
+def load_backbone(model_name: str = BIOMEDCLIP_HUB, device: str = "cpu") -> Backbone:
+    """Create the open_clip model, its evaluation preprocessing and tokenizer; all weights frozen."""
+    overrides, name, pretrained = {}, model_name, None
+    if model_name.startswith(LOCAL_PREFIX):
+        folder = model_name[len(LOCAL_PREFIX):]
+        if not os.path.isdir(folder):
+            raise UserInputError(f"model folder not found: {folder}")
+        overrides = _local_text_override(folder)
+    elif not model_name.startswith(HUB_PREFIX):
+        name, pretrained, quick_gelu = named_model(model_name)
+        overrides = {"force_quick_gelu": True} if quick_gelu else {}
+        if pretrained is None:
+            print(f"note: {name} with random weights (give --pretrained TAG for trained ones)", file=sys.stderr)
+    check_hub_reachable(model_name, _hub_repo(model_name, name, pretrained))
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device,
+                                                                    **overrides)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (OSError, RuntimeError, ValueError) as err:
+        if model_name.startswith(HUB_PREFIX) or pretrained:
+            raise UserInputError(
+                f"could not load {model_name} ({type(err).__name__}: its weights come from the network); without "
+                "network, download them once and pass --model local-dir:PATH (docs/installation.md)") from err
+        raise UserInputError(f"could not load model {model_name}: {str(err).splitlines()[0]}") from err
+    clip.requires_grad_(False)
+    clip.eval()
+    logging.getLogger(__name__).info("loaded backbone %s", model_name)
+    return Backbone(clip=clip, preprocess=preprocess, tokenizer=tokenizer)
