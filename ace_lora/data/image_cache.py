@@ -32,7 +32,7 @@ Decisions:
   rebuild (`--image-cache-rebuild`, `cache_images.py --rebuild`) rewrites exactly the damaged chunks (it
   compares every chunk's checksum) and the index and manifest. Bytes corrupted at the same size are found
   by the checksums: `cache_images.py --verify DIR` checks every chunk and names the damaged ones.
-- The builder locks the folder (run_folder.RunLock): a second builder is refused while the first lives; it
+- The builder locks the folder (folder_lock.FolderLock): a second builder is refused while the first lives; it
   removes the temporary files that a killed build left.
 - Cached lookups are by path, so a cache of the whole training CSV serves any split of it.
 """
@@ -53,8 +53,8 @@ from ace_lora.data.paths import data_root_for, resolve_path
 from ace_lora.data.tables import read_table
 from ace_lora.data.transforms import PixelTransform
 from ace_lora.errors import UserInputError
+from ace_lora.folder_lock import LOCK_NAME, FolderLock
 from ace_lora.io import atomic_write, read_json, write_json
-from ace_lora.train.run_folder import LOCK_NAME, RunLock
 
 CACHE_FORMAT = 1
 PLAN, MANIFEST, INDEX, CHUNKS = "plan.json", "manifest.json", "index.csv", "chunks"
@@ -281,7 +281,7 @@ def build_cache(folder: str, paths: Sequence[str], transform: PixelTransform, *,
     if not sources:
         raise UserInputError("no images to cache")
     os.makedirs(folder, exist_ok=True)
-    with RunLock(folder, owner="image cache build", flag=flag):
+    with FolderLock(folder, owner="image cache build", flag=flag):
         _remove_temporary_files(folder)
         plan = {"format": CACHE_FORMAT, "transform": describe(transform, fast_decode), "csv": os.path.abspath(csv)
                 if csv else "", "chunk_size": chunk_size, "content_hash": content_hash, "sources": sources}

@@ -215,14 +215,6 @@ class TrainingLoader:
         return self.loader
 
 
-def epoch_loader(dataset: Dataset, collate: Callable, *, batch_size: int, epoch: int, seed: int, rank: int = 0,
-                 world_size: int = 1, skip_batches: int = 0, num_workers: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
-    """The loader of one epoch (a TrainingLoader used once)."""
-    return TrainingLoader(dataset, collate, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-                          num_workers=num_workers, pin_memory=pin_memory).epoch(epoch, skip_batches)
-
-
 def one_line_error(error: UserInputError) -> UserInputError:
     """A UserInputError re-raised from a DataLoader worker carries the worker's traceback: keep its message."""
     message = str(error)

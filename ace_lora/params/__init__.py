@@ -71,7 +71,7 @@ def _early_values(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
 
 
 def _resolved(args: argparse.Namespace) -> argparse.Namespace:
-    """--pretrained folds into --model (backbone.model_spec): one string names the backbone everywhere."""
+    """--pretrained folds into --model (ace_lora.model.config.model_spec): one string names the backbone everywhere."""
     if getattr(args, "pretrained", None):
         args.model = model_spec(args.model, args.pretrained)
     return args

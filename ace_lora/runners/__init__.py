@@ -1,2 +1,2 @@
-"""Running many trainings and evaluations: sweeps (`sweep`), one multi-node training job (`submit`), the SLURM
-layer both use (`cluster`, through submitit) and the child processes that run the scripts (`scripts`)."""
+"""How the parts of sweeps and jobs run: the scripts as child processes (`scripts`) and SLURM jobs through
+submitit (`cluster`); the commands that use them are ace_lora.sweep and ace_lora.submit."""

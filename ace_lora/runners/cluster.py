@@ -46,7 +46,7 @@ def _setting(default: Any, help: str) -> Any:
 @dataclasses.dataclass
 class ClusterConfig:
     """What each job asks SLURM for. The one declaration of these settings: the `cluster:` block of a sweep
-    YAML (keys as named here) and the flags of ace_lora.runners.submit (--time-min, ...) are read from it."""
+    YAML (keys as named here) and the flags of ace_lora.submit (--time-min, ...) are read from it."""
 
     partition: Optional[str] = _setting(None, "SLURM partition (default: the cluster's default one)")
     account: Optional[str] = _setting(None, "SLURM account to charge")

@@ -3,7 +3,7 @@
 torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT. Under `srun` without torchrun,
 SLURM_PROCID, SLURM_LOCALID and SLURM_STEP_NUM_TASKS give the same information (read only inside an srun
 step: in an `salloc -n 4` or batch shell SLURM_NTASKS counts tasks that no one started); MASTER_ADDR and
-MASTER_PORT must then be exported by the job script (ace_lora.runners.submit does). NCCL is used on CUDA, gloo on
+MASTER_PORT must then be exported by the job script (ace_lora.submit does). NCCL is used on CUDA, gloo on
 CPU. Rank 0 logs and writes files.
 """
 import datetime

@@ -13,6 +13,7 @@ from ace_lora.data.tables import separator_hint
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.retrieval import retrieval_columns
 from ace_lora.evaluation.tasks import RETRIEVAL, TASKS, parse_eval_specs
+from ace_lora.folder_lock import FolderLock
 from ace_lora.io import prepare_output_dir, with_values
 from ace_lora.model.config import config_from_args
 from ace_lora.model.factory import build_model
@@ -23,7 +24,7 @@ from ace_lora.train.demo import prepare_demo, write_demo_metrics
 from ace_lora.train.distributed import DistributedContext, run_on_main
 from ace_lora.train.loggers import check_logger_packages
 from ace_lora.train.loop import Trainer
-from ace_lora.train.run_folder import RunLock, check_run_folder, clear_run_files
+from ace_lora.train.run_folder import check_run_folder, clear_run_files
 from ace_lora.train.run_state import RunFinished, read_resume_state
 
 
@@ -112,7 +113,7 @@ def check_run_args(args, context: DistributedContext) -> argparse.Namespace:
     return args
 
 
-def open_run_folder(args, resuming: bool, lock: RunLock) -> None:
+def open_run_folder(args, resuming: bool, lock: FolderLock) -> None:
     """Refuse to mix runs (nothing touched), then create the folder and take its lock (rank 0)."""
     fresh_auto = args.resume == "auto" and not resuming  # a requeued job before its first checkpoint
     lock.check_free()
@@ -143,7 +144,7 @@ def train_in_run_folder(args, context: DistributedContext) -> Optional[Dict]:
         if context.is_main:
             print(finished)
         return None
-    lock = RunLock(args.output_dir)
+    lock = FolderLock(args.output_dir)
     run_on_main(lambda: open_run_folder(args, state is not None, lock), context, "opening the output folder")
     try:
         return Trainer(args, context, state).fit()

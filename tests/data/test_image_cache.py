@@ -17,7 +17,7 @@ from ace_lora.data.eval_dataset import ImageListDataset, collate_eval_items
 from ace_lora.data.synthetic import write_dicom
 from ace_lora.data.transforms import PixelTransform
 from ace_lora.errors import StorageError, UserInputError
-from ace_lora.train.run_folder import RunLock
+from ace_lora.folder_lock import FolderLock
 
 SIZE = 16
 TRAIN = PixelTransform("train", SIZE, [T.Resize((SIZE, SIZE), interpolation=T.InterpolationMode.BICUBIC)])
@@ -178,7 +178,7 @@ def refusal_while_another_builds(folder, sources, call: str) -> str:
     the folder's lock."""
     code = ("import sys\nfrom ace_lora.data import image_cache as C\nfrom tests.data.test_image_cache import TRAIN\n"
             f"try:\n {call}\nexcept Exception as e: print(e)")
-    with RunLock(str(folder), owner="image cache build", flag="--output"):
+    with FolderLock(str(folder), owner="image cache build", flag="--output"):
         return subprocess.run([sys.executable, "-c", code, str(folder), *sources], capture_output=True, text=True,
                               cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__)))).stdout
 

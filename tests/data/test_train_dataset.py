@@ -14,8 +14,8 @@ from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.data.train_dataset import (
     ImageReportDataset,
     TokenizingCollate,
+    TrainingLoader,
     build_training_dataset,
-    epoch_loader,
     iterate_batches,
     label_matrix,
     steps_per_epoch,
@@ -23,6 +23,12 @@ from ace_lora.data.train_dataset import (
 from ace_lora.data.transforms import pixel_transform
 from ace_lora.errors import UserInputError
 from ace_lora.model.factory import build_model
+
+
+def epoch_loader(dataset, collate, *, batch_size, epoch, seed, rank=0, world_size=1, skip_batches=0, num_workers=0):
+    """The training loader of one epoch, as the training loop sets it."""
+    return TrainingLoader(dataset, collate, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                          num_workers=num_workers).epoch(epoch, skip_batches)
 
 
 @pytest.fixture(scope="module")

@@ -118,3 +118,26 @@ def test_lora_layers_of_bert_train_without_attention_dropout(tiny_model_name):
         torch.testing.assert_close(first, second, rtol=0, atol=0)
         model.clip.text.transformer.encoder.layer[0].output.dropout.p = 0.5  # feed-forward dropout stays
         assert not torch.allclose(model.text_tokens(ids)[0], first)
+
+
+def test_injection_wraps_the_named_sites_and_a_merged_state_dict_has_the_plain_names():
+    from ace_lora.model.lora import FUSED_QKV, LoRASite, inject_lora, merged_state_dict
+    torch.manual_seed(0)
+    block = nn.Module()
+    block.qkv, block.proj = nn.Linear(8, 24), nn.Linear(8, 8)
+    plain = {k: v.clone() for k, v in block.state_dict().items()}
+    found = inject_lora({0: [LoRASite(block, "qkv", FUSED_QKV), LoRASite(block, "proj", ("o",))]}, ["q", "v", "o"],
+                        r=2, alpha=1.0, dropout=0.0)
+    assert isinstance(block.qkv, FusedQKVLoRA) and isinstance(block.proj, LoRALinear)
+    assert set(found[0]) == {"q", "v", "o"}
+    assert found[0]["o"] is block.proj.lora and found[0]["q"] is block.qkv.lora["q"]
+    for factors in found[0].values():
+        nn.init.normal_(factors.lora_B)
+    merged = merged_state_dict(block)
+    assert set(merged) == set(plain)  # the names before injection, no factors
+    expected = plain["qkv.weight"].clone()
+    expected[:8] += found[0]["q"].delta_weight()
+    expected[16:] += found[0]["v"].delta_weight()
+    assert torch.allclose(merged["qkv.weight"], expected)
+    assert torch.allclose(merged["proj.weight"], plain["proj.weight"] + found[0]["o"].delta_weight())
+    assert not block.qkv.merged and torch.allclose(block.qkv.base.weight, plain["qkv.weight"], atol=1e-6)  # unmerged

@@ -1,5 +1,5 @@
 """The cluster plumbing without a cluster: the `cluster:` settings, the requeue at SIGUSR2 and a sweep's
-submission through submitit's local executor, the status table's states. tests/runners/test_slurm.py runs the
+submission through submitit's local executor, the status table's states. tests/test_slurm.py runs the
 same on a real SLURM."""
 import os
 import signal
@@ -11,12 +11,12 @@ import pytest
 import submitit
 import yaml
 
+from ace_lora import sweep
 from ace_lora.errors import UserInputError
 from ace_lora.io import write_json
-from ace_lora.runners import sweep
 from ace_lora.runners.cluster import ClusterConfig, RequeueableCall, cluster_config, make_executor, submit_calls
 from ace_lora.runners.scripts import SCRIPTS, cpu_slots
-from ace_lora.runners.submit import main as submit_main
+from ace_lora.submit import main as submit_main
 from tests.conftest import error_exit_line
 
 

@@ -50,3 +50,19 @@ def test_wandb_without_the_package_is_one_line_before_the_model_loads(demo_data,
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == ("error: --wandb needs the wandb package: pip install wandb "
                                                "(then wandb login)")
+
+
+def test_the_run_log_drops_the_records_past_a_resumed_step_and_only_rank_0_writes(tmp_path):
+    from ace_lora.train.loggers import METRICS_FILE, STEPS_FILE, RunLog
+    log = RunLog(str(tmp_path), active=True)
+    for step in (1, 2, 3):
+        log.step({"step": step, "epoch": 1, "loss": 1.0 / step, "lr": 0.1}, logit_scale=10.0)
+    log.epoch({"epoch": 1, "step": 2, "train_loss": 0.7})
+    log.epoch({"epoch": 2, "step": 3, "train_loss": 0.5})
+    log.truncate(2)
+    assert [r["step"] for r in log.epochs()] == [2]
+    assert [json.loads(line)["step"] for line in (tmp_path / STEPS_FILE).read_text().splitlines()] == [1, 2]
+    other = tmp_path / "other"
+    other.mkdir()
+    RunLog(str(other), active=False).epoch({"epoch": 1, "step": 1})
+    assert not (other / METRICS_FILE).exists()

@@ -11,7 +11,7 @@ import yaml
 
 import train
 from ace_lora.data.synthetic import write_demo_dataset
-from ace_lora.data.train_dataset import TokenizingCollate, build_training_dataset, epoch_loader
+from ace_lora.data.train_dataset import TokenizingCollate, build_training_dataset
 from ace_lora.errors import UserInputError
 from ace_lora.model.checkpoint import read_released_checkpoint, save_released_checkpoint
 from ace_lora.model.config import AceLoRAConfig
@@ -21,6 +21,7 @@ from ace_lora.params.training import DEMO_DEFAULTS, parse_training_args
 from ace_lora.train.distributed import single_process
 from ace_lora.train.step import train_step, warmup_cosine_schedule
 from tests.conftest import error_exit_line
+from tests.data.test_train_dataset import epoch_loader
 
 N_TRAIN = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -392,3 +393,17 @@ def test_a_checkpoint_written_before_a_setting_existed_reads_it_as_its_default_a
     torch.save(old, path)
     assert train.main(argv[:-1] + ["2", "--resume", "latest"]) == 0
     assert torch.load(path, weights_only=True)["step"] == 2
+
+
+def test_the_best_is_the_highest_auroc_or_the_lowest_loss_and_a_new_metric_starts_over():
+    from ace_lora.train.loop import improved_best
+    assert improved_best(None, {"epoch": 1, "val_auroc": 0.6}, "val_auroc") == {"metric": "val_auroc", "value": 0.6,
+                                                                                 "epoch": 1}
+    best = {"metric": "val_auroc", "value": 0.6, "epoch": 1}
+    assert improved_best(best, {"epoch": 2, "val_auroc": 0.5}, "val_auroc") is None
+    assert improved_best(best, {"epoch": 2, "val_auroc": 0.7}, "val_auroc")["value"] == 0.7
+    assert improved_best(best, {"epoch": 2, "val_auroc": None}, "val_auroc") is None  # undefined: not better
+    loss = {"metric": "train_loss", "value": 1.0, "epoch": 1}
+    assert improved_best(loss, {"epoch": 2, "train_loss": 1.2}, "train_loss") is None
+    assert improved_best(loss, {"epoch": 2, "train_loss": 0.8}, "train_loss")["value"] == 0.8
+    assert improved_best(loss, {"epoch": 2, "val_auroc": 0.1}, "val_auroc")["metric"] == "val_auroc"

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from ace_lora import sweep
 from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.model.tiny_model import write_tiny_biomedclip
-from ace_lora.runners import sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow

@@ -20,13 +20,13 @@ import pytest
 import torch
 import yaml
 
+from ace_lora import sweep
 from ace_lora.data.synthetic import write_demo_dataset
 from ace_lora.io import read_json, write_json
 from ace_lora.model.tiny_model import write_tiny_biomedclip
-from ace_lora.runners import sweep
 from tests.conftest import error_exit_line
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
