@@ -13,8 +13,9 @@ normalised float RGB. `normalise` computes exactly what torchvision's ToTensor +
 the two halves give bit-identical inputs to the one-step transform.
 """
 import functools
-from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+import json
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import PIL
 import torch
@@ -29,10 +30,13 @@ _TO_TENSOR = (T.ToTensor, T.PILToTensor)
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The encoder's input: S x S, normalised as (x - mean) / std."""
+    """The encoder's input: S x S, normalised as (x - mean) / std, or by `levels`: the normalised value of each
+    uint8 level per channel, as a model's own processor computes them (a transformers processor folds the 1/255
+    into mean and std, which differs from ToTensor + Normalize in the last bit)."""
     size: int
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
+    levels: Optional[Tuple[Tuple[float, ...], ...]] = field(default=None, compare=False, repr=False)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 1 or 3, S, S), on any device -> float32 (B, 3, S, S): ToTensor's x / 255, then
@@ -42,7 +46,8 @@ class InputSpec:
         if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
             raise UserInputError(f"image pixels must be uint8 (B, 1 or 3, H, W), got {pixels.dtype} "
                                  f"{tuple(pixels.shape)}")
-        table = _level_table(self.mean, self.std, str(pixels.device))  # (3, 256)
+        table = (_level_table(self.mean, self.std, str(pixels.device)) if self.levels is None else
+                 _fixed_levels(self.levels, str(pixels.device)))  # (3, 256)
         index = pixels.long().expand(-1, 3, -1, -1)  # (B, 3, S, S)
         return torch.stack([table[c][index[:, c]] for c in range(3)], dim=1)
 
@@ -64,6 +69,11 @@ def _level_table(mean: Tuple[float, ...], std: Tuple[float, ...], device: str) -
     return levels.sub(mean_).div(std_).to(device)
 
 
+@functools.lru_cache(maxsize=16)
+def _fixed_levels(levels: Tuple[Tuple[float, ...], ...], device: str) -> torch.Tensor:
+    return torch.tensor(levels, dtype=torch.float32, device=device)
+
+
 def train_steps(size: int) -> List[Callable]:
     return [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
 
@@ -78,6 +88,8 @@ class PixelTransform:
     def __call__(self, image) -> torch.Tensor:
         for step in self.steps:
             image = step(image)
+        if isinstance(image, torch.Tensor):  # a step that already made the uint8 pixels (ProcessorPixels)
+            return image
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB")
         return TF.pil_to_tensor(image)
@@ -102,6 +114,8 @@ def pixel_transform(preprocess: Callable, kind: str) -> PixelTransform:
     if kind == "train":
         return PixelTransform(kind, spec.size, train_steps(spec.size))
     steps = list(getattr(preprocess, "transforms", []))
+    if steps and isinstance(steps[0], ProcessorPixels):
+        return PixelTransform(kind, spec.size, steps[:1])
     to_tensor = next(i for i, step in enumerate(steps) if isinstance(step, _TO_TENSOR))
     after = [step for step in steps[to_tensor + 1:] if not isinstance(step, T.Normalize)]
     if after:
@@ -117,9 +131,53 @@ def stack_pixels(images: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([image.expand(3, -1, -1) for image in images])
 
 
+class ProcessorPixels:
+    """The resize and crop of a transformers image processor (its default, torchvision backend): PIL image ->
+    uint8 (C, S, S), computed by the processor itself without its rescale and normalisation (which the device
+    does, `InputSpec.levels`). Greyscale stays one channel (the processor's resize works channel by channel, so
+    that is bit-identical to its RGB conversion); other modes are converted to RGB by the processor."""
+
+    def __init__(self, processor, size: int):
+        self.processor, self.size = processor, size
+
+    def __call__(self, image) -> torch.Tensor:
+        out = self.processor(images=image, do_rescale=False, do_normalize=False,
+                             do_convert_rgb=image.mode not in ("L", "RGB"), return_tensors="pt")
+        return out["pixel_values"][0].to(torch.uint8)
+
+    def __repr__(self) -> str:  # what the image cache records: every setting that decides the pixels
+        p = self.processor
+        settings = {k: getattr(p, k, None) for k in ("size", "crop_size", "do_resize", "do_center_crop", "resample")}
+        return f"ProcessorPixels({type(p).__name__}, {json.dumps(settings, default=str, sort_keys=True)})"
+
+    def levels(self) -> Tuple[Tuple[float, ...], ...]:
+        """(3, 256): the processor's rescale and normalisation of every uint8 level."""
+        p = self.processor
+        grid = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 1, 256).contiguous()
+        values = p.rescale_and_normalize(grid, p.do_rescale, p.rescale_factor, p.do_normalize, p.image_mean,
+                                         p.image_std)
+        return tuple(tuple(row.tolist()) for row in values.float()[0, :, 0])
+
+
+def processor_preprocess(processor, size: int) -> T.Compose:
+    """A transformers image processor as a model's evaluation transform: its pixels (ProcessorPixels), then
+    ToTensor + Normalize with its mean and std; `input_spec` reads the processor's own normalisation."""
+    return T.Compose([ProcessorPixels(processor, size), T.Lambda(_uint8_to_float),
+                      T.Normalize(processor.image_mean, processor.image_std)])
+
+
+def _uint8_to_float(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.expand(3, -1, -1).float().div(255)
+
+
 def input_spec(eval_preprocess: Callable) -> InputSpec:
-    """S (the centre crop's size, else the resize's) and the Normalize mean/std of the model's transform."""
+    """S (the centre crop's size, else the resize's) and the Normalize mean/std of the model's transform (a
+    transformers processor's: its size and its own normalisation of each level)."""
     steps = getattr(eval_preprocess, "transforms", [])
+    processor = next((t for t in steps if isinstance(t, ProcessorPixels)), None)
+    if processor is not None:
+        return InputSpec(processor.size, tuple(map(float, processor.processor.image_mean)),
+                         tuple(map(float, processor.processor.image_std)), processor.levels())
     normalize = [t for t in steps if isinstance(t, T.Normalize)]
     sized = next((t for t in steps if isinstance(t, T.CenterCrop)), None) or \
         next((t for t in steps if isinstance(t, T.Resize)), None)

@@ -1,15 +1,24 @@
-"""Loading the frozen backbone (open_clip): BiomedCLIP by default, or any open_clip model by name.
+"""Loading the frozen backbone: BiomedCLIP by default, any open_clip model by name, or a transformers CLIP/SigLIP.
 
 Model names: `hf-hub:ID`, `local-dir:PATH`, or an open_clip model name (`ViT-B-16`, see
 `open_clip.list_models()`) with an optional pretrained tag after `@` (`ViT-B-16@openai`; the command lines'
 `--pretrained TAG` appends it, `model_spec`). A name without a tag has random weights. Unknown names and
 tags are refused in one line, with open_clip's close matches or the model's tags.
 
+`hf:NAME_OR_FOLDER` is a Hugging Face transformers model (`load_transformers_backbone`): `CLIPModel` (PLIP,
+PubMedCLIP, OpenAI's CLIP) or `SiglipModel` (MedSigLIP), from a Hub id or a folder that
+`save_pretrained` wrote (config.json, weights, tokenizer and image-processor files). Images are prepared by
+its own image processor (the default, torchvision backend), text by its own tokenizer, padded to the text
+tower's length (SigLIP was trained on max-length padding; CLIP's causal mask keeps the pooled end-of-text token
+independent of what follows it). `Siglip2Model` is not supported: its NaFlex inputs (variable resolution with a
+pixel attention mask and spatial shapes) do not fit the fixed square input every part of this project shares.
+
 A local folder (`local-dir:PATH`) must load with no network at all. open_clip's text tower reads the
 BERT config from `text_cfg.hf_model_name`, which in BiomedCLIP's config is a hub id; when PATH itself
 holds the BERT `config.json` (see docs/installation.md: "A local BiomedCLIP folder"), that name is pointed at PATH
 through open_clip's public `text_cfg` override instead.
 """
+import contextlib
 import difflib
 import json
 import logging
@@ -17,23 +26,119 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 from urllib.parse import urlparse
 
 import open_clip
+import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from ace_lora.errors import UserInputError
-from ace_lora.model.config import BIOMEDCLIP_HUB, HUB_PREFIX, LOCAL_PREFIX, TAG_SEPARATOR
+from ace_lora.model.config import BIOMEDCLIP_HUB, HUB_PREFIX, LOCAL_PREFIX, TAG_SEPARATOR, TRANSFORMERS_PREFIX
 
 
 @dataclass
 class Backbone:
-    clip: nn.Module  # open_clip CLIP or CustomTextCLIP (BiomedCLIP: .visual TimmModel, .text HFTextEncoder)
+    clip: nn.Module  # open_clip CLIP or CustomTextCLIP (BiomedCLIP: .visual TimmModel, .text HFTextEncoder), or a
+    # transformers CLIPModel / SiglipModel
     preprocess: Callable  # PIL image -> (3, H, W) tensor, the model's own evaluation transform
     tokenizer: Callable  # list[str] -> (B, context_length) LongTensor
+    processor_files: Optional[Tuple[object, ...]] = None  # a transformers model's tokenizer and image processor
+    # (export writes them beside the merged weights)
+
+
+TRANSFORMERS_MODEL_TYPES = {"clip": "CLIPModel", "siglip": "SiglipModel"}  # config.model_type -> the class loaded
+
+
+class TransformersTokenizer:
+    """A transformers tokenizer as this project's tokenizer: texts -> (B, L) ids, padded to the text tower's
+    length L and truncated to it (picklable, for the DataLoader workers)."""
+
+    def __init__(self, tokenizer, length: int):
+        self.tokenizer, self.context_length = tokenizer, length
+
+    def __call__(self, texts) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.tokenizer(texts, padding="max_length", max_length=self.context_length, truncation=True,
+                              return_tensors="pt")["input_ids"]
+
+
+def _transformers_source(model_name: str) -> Tuple[str, bool]:
+    """(Hub id or folder, whether it is a folder) of `hf:NAME_OR_FOLDER`."""
+    source = model_name[len(TRANSFORMERS_PREFIX):]
+    if not source:
+        raise UserInputError("--model hf: needs a Hub id or a folder after it (hf:google/medsiglip-448, hf:PATH)")
+    if os.path.isdir(source):
+        return source, True
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not an `org/name` Hub id
+        raise UserInputError(f"model folder not found: {source}")
+    return source, False
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No progress bars or advisory warnings from transformers while a model is read or written (the command
+    lines show their own progress and one line per problem)."""
+    from transformers.utils import logging as hf_logging
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_transformers_backbone(model_name: str, device: str = "cpu") -> Backbone:
+    """A transformers CLIPModel / SiglipModel with its tokenizer and image processor (module docstring)."""
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    from ace_lora.data.transforms import processor_preprocess
+    source, is_folder = _transformers_source(model_name)
+    if not is_folder:
+        check_hub_reachable(model_name, source, files=("config.json",), local_form="--model hf:FOLDER")
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        where = ("a folder with the model's config.json" if is_folder else
+                 "a Hub id that could not be downloaded; without network, download it once and pass hf:FOLDER")
+        raise UserInputError(f"could not load {model_name}: not {where} ({str(err).splitlines()[0]})") from None
+    kind = TRANSFORMERS_MODEL_TYPES.get(config.model_type)
+    if kind is None:
+        name = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+        reason = (" (its NaFlex variable-resolution inputs do not fit this project's fixed square input)"
+                  if config.model_type == "siglip2" else "")
+        raise UserInputError(f"{model_name} is a {name} (model type {config.model_type!r}){reason}; supported "
+                             f"transformers models: {', '.join(TRANSFORMERS_MODEL_TYPES.values())} (image and text "
+                             "towers in one model)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as err:
+        raise UserInputError(f"{model_name}: no tokenizer could be loaded (the folder needs the tokenizer files that "
+                             f"save_pretrained writes: {str(err).splitlines()[0]})") from None
+    try:
+        processor = AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as err:
+        raise UserInputError(f"{model_name}: no image processor could be loaded (the folder needs "
+                             f"preprocessor_config.json: {str(err).splitlines()[0]})") from None
+    with quiet_transformers():
+        clip = getattr(transformers, kind).from_pretrained(source, config=config).to(device)
+    size = clip.config.vision_config.image_size
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    out = dict(crop) if crop else dict(processor.size)
+    if (out.get("height"), out.get("width")) != (size, size) and out.get("shortest_edge") != size:
+        raise UserInputError(f"{model_name}: its image processor makes {out} images, the image tower takes {size} x "
+                             f"{size} (its position embeddings)")
+    clip.requires_grad_(False)
+    clip.eval()
+    text = TransformersTokenizer(tokenizer, clip.config.text_config.max_position_embeddings)
+    return Backbone(clip=clip, preprocess=processor_preprocess(processor, size), tokenizer=text,
+                    processor_files=(tokenizer, processor))
 
 
 def _local_text_override(folder: str) -> dict:
@@ -88,7 +193,8 @@ def hub_endpoint() -> str:
     return hub_constants.ENDPOINT
 
 
-def check_hub_reachable(model_name: str, repo: Optional[str]) -> None:
+def check_hub_reachable(model_name: str, repo: Optional[str], files: Tuple[str, ...] = HUB_FILES,
+                        local_form: str = "--model local-dir:PATH") -> None:
     """Fail within seconds, not after the hub client's retries, when the model must be downloaded and the hub
     cannot be reached (a cached copy is used as it is). Nothing to check offline (HF_HUB_OFFLINE)."""
     if repo is None or hub_constants.HF_HUB_OFFLINE:
@@ -100,17 +206,19 @@ def check_hub_reachable(model_name: str, repo: Optional[str]) -> None:
         return
     except OSError:
         pass
-    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in HUB_FILES):
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in files):
         print(f"note: {endpoint.hostname} cannot be reached; using the cached {repo} (HF_HUB_OFFLINE=1 skips the "
               "network at once)", file=sys.stderr)
         return
     raise UserInputError(f"could not download {model_name}: {endpoint.hostname} cannot be reached and {repo} is not "
-                         "in the local cache; download it once where there is network (or copy its folder) and pass "
-                         "--model local-dir:PATH (docs/installation.md)")
+                         f"in the local cache; download it once where there is network (or copy its folder) and pass "
+                         f"{local_form} (docs/installation.md)")
 
 
 def load_backbone(model_name: str = BIOMEDCLIP_HUB, device: str = "cpu") -> Backbone:
-    """Create the open_clip model, its evaluation preprocessing and tokenizer; all weights frozen."""
+    """Create the model, its evaluation preprocessing and tokenizer; all weights frozen."""
+    if model_name.startswith(TRANSFORMERS_PREFIX):
+        return load_transformers_backbone(model_name, device)
     overrides, name, pretrained = {}, model_name, None
     if model_name.startswith(LOCAL_PREFIX):
         folder = model_name[len(LOCAL_PREFIX):]

@@ -11,6 +11,7 @@ from ace_lora.model.methods import get_method, peft_config_for
 BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 LOCAL_PREFIX = "local-dir:"  # open_clip's name for a model folder on disk
 HUB_PREFIX = "hf-hub:"
+TRANSFORMERS_PREFIX = "hf:"  # a transformers CLIPModel / SiglipModel: a Hub id or a save_pretrained folder
 TAG_SEPARATOR = "@"  # ViT-B-16@openai: an open_clip model name and its pretrained tag
 
 
@@ -18,7 +19,7 @@ def model_spec(model: str, pretrained: Optional[str] = None) -> str:
     """The one string that names a backbone: `model`, with `@pretrained` for an open_clip model name."""
     if not pretrained:
         return model
-    if model.startswith((LOCAL_PREFIX, HUB_PREFIX)):
+    if model.startswith((LOCAL_PREFIX, HUB_PREFIX, TRANSFORMERS_PREFIX)):
         raise UserInputError(f"--pretrained is for open_clip model names; {model} brings its own weights")
     name, _, tag = model.partition(TAG_SEPARATOR)
     if tag and tag != pretrained:

@@ -5,6 +5,9 @@
   (6 blocks, width 64) and a 2-layer BERT of width 64.
 - `write_tiny_openclip`: OpenAI CLIP's structure (open_clip's own VisionTransformer and causal text
   transformer, inlined in `CLIP`, its BPE tokenizer), 2 layers of width 64 in each tower.
+- `write_tiny_transformers`: a transformers `CLIPModel` (PLIP's layout) or `SiglipModel` (MedSigLIP's layout)
+  folder as `save_pretrained` writes it, with a word-level tokenizer over `words` (the real models' BPE and
+  SentencePiece vocabularies need the network) and the model's own image processor; loaded as `hf:FOLDER`.
 """
 import json
 import os
@@ -13,6 +16,8 @@ from typing import Iterable
 
 import open_clip
 import torch
+
+from ace_lora.model.backbone import quiet_transformers
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -108,3 +113,63 @@ def write_tiny_siglip(out_dir: str, image_size: int = 64, seed: int = 0) -> str:
     """Write a loadable open_clip folder of a tiny SigLIP-shaped model (`TINY_SIGLIP`); returns its name."""
     return _write_open_clip_folder(out_dir, json.loads(json.dumps(TINY_SIGLIP)), image_size, seed,
                                    open_clip.CustomTextCLIP)
+
+
+TRANSFORMERS_LAYOUTS = ("clip", "siglip")
+
+
+def _word_tokenizer(words: Iterable[str], layout: str, length: int):
+    """A word-level fast tokenizer over `words` with the layout's special tokens: CLIP's <|startoftext|> ...
+    <|endoftext|> (the token CLIP pools), SigLIP's ... </s> (padded to `length`, as SigLIP is)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    specials = (["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"] if layout == "clip" else
+                ["<pad>", "<unk>", "</s>"])
+    pieces = sorted({p for w in words for p in re.findall(r"\w+|[^\w\s]", w.lower())} | {".", ","})
+    vocab = {token: i for i, token in enumerate(specials + [p for p in pieces if p not in specials])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    if layout == "clip":
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 2), ("<|endoftext|>", 3)])
+        return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|startoftext|>",
+                                       eos_token="<|endoftext|>", pad_token="<pad>", unk_token="<unk>",
+                                       model_max_length=length), vocab
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=length), vocab
+
+
+def write_tiny_transformers(out_dir: str, words: Iterable[str], layout: str = "siglip", image_size: int = 64,
+                            context_length: int = 16, width: int = 64, seed: int = 0) -> str:
+    """Write a tiny random transformers CLIPModel / SiglipModel folder (2 layers of `width` per tower, patch 16)
+    with its tokenizer and image processor; returns the `hf:` model name."""
+    import transformers
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer, vocab = _word_tokenizer(words, layout, context_length)
+    tower = {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2, "num_attention_heads": 2}
+    text = {**tower, "vocab_size": len(vocab), "max_position_embeddings": context_length,
+            "pad_token_id": vocab["<pad>"]}
+    vision = {**tower, "image_size": image_size, "patch_size": 16}
+    torch.manual_seed(seed)
+    if layout == "clip":
+        ids = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+               "pad_token_id": vocab["<pad>"]}
+        config = transformers.CLIPConfig(text_config={**text, **ids}, vision_config=vision, projection_dim=width,
+                                         **ids)
+        model = transformers.CLIPModel(config)
+        processor = transformers.CLIPImageProcessor(size={"shortest_edge": image_size},
+                                                    crop_size={"height": image_size, "width": image_size})
+    elif layout == "siglip":
+        ids = {"bos_token_id": None, "eos_token_id": vocab["</s>"], "pad_token_id": vocab["<pad>"]}
+        config = transformers.SiglipConfig(text_config={**text, **ids}, vision_config=vision, **ids)
+        model = transformers.SiglipModel(config)
+        processor = transformers.SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    else:
+        raise ValueError(f"layout must be one of {TRANSFORMERS_LAYOUTS}, not {layout!r}")
+    with quiet_transformers():
+        model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return f"hf:{out_dir}"

@@ -38,6 +38,7 @@ from open_clip.model import CLIP
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
+from transformers import PreTrainedModel
 
 from ace_lora.errors import UserInputError
 from ace_lora.model.config import AceLoRAConfig, select_layers
@@ -384,10 +385,7 @@ class OpenClipTextTower(_ResblocksTower):
         tokens = projection(x) if isinstance(projection, nn.Linear) else x @ projection if projection is not None else x
         b, length = input_ids.shape
         pooled = self.pooled_position(input_ids)  # (B,)
-        # the pooled token first, then the other positions in order: hypergraph token 0 is the pooled one
-        keys = torch.arange(length, device=x.device).expand(b, -1).masked_fill(
-            F.one_hot(pooled, length).bool(), -1)
-        order = keys.argsort(dim=-1)  # (B, L)
+        order = pooled_first(pooled, length)  # (B, L)
         tokens = tokens.gather(1, order[..., None].expand(-1, -1, tokens.shape[-1]))
         attn = self._attn
         qkv = self.capture.pop("qkv")  # (B, L, 3 * width)
@@ -400,15 +398,166 @@ class OpenClipTextTower(_ResblocksTower):
         return tokens, probs.gather(1, order[:, 1:])
 
 
+def pooled_first(pooled: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, L) positions with the pooled one first, then the others in order: hypergraph token 0 is the pooled one."""
+    keys = torch.arange(length, device=pooled.device).expand(pooled.shape[0], -1)
+    return keys.masked_fill(F.one_hot(pooled, length).bool(), -1).argsort(dim=-1)
+
+
+# ---- transformers towers (CLIPModel, SiglipModel) --------------------------------------------------------------
+class _TransformersTower(Tower):
+    """A transformers encoder (`<model>.encoder.layers`): LoRA and peft on each layer's self_attn q_proj, k_proj,
+    v_proj (and out_proj for 'o'), the last layer's q_proj and k_proj hooked. The model's own attention
+    (SDPA) runs untouched."""
+
+    def __init__(self, model: nn.Module, prefix: str):
+        super().__init__()
+        self.model, self.prefix = model, prefix
+
+    @property
+    def layers(self):
+        return self.model.encoder.layers
+
+    def lora_sites(self, layer):
+        attn = layer.self_attn
+        return [LoRASite(attn, "q_proj", ("q",)), LoRASite(attn, "k_proj", ("k",)), LoRASite(attn, "v_proj", ("v",)),
+                LoRASite(attn, "out_proj", ("o",))]
+
+    def peft_targets(self, position: str) -> str:
+        return _layer_regex(self.prefix, select_layers(position, len(self.layers)),
+                            r"\.self_attn\.(q_proj|k_proj|v_proj)")
+
+    def attach_hooks(self) -> None:
+        self._attn = self.layers[-1].self_attn
+        self._attn.q_proj.register_forward_hook(self.capture.hook("q"))
+        self._attn.k_proj.register_forward_hook(self.capture.hook("k"))
+
+    def _scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Pre-softmax (q_row * scale) @ k^T of the last layer, per head: (B, H, L), `rows` (B,) the query
+        position of each sample."""
+        attn = self._attn
+        q, k = self.capture.pop("q"), self.capture.pop("k")  # (B, L, H * hd)
+        b, length, _ = k.shape
+        q = q[torch.arange(b, device=q.device), rows].reshape(b, attn.num_heads, 1, attn.head_dim)
+        k = k.reshape(b, length, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        return ((q.float() * attn.scale) @ k.float().transpose(-2, -1))[:, :, 0]
+
+
+class TransformersCLIPVisionTower(_TransformersTower):
+    """CLIPModel's image tower. CLS role: the class token; its row of the last layer's pre-softmax scores, heads
+    averaged; tokens: `visual_projection(post_layernorm(last_hidden_state))`, all of them (the model applies both
+    to the class token alone: token 0 is `get_image_features`)."""
+
+    family = "hf-clip-vision"
+
+    def __init__(self, clip: nn.Module):
+        super().__init__(clip.vision_model, "vision_model.encoder.layers.{}")
+        self.clip, self.output_dim = clip, clip.visual_projection.out_features
+
+    def tokens(self, images):
+        x = self.model.post_layernorm(self.model(pixel_values=images).last_hidden_state)  # (B, N, width)
+        scores = self._scores(torch.zeros(images.shape[0], dtype=torch.long, device=images.device))  # (B, H, N)
+        return self.clip.visual_projection(x), scores[:, :, 1:].mean(dim=1)
+
+
+class TransformersSiglipVisionTower(_TransformersTower):
+    """SiglipModel's image tower. CLS role: the attention-pool head's probe (its latent query); token 0 is the
+    pooled output (`get_image_features`), then the post-layernorm patch tokens it attends to; the CLS row is the
+    probe's pre-softmax scores over them, heads averaged, computed from the head's own (frozen) projections."""
+
+    family = "hf-siglip-vision"
+
+    def __init__(self, clip: nn.Module):
+        if not getattr(clip.vision_model, "use_head", False):
+            raise UserInputError("a SigLIP image tower without its attention-pool head (vision_use_head false) has no "
+                                 f"pooled embedding; {supported_families()}")
+        super().__init__(clip.vision_model, "vision_model.encoder.layers.{}")
+        self.output_dim = clip.config.vision_config.hidden_size
+
+    def attach_hooks(self) -> None:  # the CLS row comes from the head, not from the encoder's last layer
+        pass
+
+    def tokens(self, images):
+        out = self.model(pixel_values=images)
+        x = out.last_hidden_state  # (B, N, width), post-layernorm
+        pool = self.model.head.attention  # nn.MultiheadAttention(batch_first), query = the probe
+        width, heads = pool.embed_dim, pool.num_heads
+        q = F.linear(self.model.head.probe, pool.in_proj_weight[:width], pool.in_proj_bias[:width])  # (1, 1, width)
+        k = F.linear(x, pool.in_proj_weight[width:2 * width], pool.in_proj_bias[width:2 * width])  # (B, N, width)
+        q = q.reshape(1, heads, 1, width // heads)
+        k = k.reshape(x.shape[0], x.shape[1], heads, width // heads).transpose(1, 2)  # (B, H, N, hd)
+        scores = ((q.float() * (width // heads) ** -0.5) @ k.float().transpose(-2, -1))[:, :, 0]  # (B, H, N)
+        return torch.cat([out.pooler_output[:, None], x], dim=1), scores.mean(dim=1)
+
+
+class TransformersCLIPTextTower(_TransformersTower):
+    """CLIPModel's text tower. CLS role: the end-of-text token the model pools (the highest id for configs with
+    eos_token_id 2, else the first eos), under the causal mask; tokens: `text_projection(last_hidden_state)`, the
+    pooled one first, then the other positions in order, padding included; the CLS row is its softmax row."""
+
+    family = "hf-clip-text"
+
+    def __init__(self, clip: nn.Module):
+        super().__init__(clip.text_model, "text_model.encoder.layers.{}")
+        self.clip, self.output_dim = clip, clip.text_projection.out_features
+
+    def pooled_position(self, input_ids: torch.Tensor) -> torch.Tensor:
+        eos = self.model.eos_token_id
+        return input_ids.argmax(dim=-1) if eos == 2 else (input_ids == eos).int().argmax(dim=-1)
+
+    def tokens(self, input_ids):
+        x = self.model(input_ids=input_ids).last_hidden_state  # (B, L, width), after the final layernorm
+        b, length = input_ids.shape
+        pooled = self.pooled_position(input_ids)
+        order = pooled_first(pooled, length)
+        tokens = self.clip.text_projection(x).gather(1, order[..., None].expand(-1, -1, self.output_dim))
+        scores = self._scores(pooled)  # (B, H, L)
+        later = torch.arange(length, device=input_ids.device)[None] > pooled[:, None]  # the causal mask's row
+        probs = scores.masked_fill(later[:, None], float("-inf")).softmax(dim=-1).mean(dim=1)  # (B, L)
+        return tokens, probs.gather(1, order[:, 1:])
+
+
+class TransformersSiglipTextTower(_TransformersTower):
+    """SiglipModel's text tower. CLS role: the last position, which the model pools (padding to max length, as it
+    was trained), bidirectional attention; tokens: `head(last_hidden_state)`, the last one first, then the others in
+    order; the CLS row is its softmax row."""
+
+    family = "hf-siglip-text"
+
+    def __init__(self, clip: nn.Module):
+        super().__init__(clip.text_model, "text_model.encoder.layers.{}")
+        self.output_dim = self.model.head.out_features
+
+    def tokens(self, input_ids):
+        x = self.model(input_ids=input_ids).last_hidden_state  # (B, L, width), after the final layernorm
+        b, length = input_ids.shape
+        pooled = torch.full((b,), length - 1, dtype=torch.long, device=input_ids.device)
+        order = pooled_first(pooled, length)
+        tokens = self.model.head(x).gather(1, order[..., None].expand(-1, -1, self.output_dim))
+        probs = self._scores(pooled).softmax(dim=-1).mean(dim=1)  # (B, L)
+        return tokens, probs.gather(1, order[:, 1:])
+
+
+TRANSFORMERS_TOWERS = {"CLIPModel": (TransformersCLIPVisionTower, TransformersCLIPTextTower),
+                       "SiglipModel": (TransformersSiglipVisionTower, TransformersSiglipTextTower)}
+
+
+def _transformers_towers(clip: nn.Module):
+    return TRANSFORMERS_TOWERS.get(type(clip).__name__) if isinstance(clip, PreTrainedModel) else None
+
+
 # ---- which tower a model has -------------------------------------------------------------------------------
 def supported_families() -> str:
     return ("supported: timm ViT image towers with a class token (BiomedCLIP) or an attention-pool head (SigLIP), "
             "open_clip VisionTransformer with "
             "class-token pooling (OpenAI CLIP, LAION, MetaCLIP, DFN, QuiltNet), Hugging Face BERT/RoBERTa text "
-            "towers, open_clip text transformers")
+            "towers, open_clip text transformers; transformers CLIPModel and SiglipModel (--model hf:...)")
 
 
 def vision_tower(clip: nn.Module) -> Tower:
+    towers = _transformers_towers(clip)
+    if towers is not None:
+        return towers[0](clip)
     visual = clip.visual
     if isinstance(visual, TimmModel):
         if type(visual.trunk).__name__ != "VisionTransformer":
@@ -421,6 +570,9 @@ def vision_tower(clip: nn.Module) -> Tower:
 
 
 def text_tower(clip: nn.Module) -> Tower:
+    towers = _transformers_towers(clip)
+    if towers is not None:
+        return towers[1](clip)
     if isinstance(clip, CLIP):  # the text tower's modules live on the model itself
         return OpenClipTextTower(clip, "transformer.resblocks.{}")
     text = getattr(clip, "text", None)
