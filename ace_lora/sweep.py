@@ -46,7 +46,7 @@ from matplotlib.figure import Figure
 
 from ace_lora.errors import RunInterrupted, UserInputError, main_guard
 from ace_lora.evaluation.tasks import RETRIEVAL, TASKS
-from ace_lora.io import prepare_output_dir, read_json, read_yaml_mapping, write_json
+from ace_lora.io import prepare_output_dir, read_json, read_yaml_mapping, with_values, write_json
 from ace_lora.model.config import LOCAL_PREFIX
 from ace_lora.model.methods import METHODS, get_method
 from ace_lora.params import HelpFormatter
@@ -748,7 +748,7 @@ def main(argv=None) -> int:
                              "runner runs the parts itself)")
     if not args.poll_s > 0:
         raise UserInputError(f"--poll-s must be > 0, got {args.poll_s}")
-    args.output_dir = os.path.abspath(args.output_dir)  # the parts run scripts by absolute path, from anywhere
+    args = with_values(args, output_dir=os.path.abspath(args.output_dir))  # the parts run scripts from anywhere
     if args.config and not os.path.isfile(args.config):
         raise UserInputError(f"{args.config}: file not found")
     read = read_sweep(args.config) if args.config else None  # its mistakes before anything is written

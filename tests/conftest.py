@@ -116,3 +116,16 @@ def tiny_model_with_lora_updates(model_name: str):
             for factors in parts.values():
                 torch.nn.init.normal_(factors.lora_B, std=0.05)
     return model
+
+
+TINY_WORDS = ("a chest x-ray image of findings suggesting no finding pneumonia pneumothorax atelectasis cardiomegaly "
+              "consolidation edema pleural effusion there is").split()
+
+
+@pytest.fixture(scope="session")
+def tiny_transformers(tmp_path_factory):
+    """Tiny random transformers folders, {"clip": "hf:...", "siglip": "hf:..."}: PLIP's (CLIPModel) and
+    MedSigLIP's (SiglipModel) layouts, with word-level tokenizers and the models' own image processors."""
+    from ace_lora.model.tiny_model import TRANSFORMERS_LAYOUTS, write_tiny_transformers
+    return {layout: write_tiny_transformers(str(tmp_path_factory.mktemp(f"tiny_hf_{layout}")), TINY_WORDS, layout)
+            for layout in TRANSFORMERS_LAYOUTS}

@@ -33,7 +33,7 @@ from safetensors.torch import load_file as load_safetensors
 
 from ace_lora.errors import TrainingDiverged, UserInputError
 from ace_lora.io import atomic_save
-from ace_lora.model.config import LOCAL_PREFIX, AceLoRAConfig, declared_settings, setting_default
+from ace_lora.model.config import LOCAL_PREFIX, TRANSFORMERS_PREFIX, AceLoRAConfig, declared_settings, setting_default
 from ace_lora.model.lora import released_lora_entries
 from ace_lora.model.loss import LOSSES
 from ace_lora.model.model import AceLoRAModel
@@ -75,9 +75,12 @@ def released_state(model: AceLoRAModel, loss: str = "label_guided") -> dict:
     if model.logit_bias is not None:  # SigLIP-trained models: the bias trains with the scale
         weights["logit_bias"] = model.logit_bias.detach().float().cpu().clone()
     cfg = model.config
-    metadata = {spec.metadata["released"]: copy.copy(getattr(cfg, spec.name)) for spec in RELEASED_SETTINGS}
-    metadata.update({"k_nearest": cfg.topk, "loss": loss, "use_labels": LOSSES[loss].uses_labels,
-                     "loss_type": HGNN_LOSS_TYPE if adapter_modules(model) else LORA_ONLY_LOSS_TYPE})
+    values = {spec.metadata["released"]: copy.copy(getattr(cfg, spec.name)) for spec in RELEASED_SETTINGS}
+    values.update({alias: getattr(cfg, name) for name, alias in RELEASED_ALIASES.items()})
+    values.update({"loss": loss, "use_labels": LOSSES[loss].uses_labels,
+                   "loss_type": HGNN_LOSS_TYPE if adapter_modules(model) else LORA_ONLY_LOSS_TYPE})
+    order = [key for key in RELEASED_KEY_ORDER if key in values]  # as our earlier files, a new setting last
+    metadata = {key: values[key] for key in order + sorted(set(values) - set(order))}
     if families(model.architecture) != RELEASED_FAMILIES:  # BiomedCLIP's files stay exactly as released
         metadata["architecture"] = model.architecture
     return {"weights": weights, "metadata": metadata}
@@ -156,10 +159,15 @@ def config_from_metadata(metadata: dict, source: str = "checkpoint", **overrides
     return cfg
 
 
-# The declared settings the released format records (ace_lora.model.config), and the released names of older
-# files for some of them: the authors' `k_nearest`; `loss_type` says whether the hypergraph exists.
+# The declared settings the released format records (ace_lora.model.config), the second name some of them also
+# have there (the authors' `k_nearest` for top-k), the order of the keys in our files, and what an authors' file
+# without `apply_gnn_encoders` says instead (`loss_type`: whether the hypergraph exists).
 RELEASED_SETTINGS = tuple(spec for spec in declared_settings() if spec.metadata["released"])
-RELEASED_FALLBACKS = {"topk": "k_nearest", "apply_gnn_encoders": "loss_type"}
+RELEASED_ALIASES = {spec.name: spec.metadata["released_alias"] for spec in RELEASED_SETTINGS
+                    if spec.metadata.get("released_alias")}
+RELEASED_FALLBACKS = {**RELEASED_ALIASES, "apply_gnn_encoders": "loss_type"}
+RELEASED_KEY_ORDER = ("r", "topk", "k_nearest", "params", "position", "loss_type", "loss", "use_labels", "alpha",
+                      "dropout_rate", "hidden_features", "apply_gnn_encoders")
 
 
 def recorded_settings(metadata: dict) -> Tuple[str, ...]:
@@ -279,7 +287,7 @@ def checkpoint_config(state: Any, path: str) -> AceLoRAConfig:
     if isinstance(state, dict) and "weights" in state:
         return config_from_metadata(state.get("metadata", {}), source=path)
     if isinstance(state, dict) and "trainable" in state:
-        return AceLoRAConfig.from_dict(state["model_config"])
+        return AceLoRAConfig.from_dict(state["model_config"], path)
     raise UserInputError(f"{path} is neither an ACE-LoRA weight file nor a training checkpoint")
 
 
@@ -303,7 +311,7 @@ def read_export(folder: str) -> dict:
 
 def export_config(summary: dict) -> AceLoRAConfig:
     """The model an export folder rebuilds: no LoRA (it is merged), the hypergraph settings it was trained with."""
-    trained = AceLoRAConfig.from_dict(summary.get("trained_config", {}))
+    trained = AceLoRAConfig.from_dict(summary.get("trained_config", {}), EXPORT_CONFIG)
     return AceLoRAConfig(params=[], **{name: summary.get(name, getattr(trained, name)) for name in HGNN_SETTINGS})
 
 
@@ -362,7 +370,8 @@ def read_trained(path: str) -> TrainedWeights:
     or an export folder (module docstring). A path that is none of them is one UserInputError."""
     if is_export_folder(path):
         summary = read_export(path)
-        return TrainedWeights(path, "export", export_config(summary), f"{LOCAL_PREFIX}{path}", HGNN_SETTINGS,
+        prefix = TRANSFORMERS_PREFIX if summary.get("backbone_library") == "transformers" else LOCAL_PREFIX
+        return TrainedWeights(path, "export", export_config(summary), f"{prefix}{path}", HGNN_SETTINGS,
                               architecture=summary.get("architecture"))
     if os.path.isdir(path):
         raise UserInputError(f"{path} is a folder without {EXPORT_CONFIG}: give a weight file, a training "

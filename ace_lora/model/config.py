@@ -58,13 +58,15 @@ def select_layers(position: str, depth: int) -> List[int]:
 
 
 def setting(default, *, flag: str, help: str, released: Optional[str], part: str, shapes: bool = True,
-            choices: Optional[Sequence[str]] = None, rule: Optional[Tuple[str, Callable[[Any], bool]]] = None):
+            choices: Optional[Sequence[str]] = None, rule: Optional[Tuple[str, Callable[[Any], bool]]] = None,
+            released_alias: Optional[str] = None):
     """One declared model setting: its default, its training flag and help, its key in the released weight
-    format (None: not recorded there), the part of the model it belongs to ('lora': merged away by export;
-    'hgnn': kept by export), whether it changes the trained tensors' meaning (`shapes`: compared by --init-from),
-    its choices and a rule ('>= 1', predicate) that every value must keep."""
+    format (None: not recorded there; `released_alias`: a second key the authors' files use), the part of the model
+    it belongs to ('lora': merged away by export; 'hgnn': kept by export), whether it changes the trained tensors'
+    meaning (`shapes`: compared by --init-from), its choices and a rule ('>= 1', predicate) every value keeps."""
     factory = (lambda: list(default)) if isinstance(default, list) else None
-    metadata = dict(flag=flag, help=help, released=released, part=part, shapes=shapes, choices=choices, rule=rule)
+    metadata = dict(flag=flag, help=help, released=released, part=part, shapes=shapes, choices=choices, rule=rule,
+                    released_alias=released_alias)
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -94,7 +96,7 @@ class AceLoRAConfig:
                             help="which layers of each tower get LoRA (bottom/mid/up = thirds, half-*, top = last, "
                                  "top3 = last three)")
     topk: int = setting(5, flag="--topk", help="hyperedge size: top-k related tokens per token", released="topk",
-                        part="hgnn", rule=AT_LEAST_ONE)
+                        released_alias="k_nearest", part="hgnn", rule=AT_LEAST_ONE)
     hidden_features: int = setting(128, flag="--hidden-features", help="hidden width of the ACE-HGNN adapters",
                                    released="hidden_features", part="hgnn", rule=AT_LEAST_ONE)
     apply_gnn_encoders: str = setting("both", flag="--apply-gnn-encoders", choices=GNN_CHOICES,
@@ -124,10 +126,14 @@ class AceLoRAConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "AceLoRAConfig":
-        """A recorded configuration; settings it predates read as their defaults."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+    def from_dict(cls, values: dict, source: str = "checkpoint") -> "AceLoRAConfig":
+        """A recorded configuration; settings it predates read as their defaults, settings this version does not
+        know (a file from a newer one) are refused: ignoring them would build another model."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserInputError(f"{source} records model settings this version does not know ({', '.join(unknown)}): "
+                                 "it was written by a newer ACE-LoRA; update this repository")
+        return cls(**values)
 
 
 def declared_settings() -> Tuple[Field, ...]:
@@ -157,6 +163,6 @@ def config_from_args(args) -> AceLoRAConfig:
     """The model of the training flags; --method decides what else trains (ace_lora.model.methods): our own LoRA
     on --params, or a peft tuner made from the LoRA flags, or the backbone."""
     values = {spec.name: getattr(args, setting_dest(spec)) for spec in declared_settings()}
+    peft = peft_config_for(args.method, values["r"], values["alpha"], values["dropout"], args.peft_config)
     values["params"] = list(values["params"]) if get_method(args.method).own_lora else []
-    peft = peft_config_for(args.method, args.lora_r, args.lora_alpha, args.lora_dropout, args.peft_config)
     return AceLoRAConfig(**values, method=args.method, peft=peft)

@@ -25,8 +25,9 @@ from safetensors.torch import save as save_safetensors
 
 from ace_lora.errors import UserInputError
 from ace_lora.io import atomic_save, atomic_write, prepare_output_dir
+from ace_lora.model.backbone import quiet_transformers
 from ace_lora.model.checkpoint import ADAPTERS_FILE, EXPORT_CONFIG, EXPORT_FORMAT, HGNN_SETTINGS, adapter_modules
-from ace_lora.model.config import HUB_PREFIX, LOCAL_PREFIX, AceLoRAConfig
+from ace_lora.model.config import HUB_PREFIX, LOCAL_PREFIX, TRANSFORMERS_PREFIX, AceLoRAConfig
 from ace_lora.model.lora import merged_state_dict
 from ace_lora.model.methods import get_method
 from ace_lora.model.towers import EXPORT_RENAMES
@@ -102,6 +103,29 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
     if os.listdir(out_dir):
         raise UserInputError(f"--output-dir {out_dir} is not empty: export into a new folder")
     merged = merged_backbone_state(model)  # first: a method that cannot be merged leaves the folder empty
+    if model_name.startswith(TRANSFORMERS_PREFIX):
+        weights = _write_transformers_backbone(model, merged, out_dir)
+    else:
+        weights = _write_open_clip_backbone(model, model_name, merged, out_dir)
+    _write_adapters_and_card(model, model_name, out_dir, source, training_data, metrics, license_name)
+    return {"folder": out_dir, "weights": weights, "adapters": os.path.join(out_dir, ADAPTERS_FILE)}
+
+
+def _write_transformers_backbone(model, merged: Dict[str, torch.Tensor], out_dir: str) -> str:
+    """The merged backbone as `save_pretrained` writes it, with the model's tokenizer and image processor: plain
+    `transformers.AutoModel.from_pretrained(out_dir)` and `AutoProcessor.from_pretrained(out_dir)` load it."""
+    clip = model.clip
+    plain = type(clip)(clip.config)
+    plain.load_state_dict(merged, strict=True)
+    with quiet_transformers():
+        plain.save_pretrained(out_dir)
+    for part in model.processor_files:
+        part.save_pretrained(out_dir)
+    return os.path.join(out_dir, "model.safetensors")
+
+
+def _write_open_clip_backbone(model, model_name: str, merged: Dict[str, torch.Tensor], out_dir: str) -> str:
+    """The merged backbone as a plain open_clip model folder (the source folder's configs and tokenizer files)."""
     folder = _source_folder(model_name, model)
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
@@ -119,7 +143,11 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
     with open(config_path, "w", encoding="utf-8") as f:
         json.dump(open_clip_config, f, indent=1)
     atomic_save(merged, os.path.join(out_dir, WEIGHTS_FILE))
+    return os.path.join(out_dir, WEIGHTS_FILE)
 
+
+def _write_adapters_and_card(model, model_name: str, out_dir: str, source: str, training_data: str,
+                             metrics: Optional[dict], license_name: str) -> None:
     tensors = {"logit_scale": model.logit_scale.detach().float().cpu().reshape(1)}
     if model.logit_bias is not None:  # SigLIP-trained: the trained bias, beside the trained scale
         tensors["logit_bias"] = model.logit_bias.detach().float().cpu().reshape(1)
@@ -129,6 +157,7 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
     atomic_write(os.path.join(out_dir, ADAPTERS_FILE), lambda f: f.write(save_safetensors(tensors)))
     cfg = model.config
     summary = {"format": EXPORT_FORMAT, "base_model": model_name, "source_checkpoint": source,
+               "backbone_library": "transformers" if model_name.startswith(TRANSFORMERS_PREFIX) else "open_clip",
                "architecture": model.architecture,
                "method": exported_method(cfg),
                "trained_config": cfg.to_dict(), "trainable_parameters": model.method_parameter_count,
@@ -138,15 +167,26 @@ def export_model(model, model_name: str, out_dir: str, source: str = "", trainin
         json.dump(summary, f, indent=2)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(summary))
-    return {"folder": out_dir, "weights": os.path.join(out_dir, WEIGHTS_FILE),
-            "adapters": os.path.join(out_dir, ADAPTERS_FILE)}
+
+
+# How a model card loads the export: with ace_lora (the full model) and with the backbone's own library.
+PLAIN_LOADING = {
+    "open_clip": ("local-dir:THIS_FOLDER", "import open_clip                                   # the merged backbone "
+                  "alone (no hypergraph)\nclip, _, preprocess = open_clip.create_model_and_transforms("
+                  "\"local-dir:THIS_FOLDER\")"),
+    "transformers": ("hf:THIS_FOLDER", "import transformers                                # the merged backbone "
+                     "alone (no hypergraph)\nclip = transformers.AutoModel.from_pretrained(\"THIS_FOLDER\")\n"
+                     "processor = transformers.AutoProcessor.from_pretrained(\"THIS_FOLDER\")"),
+}
 
 
 def model_card(summary: dict) -> str:
     metrics = "".join(f"| {k} | {v} |\n" for k, v in summary["metrics"].items()) or "| (none given) | |\n"
+    library = summary.get("backbone_library", "open_clip")
+    ours, plain = PLAIN_LOADING[library]
     return f"""---
 license: {summary['license']}
-library_name: open_clip
+library_name: {library}
 base_model: {summary['base_model'].split(':', 1)[-1]}
 tags:
 - medical-imaging
@@ -165,11 +205,10 @@ Source checkpoint: {summary['source_checkpoint'] or 'not stated'}.
 
 ```python
 import ace_lora                                    # the full model: merged backbone + ACE-HGNN
-model = ace_lora.load("THIS_FOLDER", model="local-dir:THIS_FOLDER")
+model = ace_lora.load("THIS_FOLDER", model="{ours}")
 probabilities = model.classify(["image.png"], ["pneumonia", "no finding"])
 
-import open_clip                                   # the merged backbone alone (no hypergraph)
-clip, _, preprocess = open_clip.create_model_and_transforms("local-dir:THIS_FOLDER")
+{plain}
 ```
 
 ## Metrics

@@ -34,6 +34,7 @@ class AceLoRAModel(nn.Module):
         config.validate()
         self.clip = backbone.clip
         self.tokenizer = backbone.tokenizer
+        self.processor_files = backbone.processor_files  # a transformers model's tokenizer and image processor
         self.preprocess = backbone.preprocess  # the backbone's own PIL -> normalised float transform
         self.input_spec = input_spec(backbone.preprocess)
         self.eval_pixels = pixel_transform(backbone.preprocess, "eval")  # PIL -> uint8, normalised on the device

@@ -142,7 +142,7 @@ def _word_tokenizer(words: Iterable[str], layout: str, length: int):
 
 
 def write_tiny_transformers(out_dir: str, words: Iterable[str], layout: str = "siglip", image_size: int = 64,
-                            context_length: int = 16, width: int = 64, seed: int = 0) -> str:
+                            context_length: int = 32, width: int = 64, seed: int = 0) -> str:
     """Write a tiny random transformers CLIPModel / SiglipModel folder (2 layers of `width` per tower, patch 16)
     with its tokenizer and image processor; returns the `hf:` model name."""
     import transformers

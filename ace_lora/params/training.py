@@ -17,7 +17,8 @@ from ace_lora.params import (
 
 # Flag defaults of a --demo run unless given on the command line or in --config (chosen for a robust,
 # < 3 minute CPU run).
-DEMO_MODELS = ("biomedclip", "openclip")  # the tiny random architectures --demo can train (model/tiny_model.py)
+# the tiny random architectures --demo can train (model/tiny_model.py)
+DEMO_MODELS = ("biomedclip", "openclip", "hf-siglip", "hf-clip")
 DEFAULT_LR = 1e-3
 DEMO_DEFAULTS = dict(output_dir="demo_output", epochs=12, batch_size=25, lr=2e-3, warmup_epochs=1, num_workers=0,
                      val_before_training=True, log_every_steps=1)
@@ -44,8 +45,9 @@ def add_training_args(parser: argparse.ArgumentParser, distributed: bool) -> Non
                        help="train on a synthetic data set generated in <output-dir>/demo_data with a tiny random "
                             "model (offline, CPU, < 3 min); replaces --model, --train-csv and the validation flags")
     model.add_argument("--demo-model", choices=DEMO_MODELS, default="biomedclip",
-                       help="the tiny model of --demo: BiomedCLIP's architecture (timm ViT + BERT) or OpenAI CLIP's "
-                            "(open_clip's own ViT and causal text transformer)")
+                       help="the tiny model of --demo: BiomedCLIP's architecture (timm ViT + BERT), OpenAI CLIP's "
+                            "(open_clip's own ViT and causal text transformer), or a transformers SiglipModel "
+                            "(MedSigLIP's layout) or CLIPModel (PLIP's)")
 
     lora = parser.add_argument_group("LoRA and ACE-HGNN")
     add_setting_args(lora)  # declared once, with the model config (ace_lora.model.config)

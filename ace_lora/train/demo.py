@@ -15,14 +15,16 @@ from typing import Tuple
 
 from ace_lora.data.synthetic import DemoDataset, write_demo_dataset
 from ace_lora.io import read_jsonl, with_values
-from ace_lora.model.tiny_model import write_tiny_biomedclip, write_tiny_openclip
+from ace_lora.model.config import LOCAL_PREFIX, TRANSFORMERS_PREFIX
+from ace_lora.model.tiny_model import write_tiny_biomedclip, write_tiny_openclip, write_tiny_transformers
 from ace_lora.train.distributed import DistributedContext, barrier, broadcast_object
 from ace_lora.train.loggers import METRICS_FILE
 from ace_lora.train.run_state import RELEASED_NAME
 
 DEMO_DATA = dict(n_train=600, n_test_per_class=20, image_size=64)
 DEMO_DIR = "demo_data"
-TINY_MODEL_DIRS = {"biomedclip": "tiny_biomedclip", "openclip": "tiny_openclip"}  # --demo-model
+TINY_MODEL_DIRS = {"biomedclip": "tiny_biomedclip", "openclip": "tiny_openclip", "hf-siglip": "tiny_hf_siglip",
+                   "hf-clip": "tiny_hf_clip"}  # --demo-model
 
 
 def prepare_demo(args, context: DistributedContext) -> Tuple[argparse.Namespace, DemoDataset]:
@@ -44,13 +46,17 @@ def prepare_demo(args, context: DistributedContext) -> Tuple[argparse.Namespace,
             data = write_demo_dataset(root, seed=args.seed, **DEMO_DATA)
             if args.demo_model == "openclip":  # its BPE tokenizer knows every English word
                 write_tiny_openclip(model_dir, image_size=DEMO_DATA["image_size"], seed=args.seed)
+            elif args.demo_model.startswith("hf-"):
+                write_tiny_transformers(model_dir, data.vocabulary, args.demo_model[3:],
+                                        image_size=DEMO_DATA["image_size"], seed=args.seed)
             else:
                 write_tiny_biomedclip(model_dir, data.vocabulary, image_size=DEMO_DATA["image_size"], seed=args.seed)
             with open(settings_path, "w", encoding="utf-8") as f:
                 json.dump({"settings": settings, "dataset": asdict(data)}, f, indent=1)
     data = broadcast_object(data, context)
     barrier(context)
-    return with_values(args, model=f"local-dir:{model_dir}", train_csv=data.train_csv, data_root=data.data_root,
+    prefix = TRANSFORMERS_PREFIX if args.demo_model.startswith("hf-") else LOCAL_PREFIX
+    return with_values(args, model=f"{prefix}{model_dir}", train_csv=data.train_csv, data_root=data.data_root,
                        label_csv=None, split="train", val_dataset="chexpert", val_csv=data.test_csv,
                        val_data_root=data.data_root), data
 

@@ -95,6 +95,7 @@ def check_training_args(args) -> None:
 
 def print_trainable_count(args, context: DistributedContext) -> int:
     check_method_file(args.peft_config)
+    config_from_args(args).validate()  # before the backbone is loaded (or downloaded)
     count = 0 if not get_method(args.method).trains else build_model(args.model, config_from_args(args)).num_trainable()
     if context.is_main:
         print(f"trainable parameters: {count}")
@@ -155,6 +156,7 @@ def train_in_run_folder(args, context: DistributedContext) -> Optional[Dict]:
 def run_demo(args, context: DistributedContext):
     """The whole demo: data and model, training with validation, demo_metrics.json (rank 0)."""
     start = time.perf_counter()
+    config_from_args(args).validate()  # before the demo writes its data and model
     with cpu_threads(1 if context.device.type == "cpu" else None):
         args, data = prepare_demo(args, context)
         if args.dry_run:

@@ -170,7 +170,7 @@ class RunState:
                                 if old_data.get(k) != v)
             raise UserInputError(f"--resume {path}: the run was trained on other data: {differs}; resume on the "
                                  "same training CSV and images")
-        old_model = AceLoRAConfig.from_dict(saved["model_config"]).to_dict()  # settings it predates: defaults
+        old_model = AceLoRAConfig.from_dict(saved["model_config"], path).to_dict()  # settings it predates: defaults
         differs = sorted(k for k, v in self.model_config.items() if old_model.get(k) != v)
         if differs:
             raise UserInputError(f"{path} was trained with a different model: "

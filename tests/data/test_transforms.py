@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from ace_lora.data.transforms import InputSpec, input_spec
+from ace_lora.data.transforms import InputSpec, input_spec, pixel_transform
 from ace_lora.errors import UserInputError
 from ace_lora.model.backbone import load_backbone
 
@@ -39,3 +39,25 @@ def test_input_spec_reads_size_and_normalisation_and_refuses_the_unreadable(tiny
         input_spec(T.Compose([T.ToTensor()]))
     with pytest.raises(UserInputError, match="must be square, this one is 64x32"):
         input_spec(T.Compose([T.Resize((64, 32)), T.ToTensor(), T.Normalize((0.5,), (0.5,))]))
+
+
+@pytest.mark.parametrize("layout", ["clip", "siglip"])
+def test_a_transformers_models_inputs_are_its_processors_bit_for_bit(tiny_transformers, layout):
+    """CLIP: shortest-edge resize + centre crop; SigLIP: resize to the square. uint8 pixels from the processor's
+    own resize (greyscale kept one channel), normalised by its own per-level values, equal AutoProcessor's output
+    (its default torchvision backend) for colour, greyscale, RGBA, small and large images."""
+    from PIL import Image
+    from transformers import AutoProcessor
+    backbone = load_backbone(tiny_transformers[layout])
+    spec, pixels = input_spec(backbone.preprocess), pixel_transform(backbone.preprocess, "eval")
+    processor = AutoProcessor.from_pretrained(tiny_transformers[layout][3:])
+    rng = np.random.default_rng(0)
+    for (width, height), mode in (((97, 131), "RGB"), ((300, 200), "L"), ((64, 64), "RGB"), ((50, 90), "RGBA"),
+                                  ((20, 31), "L")):
+        shape = (height, width) if mode == "L" else (height, width, len(mode))
+        image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+        ours = pixels(image)
+        assert ours.dtype == torch.uint8 and ours.shape[0] == (1 if mode == "L" else 3)
+        expected = processor(images=image, return_tensors="pt")["pixel_values"]
+        assert torch.equal(spec.normalise(ours[None]), expected), (mode, width, height)
+    assert spec.size == 64 and "ProcessorPixels" in repr(pixels.describe())

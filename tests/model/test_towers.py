@@ -273,3 +273,203 @@ def test_a_siglip_model_trained_with_infonce_freezes_its_bias(siglip_name, tmp_p
     trained = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["trainable"]
     assert "logit_bias" not in trained  # unused by InfoNCE: frozen, so DDP never waits for its gradient
     assert load_model_for_eval(siglip_name, str(out / "checkpoints" / "last.pt")).logit_bias.item() == -10.0
+
+
+# ---- transformers towers (CLIPModel, SiglipModel) ------------------------------------------------------------
+def transformers_inputs(model):
+    torch.manual_seed(3)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    ids = model.tokenize(["a chest x-ray image of edema", "there is pneumonia and pleural effusion"])
+    return images, ids
+
+
+@pytest.mark.parametrize("layout", ["clip", "siglip"])
+def test_transformers_towers_give_the_models_own_embeddings(tiny_transformers, layout):
+    """LoRA B = 0 and no hypergraph: token 0 is get_image_features / get_text_features; the bare model (no
+    checkpoint) is the transformers model's own normalised embedding."""
+    from ace_lora.model.factory import load_model_for_eval
+    for model in (build_model(tiny_transformers[layout], AceLoRAConfig(apply_gnn_encoders="none")).eval(),
+                  load_model_for_eval(tiny_transformers[layout])):
+        images, ids = transformers_inputs(model)
+        with torch.no_grad():
+            pixels = model.input_spec.normalise(images)
+            image = model.clip.get_image_features(pixel_values=pixels).pooler_output
+            text = model.clip.get_text_features(input_ids=ids).pooler_output
+            assert torch.allclose(model.vision.tokens(pixels)[0][:, 0], image, atol=1e-5)
+            assert torch.allclose(model.text.tokens(ids)[0][:, 0], text, atol=1e-5)
+            assert torch.allclose(model.encode_image(images), F.normalize(image, dim=-1), atol=1e-5)
+            assert torch.allclose(model.encode_text(ids), F.normalize(text, dim=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["clip", "siglip"])
+def test_transformers_trainable_counts_by_hand(tiny_transformers, layout):
+    """Width 64, 2 layers per tower, r 4: LoRA on q, k, v (4 * (64 + 64) each), two adapters of 64 -> 128 -> 64 per
+    tower, the scale, and for SigLIP (a sigmoid loss by default) the logit bias."""
+    model = build_model(tiny_transformers[layout], AceLoRAConfig())
+    lora = 2 * 2 * 3 * 4 * (64 + 64)
+    adapters = 2 * 2 * (64 * 128 + 128 + 128 * 64 + 64)
+    assert model.num_trainable() == lora + adapters + 1 + (layout == "siglip")
+    assert model.architecture == {"vision": {"family": f"hf-{layout}-vision", "layers": 2, "output_dim": 64},
+                                  "text": {"family": f"hf-{layout}-text", "layers": 2, "output_dim": 64}}
+
+
+@pytest.mark.parametrize("layout", ["clip", "siglip"])
+def test_transformers_cls_rows_match_the_models_own_attention(tiny_transformers, layout):
+    """The text tower's row is the pooled token's softmax row of the last layer (CLIP: the first end-of-text under
+    the causal mask; SigLIP: the last position, bidirectional), the pooled column dropped; the CLIP image row is the
+    class token's pre-softmax row (checked through log-probability differences, which the softmax keeps)."""
+    model = build_model(tiny_transformers[layout], AceLoRAConfig()).eval()
+    images, ids = transformers_inputs(model)
+    with torch.no_grad():
+        _, text_row = model.text.tokens(ids)
+        eager = type(model.clip).from_pretrained(tiny_transformers[layout][3:], attn_implementation="eager").eval()
+        probs = eager.text_model(input_ids=ids, output_attentions=True).attentions[-1]  # (B, H, L, L)
+        pooled = model.text.pooled_position(ids) if layout == "clip" else torch.full((2,), ids.shape[1] - 1)
+        row = probs[torch.arange(2), :, pooled].mean(dim=1)  # (B, L)
+        keep = ~torch.nn.functional.one_hot(pooled, ids.shape[1]).bool()
+        assert torch.allclose(text_row, row[keep].view(2, -1), atol=1e-6)
+        if layout == "clip":
+            _, image_row = model.vision.tokens(model.input_spec.normalise(images))
+            attentions = eager.vision_model(pixel_values=model.input_spec.normalise(images),
+                                            output_attentions=True).attentions[-1]  # (B, H, N, N)
+            log_ratio = (attentions[:, :, 0, 1:].log() - attentions[:, :, 0, 1:2].log()).mean(dim=1)
+            assert torch.allclose(image_row - image_row[:, :1], log_ratio, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["clip", "siglip"])
+def test_transformers_one_step_changes_only_the_trainables(tiny_transformers, layout):
+    torch.manual_seed(0)
+    model = build_model(tiny_transformers[layout]).train()
+    images, ids = transformers_inputs(model)
+    batch = (images, ids, torch.eye(14)[:2])
+    loss = create_loss(None, has_logit_bias=model.logit_bias is not None)
+    model.use_loss(loss)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(2):  # B starts at 0: A moves from the second step on
+        train_step(model, batch, optimizer, warmup_cosine_schedule(optimizer, 0, 10),
+                   torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), precision="fp32",
+                   loss_fn=loss, gather_negatives=False, context=single_process("cpu"))
+    for name, p in model.named_parameters():
+        assert (not torch.equal(p, before[name])) == p.requires_grad, name
+
+
+def test_transformers_checkpoints_load_only_onto_their_architecture(tiny_transformers, tmp_path):
+    model = build_model(tiny_transformers["siglip"], AceLoRAConfig()).eval()
+    random_lora(model)
+    path = str(tmp_path / "weights.pt")
+    save_released_checkpoint(model, path, loss="label_guided_siglip")
+    assert read_released_checkpoint(path)["metadata"]["architecture"] == model.architecture
+    loaded = load_model_for_eval(tiny_transformers["siglip"], path)
+    images, ids = transformers_inputs(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded.encode_text(ids), model.encode_text(ids), atol=1e-5, rtol=1e-5)
+    assert torch.equal(loaded.logit_bias, model.logit_bias)
+    with pytest.raises(UserInputError, match=r"trained on another vision tower \(family hf-siglip-vision, layers 2, "
+                                             r"output_dim 64; this model: family hf-clip-vision"):
+        load_model_for_eval(tiny_transformers["clip"], path)
+
+
+@pytest.mark.parametrize("layout, method", [("clip", "ace_lora"), ("siglip", "ace_lora"), ("siglip", "dora")])
+def test_transformers_export_loads_with_plain_automodel_and_its_processor(tiny_transformers, tmp_path, layout, method):
+    """Export merges LoRA (or peft's tuner) into q/k/v and writes a save_pretrained folder with the tokenizer and
+    the image processor: AutoModel gives ace_lora's embeddings without the hypergraph (1e-5), AutoProcessor its
+    inputs, and ace_lora.load rebuilds the whole model from the folder."""
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    from ace_lora.model.methods import peft_config_for
+    name = tiny_transformers[layout]
+    cfg = AceLoRAConfig() if method == "ace_lora" else AceLoRAConfig(
+        method=method, params=[], apply_gnn_encoders="none", peft=peft_config_for(method, 4, 1.0, 0.0))
+    model = build_model(name, cfg).eval()
+    random_lora(model)
+    torch.manual_seed(2)
+    for p in model.clip.parameters():  # peft: move its adapters away from their identity initialisation
+        if p.requires_grad:
+            p.data.add_(torch.randn_like(p) * 0.05)
+    out = tmp_path / "export"
+    export_model(model, name, str(out))
+    plain, processor = AutoModel.from_pretrained(str(out)).eval(), AutoProcessor.from_pretrained(str(out))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 70), dtype=np.uint8))
+    pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+    ids = model.tokenize(TEXTS)
+    with torch.no_grad():
+        assert torch.equal(pixels, model.input_spec.normalise(model.eval_pixels(image)[None]))
+        model.merge_lora(True)
+        torch.testing.assert_close(plain.get_image_features(pixel_values=pixels).pooler_output,
+                                   model.vision.tokens(pixels)[0][:, 0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(plain.get_text_features(input_ids=ids).pooler_output,
+                                   model.text.tokens(ids)[0][:, 0], atol=1e-5, rtol=1e-5)
+        reloaded = load_model_for_eval(None, str(out))
+        torch.testing.assert_close(reloaded.encode_image(pixels), model.encode_image(pixels), atol=1e-5, rtol=1e-5)
+    summary = json.loads((out / "ace_lora_config.json").read_text())
+    assert summary["backbone_library"] == "transformers" and summary["architecture"] == model.architecture
+    assert "library_name: transformers" in (out / "README.md").read_text()
+
+
+def test_transformers_models_predict_and_refuse_what_they_cannot_be(tiny_transformers, tiny_model_name, tmp_path,
+                                                                    capsys):
+    from PIL import Image
+
+    from ace_lora.evaluation.predict import Predictor
+    path = str(tmp_path / "scan.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 70), dtype=np.uint8)).save(path)
+    predictor = Predictor(load_model_for_eval(tiny_transformers["siglip"]), torch.device("cpu"))
+    assert predictor.classify([path], ["edema", "pneumonia"]).shape == (1, 2)
+    assert predictor.similarity_maps([path], ["edema"])[0].shape == (1, 90, 70)  # from the 4 x 4 patch grid
+    bert_folder = tiny_model_name.split(":", 1)[1]  # its config.json is a BertModel's
+    line = error_exit_line(capsys, train.main, ["--dry-run", "--model", f"hf:{bert_folder}"])
+    assert line.startswith(f"error: hf:{bert_folder} is a BertModel (model type 'bert'); supported transformers "
+                           "models: CLIPModel, SiglipModel")
+    line = error_exit_line(capsys, train.main, ["--dry-run", "--model", "hf:/no/such/folder"])
+    assert line == "error: model folder not found: /no/such/folder"
+    siglip = tiny_transformers["siglip"].split(":", 1)[1]
+    for kind, change in (("siglip_vision_model", {}), ("blip", {"architectures": ["BlipModel"]}),
+                         ("siglip2", {"architectures": ["Siglip2Model"]})):
+        folder = tmp_path / kind
+        folder.mkdir()
+        config = {**json.loads(open(os.path.join(siglip, "config.json")).read()), "model_type": kind, **change}
+        (folder / "config.json").write_text(json.dumps(config))
+        line = error_exit_line(capsys, train.main, ["--dry-run", "--model", f"hf:{folder}"])
+        assert f"(model type '{kind}')" in line and "supported transformers models: CLIPModel, SiglipModel" in line
+    assert "NaFlex" in line  # Siglip2: why not
+    no_tokenizer = tmp_path / "no_tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (no_tokenizer / name).write_bytes(open(os.path.join(siglip, name), "rb").read())
+    line = error_exit_line(capsys, train.main, ["--dry-run", "--model", f"hf:{no_tokenizer}"])
+    assert line.startswith(f"error: hf:{no_tokenizer}: no tokenizer could be loaded")
+    wrong_size = tmp_path / "wrong_size"
+    wrong_size.mkdir()
+    for name in os.listdir(siglip):
+        (wrong_size / name).write_bytes(open(os.path.join(siglip, name), "rb").read())
+    processor = json.loads((wrong_size / "preprocessor_config.json").read_text())
+    (wrong_size / "preprocessor_config.json").write_text(json.dumps({**processor, "size": {"height": 96,
+                                                                                          "width": 96}}))
+    line = error_exit_line(capsys, train.main, ["--dry-run", "--model", f"hf:{wrong_size}"])
+    assert line == (f"error: hf:{wrong_size}: its image processor makes {{'height': 96, 'width': 96}} images, the "
+                    "image tower takes 64 x 64 (its position embeddings)")
+
+
+def test_a_transformers_hub_id_offline_is_one_line_naming_the_folder_form(monkeypatch):
+    from ace_lora.model import backbone
+    monkeypatch.setattr(backbone.hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(backbone, "hub_endpoint", lambda: "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(UserInputError, match=r"^could not download hf:google/medsiglip-448: 127\.0\.0\.1 cannot be "
+                                             r"reached and google/medsiglip-448 is not in the local cache; .* pass "
+                                             r"--model hf:FOLDER"):
+        build_model("hf:google/medsiglip-448")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["siglip", "clip"])
+def test_the_demo_learns_on_a_transformers_model(tmp_path, layout):
+    out = tmp_path / "demo"
+    assert train.main(["--demo", "--demo-model", f"hf-{layout}", "--output-dir", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "demo_metrics.json").read_text())
+    assert summary["auroc_after"] > summary["auroc_before"] + 0.1
+    config = json.loads(json.dumps(__import__("yaml").safe_load((out / "config.yaml").read_text())))
+    assert config["model"].startswith("hf:") and config["loss"] == ("label_guided_siglip" if layout == "siglip"
+                                                                    else "label_guided")
