@@ -118,7 +118,7 @@ def write_tiny_siglip(out_dir: str, image_size: int = 64, seed: int = 0) -> str:
 TRANSFORMERS_LAYOUTS = ("clip", "siglip")
 
 
-def _word_tokenizer(words: Iterable[str], layout: str, length: int):
+def word_tokenizer(words: Iterable[str], layout: str, length: int):
     """A word-level fast tokenizer over `words` with the layout's special tokens: CLIP's <|startoftext|> ...
     <|endoftext|> (the token CLIP pools), SigLIP's ... </s> (padded to `length`, as SigLIP is)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -147,7 +147,7 @@ def write_tiny_transformers(out_dir: str, words: Iterable[str], layout: str = "s
     with its tokenizer and image processor; returns the `hf:` model name."""
     import transformers
     os.makedirs(out_dir, exist_ok=True)
-    tokenizer, vocab = _word_tokenizer(words, layout, context_length)
+    tokenizer, vocab = word_tokenizer(words, layout, context_length)
     tower = {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2, "num_attention_heads": 2}
     text = {**tower, "vocab_size": len(vocab), "max_position_embeddings": context_length,
             "pad_token_id": vocab["<pad>"]}
