@@ -121,6 +121,8 @@ def load_transformers_backbone(model_name: str, device: str = "cpu") -> Backbone
     except (OSError, ValueError, TypeError) as err:
         raise UserInputError(f"{model_name}: no tokenizer could be loaded (the folder needs the tokenizer files that "
                              f"save_pretrained writes: {str(err).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:  # some CLIP fine-tunes: pad with end-of-text, as OpenAI's CLIP tokenizer does
+        tokenizer.pad_token = tokenizer.eos_token
     try:
         processor = AutoImageProcessor.from_pretrained(source)
     except (OSError, ValueError, TypeError) as err:
