@@ -47,7 +47,7 @@ from matplotlib.figure import Figure
 from ace_lora.errors import RunInterrupted, UserInputError, main_guard
 from ace_lora.evaluation.tasks import RETRIEVAL, TASKS
 from ace_lora.io import prepare_output_dir, read_json, read_yaml_mapping, with_values, write_json
-from ace_lora.model.config import LOCAL_PREFIX
+from ace_lora.model.config import LOCAL_PREFIX, TRANSFORMERS_PREFIX
 from ace_lora.model.methods import METHODS, get_method
 from ace_lora.params import HelpFormatter
 from ace_lora.runners.cluster import (
@@ -103,7 +103,7 @@ def _absolute(value: str, base: str) -> str:
 
 def resolve_paths(values: dict, base: str) -> dict:
     """`values` (train flags, an evaluation, overrides) with every relative path made absolute from `base`:
-    PATH_KEYS, the CSV and root of each --eval-datasets TASK:CSV[:ROOT] entry, and a local-dir: model."""
+    PATH_KEYS, the CSV and root of each --eval-datasets TASK:CSV[:ROOT] entry, and a local-dir: or hf: folder model."""
     out = dict(values)
     for key, value in values.items():
         if key in PATH_KEYS and isinstance(value, str):
@@ -113,6 +113,10 @@ def resolve_paths(values: dict, base: str) -> dict:
                         for spec in value]
         elif key == "model" and isinstance(value, str) and value.startswith(LOCAL_PREFIX):
             out[key] = LOCAL_PREFIX + _absolute(value[len(LOCAL_PREFIX):], base)
+        elif key == "model" and isinstance(value, str) and value.startswith(TRANSFORMERS_PREFIX):
+            # a folder beside the sweep file, else a Hub id (org/name), which stays as it is
+            folder = _absolute(value[len(TRANSFORMERS_PREFIX):], base)
+            out[key] = TRANSFORMERS_PREFIX + folder if os.path.isdir(folder) else value
         elif key == "overrides" and isinstance(value, dict):
             out[key] = resolve_paths(value, base)
     return out

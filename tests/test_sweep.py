@@ -185,3 +185,11 @@ def test_an_evaluation_of_the_validation_set_is_refused_unless_marked_and_then_m
                              "train_seconds": 1.0}])
     table = sweep.markdown_table(read, results).splitlines()
     assert table[0].endswith("| nih (auroc) † |") and table[-1].startswith("† not held out")
+
+
+def test_a_transformers_model_folder_beside_the_sweep_file_is_made_absolute_and_a_hub_id_kept(tmp_path):
+    (tmp_path / "models" / "medsiglip").mkdir(parents=True)
+    resolved = sweep.resolve_paths({"model": "hf:models/medsiglip"}, str(tmp_path))
+    assert resolved["model"] == f"hf:{tmp_path / 'models' / 'medsiglip'}"
+    hub = sweep.resolve_paths({"model": "hf:google/medsiglip-448"}, str(tmp_path))
+    assert hub["model"] == "hf:google/medsiglip-448"
