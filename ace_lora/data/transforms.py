@@ -145,9 +145,13 @@ class ProcessorPixels:
                              do_convert_rgb=image.mode not in ("L", "RGB"), return_tensors="pt")
         return out["pixel_values"][0].to(torch.uint8)
 
-    def __repr__(self) -> str:  # what the image cache records: every setting that decides the pixels
+    def __repr__(self) -> str:  # what the image cache records: every setting (and library) that decides the pixels
+        import torchvision
+        import transformers
         p = self.processor
-        settings = {k: getattr(p, k, None) for k in ("size", "crop_size", "do_resize", "do_center_crop", "resample")}
+        settings = {k: getattr(p, k, None) for k in ("size", "crop_size", "do_resize", "do_center_crop", "resample",
+                                                     "do_convert_rgb")}
+        settings.update(torchvision=torchvision.__version__, transformers=transformers.__version__)
         return f"ProcessorPixels({type(p).__name__}, {json.dumps(settings, default=str, sort_keys=True)})"
 
     def levels(self) -> Tuple[Tuple[float, ...], ...]:

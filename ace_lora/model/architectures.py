@@ -37,14 +37,16 @@ def random_backbone(name: str, image_size: Optional[int] = None, seed: int = 0) 
     layout, settings = ARCHITECTURES[name]
     config_class, model_class = ((transformers.SiglipConfig, transformers.SiglipModel) if layout == "siglip" else
                                  (transformers.CLIPConfig, transformers.CLIPModel))
-    config = config_class(**settings)
+    length = (settings.get("text_config") or {}).get("max_position_embeddings", 77)
+    tokenizer, vocab = word_tokenizer(WORDS, layout, length)
+    ids = {"eos_token_id": vocab["<|endoftext|>" if layout == "clip" else "</s>"], "pad_token_id": vocab["<pad>"],
+           "bos_token_id": vocab.get("<|startoftext|>")}  # the special tokens of the word-level tokenizer
+    config = config_class(**{**settings, "text_config": {**settings.get("text_config", {}), **ids}}, **ids)
     if image_size:
         config.vision_config.image_size = image_size
     size = config.vision_config.image_size
     torch.manual_seed(seed)
     clip = model_class(config).eval().requires_grad_(False)
-    length = config.text_config.max_position_embeddings
-    tokenizer, _ = word_tokenizer(WORDS, layout, length)
     if layout == "siglip":
         processor = transformers.SiglipImageProcessor(size={"height": size, "width": size})
     else:

@@ -67,7 +67,7 @@ class TransformersTokenizer:
 
 def _transformers_source(model_name: str) -> Tuple[str, bool]:
     """(Hub id or folder, whether it is a folder) of `hf:NAME_OR_FOLDER`."""
-    source = model_name[len(TRANSFORMERS_PREFIX):]
+    source = os.path.expanduser(model_name[len(TRANSFORMERS_PREFIX):])
     if not source:
         raise UserInputError("--model hf: needs a Hub id or a folder after it (hf:google/medsiglip-448, hf:PATH)")
     if os.path.isdir(source):
@@ -94,20 +94,30 @@ def quiet_transformers():
 
 
 def load_transformers_backbone(model_name: str, device: str = "cpu") -> Backbone:
-    """A transformers CLIPModel / SiglipModel with its tokenizer and image processor (module docstring)."""
-    import transformers
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-
-    from ace_lora.data.transforms import processor_preprocess
+    """A transformers CLIPModel / SiglipModel with its tokenizer and image processor (module docstring), in fp32
+    whatever dtype its weights were saved in (as open_clip loads)."""
     source, is_folder = _transformers_source(model_name)
     if not is_folder:
         check_hub_reachable(model_name, source, files=("config.json",), local_form="--model hf:FOLDER")
+    with quiet_transformers():  # its own advice and progress bars; every problem is one line below
+        return _load_transformers(model_name, source, is_folder, device)
+
+
+def _load_transformers(model_name: str, source: str, is_folder: bool, device: str) -> Backbone:
+    import transformers
+    from safetensors import SafetensorError
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    from ace_lora.data.transforms import processor_preprocess
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
-        where = ("a folder with the model's config.json" if is_folder else
-                 "a Hub id that could not be downloaded; without network, download it once and pass hf:FOLDER")
-        raise UserInputError(f"could not load {model_name}: not {where} ({str(err).splitlines()[0]})") from None
+        if is_folder:
+            raise UserInputError(f"could not load {model_name}: the folder has no readable config.json "
+                                 f"({str(err).splitlines()[0]})") from None
+        raise UserInputError(f"could not download {model_name} from the Hub ({str(err).splitlines()[0]}): without "
+                             "network, download it once and pass --model hf:FOLDER; a gated model (MedSigLIP) needs "
+                             "its terms accepted on the Hub and a login (hf auth login)") from None
     kind = TRANSFORMERS_MODEL_TYPES.get(config.model_type)
     if kind is None:
         name = (getattr(config, "architectures", None) or [type(config).__name__])[0]
@@ -118,27 +128,34 @@ def load_transformers_backbone(model_name: str, device: str = "cpu") -> Backbone
                              "towers in one model)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, ImportError) as err:
         raise UserInputError(f"{model_name}: no tokenizer could be loaded (the folder needs the tokenizer files that "
                              f"save_pretrained writes: {str(err).splitlines()[0]})") from None
     if tokenizer.pad_token is None:  # some CLIP fine-tunes: pad with end-of-text, as OpenAI's CLIP tokenizer does
         tokenizer.pad_token = tokenizer.eos_token
     try:
         processor = AutoImageProcessor.from_pretrained(source)
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, ImportError) as err:
         raise UserInputError(f"{model_name}: no image processor could be loaded (the folder needs "
                              f"preprocessor_config.json: {str(err).splitlines()[0]})") from None
-    with quiet_transformers():
-        clip = getattr(transformers, kind).from_pretrained(source, config=config).to(device)
-    size = clip.config.vision_config.image_size
-    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-    out = dict(crop) if crop else dict(processor.size)
-    if (out.get("height"), out.get("width")) != (size, size) and out.get("shortest_edge") != size:
+    size = config.vision_config.image_size
+    crop = processor.crop_size if getattr(processor, "do_center_crop", False) else None
+    out = {k: v for k, v in dict(crop or processor.size).items() if v is not None}
+    if out != {"height": size, "width": size}:  # the square the position embeddings were made for
         raise UserInputError(f"{model_name}: its image processor makes {out} images, the image tower takes {size} x "
                              f"{size} (its position embeddings)")
-    clip.requires_grad_(False)
+    try:
+        clip, info = getattr(transformers, kind).from_pretrained(source, config=config, dtype=torch.float32,
+                                                                  output_loading_info=True)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:
+        raise UserInputError(f"could not load the weights of {model_name}: {str(err).splitlines()[0]}") from None
+    broken = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
+    if broken:
+        raise UserInputError(f"{model_name}: its weights do not fit its config.json ({len(broken)} tensor(s) missing "
+                             f"or of another shape, e.g. {broken[0]}): they would be random")
+    clip.to(device).requires_grad_(False)
     clip.eval()
-    text = TransformersTokenizer(tokenizer, clip.config.text_config.max_position_embeddings)
+    text = TransformersTokenizer(tokenizer, config.text_config.max_position_embeddings)
     return Backbone(clip=clip, preprocess=processor_preprocess(processor, size), tokenizer=text,
                     processor_files=(tokenizer, processor))
 

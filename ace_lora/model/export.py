@@ -116,6 +116,10 @@ def _write_transformers_backbone(model, merged: Dict[str, torch.Tensor], out_dir
     `transformers.AutoModel.from_pretrained(out_dir)` and `AutoProcessor.from_pretrained(out_dir)` load it."""
     clip = model.clip
     plain = type(clip)(clip.config)
+    # the trained scale (and SigLIP's bias) in the model's own parameters: its logits are the trained model's
+    merged["logit_scale"] = model.logit_scale.detach().float().cpu().log().reshape(merged["logit_scale"].shape)
+    if model.logit_bias is not None:
+        merged["logit_bias"] = model.logit_bias.detach().float().cpu().reshape(merged["logit_bias"].shape)
     plain.load_state_dict(merged, strict=True)
     with quiet_transformers():
         plain.save_pretrained(out_dir)

@@ -42,6 +42,7 @@ from transformers import PreTrainedModel
 
 from ace_lora.errors import UserInputError
 from ace_lora.model.config import AceLoRAConfig, select_layers
+from ace_lora.model.hgnn import fp32_region
 from ace_lora.model.lora import FUSED_QKV, LoRAMap, LoRASite, inject_lora
 
 VISION_FAMILIES = ("timm-vit", "open_clip-vit")
@@ -440,7 +441,8 @@ class _TransformersTower(Tower):
         b, length, _ = k.shape
         q = q[torch.arange(b, device=q.device), rows].reshape(b, attn.num_heads, 1, attn.head_dim)
         k = k.reshape(b, length, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        return ((q.float() * attn.scale) @ k.float().transpose(-2, -1))[:, :, 0]
+        with fp32_region(k):  # the row decides the hypergraph's top-k: no near-tie flipped by bf16
+            return ((q.float() * attn.scale) @ k.float().transpose(-2, -1))[:, :, 0]
 
 
 class TransformersCLIPVisionTower(_TransformersTower):
@@ -486,7 +488,8 @@ class TransformersSiglipVisionTower(_TransformersTower):
         k = F.linear(x, pool.in_proj_weight[width:2 * width], pool.in_proj_bias[width:2 * width])  # (B, N, width)
         q = q.reshape(1, heads, 1, width // heads)
         k = k.reshape(x.shape[0], x.shape[1], heads, width // heads).transpose(1, 2)  # (B, H, N, hd)
-        scores = ((q.float() * (width // heads) ** -0.5) @ k.float().transpose(-2, -1))[:, :, 0]  # (B, H, N)
+        with fp32_region(k):  # as _scores: the row decides the hypergraph's top-k
+            scores = ((q.float() * (width // heads) ** -0.5) @ k.float().transpose(-2, -1))[:, :, 0]  # (B, H, N)
         return torch.cat([out.pooler_output[:, None], x], dim=1), scores.mean(dim=1)
 
 

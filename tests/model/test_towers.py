@@ -404,6 +404,10 @@ def test_transformers_export_loads_with_plain_automodel_and_its_processor(tiny_t
                                    model.text.tokens(ids)[0][:, 0], atol=1e-5, rtol=1e-5)
         reloaded = load_model_for_eval(None, str(out))
         torch.testing.assert_close(reloaded.encode_image(pixels), model.encode_image(pixels), atol=1e-5, rtol=1e-5)
+    # the trained scale and bias are the plain model's own: its logits are the trained model's
+    assert torch.allclose(plain.logit_scale.exp(), model.logit_scale.reshape(1))
+    if layout == "siglip":
+        assert torch.equal(plain.logit_bias, model.logit_bias.reshape(1))
     summary = json.loads((out / "ace_lora_config.json").read_text())
     assert summary["backbone_library"] == "transformers" and summary["architecture"] == model.architecture
     assert "library_name: transformers" in (out / "README.md").read_text()
@@ -451,6 +455,43 @@ def test_transformers_models_predict_and_refuse_what_they_cannot_be(tiny_transfo
     line = error_exit_line(capsys, train.main, ["--dry-run", "--model", f"hf:{wrong_size}"])
     assert line == (f"error: hf:{wrong_size}: its image processor makes {{'height': 96, 'width': 96}} images, the "
                     "image tower takes 64 x 64 (its position embeddings)")
+    clip = tiny_transformers["clip"].split(":", 1)[1]
+    uncropped = copy_folder(clip, tmp_path / "uncropped")
+    processor = json.loads((uncropped / "preprocessor_config.json").read_text())
+    (uncropped / "preprocessor_config.json").write_text(json.dumps({**processor, "do_center_crop": False}))
+    line = error_exit_line(capsys, train.main, ["--dry-run", "--model", f"hf:{uncropped}"])
+    assert "its image processor makes {'shortest_edge': 64} images, the image tower takes 64 x 64" in line
+    from safetensors.torch import load_file, save_file
+    for name, change in (("no_weights", None), ("missing_tensor", "drop"), ("damaged", "truncate")):
+        folder = copy_folder(siglip, tmp_path / name)
+        weights = folder / "model.safetensors"
+        if change is None:
+            weights.unlink()
+        elif change == "drop":
+            tensors = load_file(weights)
+            save_file({k: v for k, v in tensors.items() if "text_model.head" not in k}, weights)
+        else:
+            weights.write_bytes(weights.read_bytes()[:100])
+        line = error_exit_line(capsys, train.main, ["--dry-run", "--model", f"hf:{folder}"])
+        assert line.startswith((f"error: could not load the weights of hf:{folder}: ",
+                                f"error: hf:{folder}: its weights do not fit its config.json")), line
+        assert "text_model.head" in line if change == "drop" else True
+
+
+def copy_folder(source: str, target):
+    import shutil
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_model_saved_in_bfloat16_is_loaded_in_fp32(tiny_transformers, tmp_path):
+    from transformers import AutoModel
+    folder = copy_folder(tiny_transformers["clip"].split(":", 1)[1], tmp_path / "bf16")
+    AutoModel.from_pretrained(str(folder), dtype=torch.bfloat16).save_pretrained(str(folder))
+    model = load_model_for_eval(f"hf:{folder}")
+    images, ids = transformers_inputs(model)
+    assert next(model.clip.parameters()).dtype == torch.float32
+    assert model.encode_image(images).dtype == torch.float32 and model.encode_text(ids).shape == (2, 64)
 
 
 def test_a_transformers_hub_id_offline_is_one_line_naming_the_folder_form(monkeypatch):
