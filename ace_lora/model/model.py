@@ -1,5 +1,5 @@
-"""ACE-LoRA model: a frozen open_clip model (BiomedCLIP by default) + LoRA on both towers + an ACE-HGNN per
-tower + a learned scale.
+"""ACE-LoRA model: a frozen open_clip model (BiomedCLIP by default) or transformers CLIPModel / SiglipModel +
+LoRA on both towers + an ACE-HGNN per tower + a learned scale (and bias, for a SigLIP-trained model).
 
 The towers (ace_lora.model.towers, by family) give all output tokens in the joint space and the CLS-attention
 row, from the libraries' public submodules and forward hooks on the last attention layer's projections,

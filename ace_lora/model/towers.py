@@ -1,5 +1,5 @@
-"""The two towers of an open_clip model, by family: where LoRA goes, all output tokens in the joint space,
-and the CLS-attention row the hypergraph needs. Attention keeps its fused kernels: the CLS row comes from
+"""The two towers of an open_clip or transformers model, by family: where LoRA goes, all output tokens in the
+joint space, and the CLS-attention row the hypergraph needs. Attention keeps its fused kernels: the CLS row comes from
 forward hooks on the last layer's projections, and only that row is computed (O(N), not O(N^2)).
 
 Families (the table in docs/method.md, "Towers"):
@@ -24,6 +24,11 @@ fused `in_proj_weight` used by a functional call, so it is replaced (setattr on 
 `FusedMultiheadAttention`: the same parameters as an `in_proj` Linear (which LoRA and peft can wrap) and
 `out_proj`, computed with scaled_dot_product_attention. Export renames `in_proj.weight` back to
 `in_proj_weight` (EXPORT_RENAMES), so an export loads with plain open_clip.
+
+- `hf-clip-vision`, `hf-clip-text`, `hf-siglip-vision`, `hf-siglip-text`: a transformers CLIPModel / SiglipModel
+  (`--model hf:...`); LoRA on each layer's q_proj/k_proj/v_proj (out_proj for 'o'); the CLS roles are the class
+  token, the pooled end-of-text token (causal), the attention-pool probe (token 0: the pooled output) and the
+  last token (bidirectional); see each class.
 
 Towers with another architecture (ModifiedResNet, ConvNeXt and other timm trunks, CoCa's attentional
 pooler and appended text class token) are refused in one line naming the class and the supported families.
