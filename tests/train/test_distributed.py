@@ -45,6 +45,7 @@ def seeded_model(model_name):
     """Dropout off everywhere (LoRA p=0, eval mode) and non-zero B, so every LoRA factor gets a gradient."""
     torch.manual_seed(0)
     model = build_model(model_name, AceLoRAConfig(dropout=0.0)).eval()
+    model.use_loss(model_loss(model))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("lora_B"):
@@ -52,12 +53,17 @@ def seeded_model(model_name):
     return model
 
 
+def model_loss(model):
+    """The loss that follows the model: label-guided InfoNCE, or the label-guided sigmoid loss for SigLIP."""
+    return create_loss(None, has_logit_bias=model.logit_bias is not None)
+
+
 def loss_and_grads(model, step_model, batch, context, gather=True):
     """train_step's loss and the trainables' gradients (lr 0: the weights stay, the gradients remain readable)."""
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.0)
     loss, _ = train_step(step_model, batch, optimizer, warmup_cosine_schedule(optimizer, 0, 1),
                          torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), precision="fp32",
-                         loss_fn=create_loss("label_guided"), gather_negatives=gather, context=context)
+                         loss_fn=model_loss(model), gather_negatives=gather, context=context)
     return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -85,12 +91,17 @@ def free_port():
 
 
 @pytest.mark.slow
-def test_gathered_negatives_match_one_process_on_the_global_batch(tiny_model_name, tmp_path):
-    model = seeded_model(tiny_model_name)
+@pytest.mark.parametrize("layout", ["biomedclip", "hf-siglip"])
+def test_gathered_negatives_match_one_process_on_the_global_batch(tiny_model_name, tiny_transformers, tmp_path,
+                                                                    layout):
+    """Two gloo ranks with gathered negatives: the loss and every trainable's gradient of one process on the
+    global batch (BiomedCLIP's label-guided InfoNCE; a transformers SigLIP's sigmoid loss with its trained bias)."""
+    model_name = tiny_model_name if layout == "biomedclip" else tiny_transformers["siglip"]
+    model = seeded_model(model_name)
     loss, grads = loss_and_grads(model, model, global_batch(model), single_process("cpu"))
 
     out = tmp_path / "rank0.pt"
-    mp.spawn(ddp_worker, args=(tiny_model_name, free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(ddp_worker, args=(model_name, free_port(), str(out)), nprocs=WORLD, join=True)
     gathered_loss, gathered_grads = torch.load(out, weights_only=True)[True]
     assert gathered_loss == pytest.approx(loss, abs=1e-5)
     assert gathered_grads.keys() == grads.keys()
