@@ -15,13 +15,13 @@ vocabulary size is the real one, so counts and speeds are exact while the words 
 from typing import Optional
 
 from ace_lora.model.backbone import Backbone, TransformersTokenizer
-from ace_lora.model.tiny_model import word_tokenizer
+from ace_lora.model.tiny_model import random_transformers_model
 
 SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 27}
-ARCHITECTURES = {
-    "medsiglip-448": ("siglip", {"text_config": {**SO400M, "max_position_embeddings": 64, "vocab_size": 32000},
-                                 "vision_config": {**SO400M, "patch_size": 14, "image_size": 448}}),
-    "plip": ("clip", {}),
+ARCHITECTURES = {  # layout, text tower, image tower (what they leave out: the config class's defaults)
+    "medsiglip-448": ("siglip", {**SO400M, "max_position_embeddings": 64, "vocab_size": 32000},
+                      {**SO400M, "patch_size": 14, "image_size": 448}),
+    "plip": ("clip", {"max_position_embeddings": 77}, {"image_size": 224}),
 }
 WORDS = ("heart size is normal there is mild pulmonary edema with small bilateral pleural effusions and bibasilar "
          "atelectasis no pneumothorax impression").split()
@@ -30,27 +30,11 @@ WORDS = ("heart size is normal there is mild pulmonary edema with small bilatera
 def random_backbone(name: str, image_size: Optional[int] = None, seed: int = 0) -> Backbone:
     """The architecture `name` (ARCHITECTURES) with random weights, its image processor, and a word-level tokenizer
     padded to its text length; `image_size` replaces the image size (e.g. MedSigLIP's tower at 224 pixels)."""
-    import torch
-    import transformers
-
     from ace_lora.data.transforms import processor_preprocess
-    layout, settings = ARCHITECTURES[name]
-    config_class, model_class = ((transformers.SiglipConfig, transformers.SiglipModel) if layout == "siglip" else
-                                 (transformers.CLIPConfig, transformers.CLIPModel))
-    length = (settings.get("text_config") or {}).get("max_position_embeddings", 77)
-    tokenizer, vocab = word_tokenizer(WORDS, layout, length)
-    ids = {"eos_token_id": vocab["<|endoftext|>" if layout == "clip" else "</s>"], "pad_token_id": vocab["<pad>"],
-           "bos_token_id": vocab.get("<|startoftext|>")}  # the special tokens of the word-level tokenizer
-    config = config_class(**{**settings, "text_config": {**settings.get("text_config", {}), **ids}}, **ids)
-    if image_size:
-        config.vision_config.image_size = image_size
-    size = config.vision_config.image_size
-    torch.manual_seed(seed)
-    clip = model_class(config).eval().requires_grad_(False)
-    if layout == "siglip":
-        processor = transformers.SiglipImageProcessor(size={"height": size, "width": size})
-    else:
-        processor = transformers.CLIPImageProcessor(size={"shortest_edge": size},
-                                                    crop_size={"height": size, "width": size})
-    return Backbone(clip=clip, preprocess=processor_preprocess(processor, size),
-                    tokenizer=TransformersTokenizer(tokenizer, length), processor_files=(tokenizer, processor))
+    layout, text, vision = ARCHITECTURES[name]
+    vision = {**vision, **({"image_size": image_size} if image_size else {})}
+    clip, tokenizer, processor = random_transformers_model(layout, WORDS, text, vision, seed)
+    return Backbone(clip=clip.eval().requires_grad_(False),
+                    preprocess=processor_preprocess(processor, clip.config.vision_config.image_size),
+                    tokenizer=TransformersTokenizer(tokenizer, text["max_position_embeddings"]),
+                    processor_files=(tokenizer, processor))

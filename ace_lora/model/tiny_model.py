@@ -141,33 +141,45 @@ def word_tokenizer(words: Iterable[str], layout: str, length: int):
                                    unk_token="<unk>", model_max_length=length), vocab
 
 
+def random_transformers_model(layout: str, words: Iterable[str], text_config: dict, vision_config: dict,
+                              seed: int = 0, **settings):
+    """(model, tokenizer, image processor): a random transformers CLIPModel / SiglipModel (`layout`) of these tower
+    configs, a word-level tokenizer over `words` padded to the text length (`max_position_embeddings`) whose special
+    tokens the config names, and the layout's image processor at the model's image size (CLIP: shortest edge, then
+    centre crop; SigLIP: the square)."""
+    import transformers
+    if layout not in TRANSFORMERS_LAYOUTS:
+        raise ValueError(f"layout must be one of {TRANSFORMERS_LAYOUTS}, not {layout!r}")
+    tokenizer, vocab = word_tokenizer(words, layout, text_config["max_position_embeddings"])
+    ids = {"bos_token_id": vocab.get("<|startoftext|>"), "pad_token_id": vocab["<pad>"],
+           "eos_token_id": vocab["<|endoftext|>" if layout == "clip" else "</s>"]}
+    config_class, model_class = ((transformers.CLIPConfig, transformers.CLIPModel) if layout == "clip" else
+                                 (transformers.SiglipConfig, transformers.SiglipModel))
+    config = config_class(text_config={**text_config, **ids}, vision_config=vision_config, **settings, **ids)
+    torch.manual_seed(seed)
+    with quiet_transformers():
+        model = model_class(config)
+    size = config.vision_config.image_size
+    if layout == "clip":
+        processor = transformers.CLIPImageProcessor(size={"shortest_edge": size},
+                                                    crop_size={"height": size, "width": size})
+    else:
+        processor = transformers.SiglipImageProcessor(size={"height": size, "width": size})
+    return model, tokenizer, processor
+
+
 def write_tiny_transformers(out_dir: str, words: Iterable[str], layout: str = "siglip", image_size: int = 64,
                             context_length: int = 32, width: int = 64, seed: int = 0) -> str:
     """Write a tiny random transformers CLIPModel / SiglipModel folder (2 layers of `width` per tower, patch 16)
     with its tokenizer and image processor; returns the `hf:` model name."""
-    import transformers
-    os.makedirs(out_dir, exist_ok=True)
-    tokenizer, vocab = word_tokenizer(words, layout, context_length)
+    words = list(words)
     tower = {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2, "num_attention_heads": 2}
-    text = {**tower, "vocab_size": len(vocab), "max_position_embeddings": context_length,
-            "pad_token_id": vocab["<pad>"]}
-    vision = {**tower, "image_size": image_size, "patch_size": 16}
-    torch.manual_seed(seed)
-    if layout == "clip":
-        ids = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-               "pad_token_id": vocab["<pad>"]}
-        config = transformers.CLIPConfig(text_config={**text, **ids}, vision_config=vision, projection_dim=width,
-                                         **ids)
-        model = transformers.CLIPModel(config)
-        processor = transformers.CLIPImageProcessor(size={"shortest_edge": image_size},
-                                                    crop_size={"height": image_size, "width": image_size})
-    elif layout == "siglip":
-        ids = {"bos_token_id": None, "eos_token_id": vocab["</s>"], "pad_token_id": vocab["<pad>"]}
-        config = transformers.SiglipConfig(text_config={**text, **ids}, vision_config=vision, **ids)
-        model = transformers.SiglipModel(config)
-        processor = transformers.SiglipImageProcessor(size={"height": image_size, "width": image_size})
-    else:
-        raise ValueError(f"layout must be one of {TRANSFORMERS_LAYOUTS}, not {layout!r}")
+    vocab_size = len(word_tokenizer(words, layout, context_length)[1])
+    model, tokenizer, processor = random_transformers_model(
+        layout, words, {**tower, "vocab_size": vocab_size, "max_position_embeddings": context_length},
+        {**tower, "image_size": image_size, "patch_size": 16}, seed,
+        **({"projection_dim": width} if layout == "clip" else {}))
+    os.makedirs(out_dir, exist_ok=True)
     with quiet_transformers():
         model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
