@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from ace_lora.errors import UserInputError, main_guard
 from ace_lora.evaluation.tasks import TASKS, get_task
-from ace_lora.io import check_output_dir, prepare_output_dir, write_resolved_config
+from ace_lora.io import check_output_dir, prepare_output_dir, strict_json, write_resolved_config
 from ace_lora.params import check_runtime_args, parse_with_config
 from ace_lora.params.dense import parse_dense_args
 from ace_lora.params.evaluation import export_parser, predict_parser, retrieval_parser, zero_shot_parser
@@ -28,15 +28,8 @@ def run_zero_shot(task_name: str, argv: Optional[Sequence[str]] = None):
     if args.bootstrap < 0:
         raise UserInputError(f"--bootstrap must be >= 0 (0: no intervals), got {args.bootstrap}")
     check_runtime_args(args)
-    # After parsing, so that --help needs no torch:
-    from ace_lora.data.images import set_max_image_pixels
-    from ace_lora.evaluation.zero_shot import evaluate, format_summary, write_outputs
-    from ace_lora.model.factory import load_model_for_eval
-    from ace_lora.runtime import runtime_device
-    set_max_image_pixels(args.max_image_pixels)
-    args, device = runtime_device(args)
-    check_output_dir(args.output_dir)  # a bad --output-dir fails now; the folder is made only for results
-    model = load_model_for_eval(args.model, args.checkpoint, device=device)
+    from ace_lora.evaluation.zero_shot import evaluate, format_summary, write_outputs  # after parsing: no torch
+    args, device, model = model_to_evaluate(args)
     task = get_task(task_name, getattr(args, "nih_prompt_names", "raw"))
     result = evaluate(model, task, args.csv, args.data_root, batch_size=args.batch_size,
                       num_workers=args.num_workers, device=device, precision=args.precision,
@@ -50,6 +43,18 @@ def run_zero_shot(task_name: str, argv: Optional[Sequence[str]] = None):
     print(f"wrote {', '.join(paths.values())}")
     print(format_summary(result))
     return result
+
+
+def model_to_evaluate(args):
+    """What zero-shot and retrieval do before evaluating: the image size limit, --device and --precision (a
+    resolved copy of the flags), --output-dir checked (made only for results), the model in eval mode."""
+    from ace_lora.data.images import set_max_image_pixels
+    from ace_lora.model.factory import load_model_for_eval
+    from ace_lora.runtime import runtime_device
+    set_max_image_pixels(args.max_image_pixels)
+    args, device = runtime_device(args)
+    check_output_dir(args.output_dir)  # a bad --output-dir fails now, before the model loads
+    return args, device, load_model_for_eval(args.model, args.checkpoint, device=device)
 
 
 def task_main(task_name: str):
@@ -86,16 +91,8 @@ def retrieval_main(argv: Optional[Sequence[str]] = None) -> int:
     """zero_shot_eval/retrieval.py: image-text retrieval, metrics.json and ranks.csv."""
     args = parse_with_config(retrieval_parser(), argv)
     check_runtime_args(args)
-    # After parsing, so that --help needs no torch:
-    from ace_lora.data.images import set_max_image_pixels
-    from ace_lora.evaluation.retrieval import evaluate_retrieval
-    from ace_lora.io import check_output_dir, prepare_output_dir, strict_json, write_resolved_config
-    from ace_lora.model.factory import load_model_for_eval
-    from ace_lora.runtime import runtime_device
-    set_max_image_pixels(args.max_image_pixels)
-    args, device = runtime_device(args)
-    check_output_dir(args.output_dir)  # a bad --output-dir fails now; the folder is made only for results
-    model = load_model_for_eval(args.model, args.checkpoint, device=device)
+    from ace_lora.evaluation.retrieval import evaluate_retrieval  # after parsing: --help needs no torch
+    args, device, model = model_to_evaluate(args)
     result = evaluate_retrieval(model, args.csv, args.data_root, image_column=args.image_column,
                                 text_column=args.text_column, batch_size=args.batch_size,
                                 num_workers=args.num_workers, device=device, precision=args.precision,
@@ -127,8 +124,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
         load,
         predict_files,
         read_names,
-    )
-    from ace_lora.io import check_output_dir, write_resolved_config  # after parsing: --help needs no torch
+    )  # after parsing: --help needs no torch
     set_max_image_pixels(args.max_image_pixels)
     classes = read_names(args.classes, "class")
     check_class_columns(classes)
