@@ -32,6 +32,7 @@ from ace_lora.model.model import AceLoRAModel
 from ace_lora.train.distributed import DistributedContext, gather_objects
 
 CHECKPOINT_FORMAT = "ace-lora-training-1"
+CHECKPOINT_DIR = "checkpoints"  # <output-dir>/checkpoints/last.pt and best.pt
 # Flags that shape a run (model, optimisation, schedule): a resumed run must keep every one: each declared model
 # setting (ace_lora.model.config) and these. The data is compared by identity (CSV path, row count, fingerprint of
 # the image paths), see `data_identity`.
@@ -77,14 +78,14 @@ def resume_path(args) -> Optional[str]:
     if not args.resume:
         return None
     if args.resume in ("latest", "auto"):
-        path = os.path.join(args.output_dir, "checkpoints", "last.pt")
+        path = os.path.join(args.output_dir, CHECKPOINT_DIR, "last.pt")
         if os.path.isfile(path):
             return path
         if args.resume == "latest":
             raise UserInputError(f"--resume latest: no checkpoint at {path}")
         return None
     if os.path.isdir(args.resume):
-        last = os.path.join(args.resume, "checkpoints", "last.pt")
+        last = os.path.join(args.resume, CHECKPOINT_DIR, "last.pt")
         what = (f"that run's checkpoint is --resume {last}" if os.path.isfile(last) else
                 "an export or weights folder holds no training state (optimiser, schedule, data position): start a "
                 "new run from trained weights with --init-from WEIGHTS.pt")
@@ -200,7 +201,6 @@ def load_resume_checkpoint(path: str) -> dict:
 
 
 # ---- writing and reading the run's checkpoints ------------------------------------------------------------
-CHECKPOINT_DIR = "checkpoints"
 RELEASED_NAME = "ACE-LoRA_weights_{}.pt"  # the released weight format beside them, for our own LoRA methods
 
 
