@@ -51,6 +51,12 @@ class InputSpec:
         index = pixels.long().expand(-1, 3, -1, -1)  # (B, 3, S, S)
         return torch.stack([table[c][index[:, c]] for c in range(3)], dim=1)
 
+    def describe(self) -> dict:
+        """What decides the normalised inputs (feature caches key on it): size, mean, std, and a processor's own
+        per-level values when it has them."""
+        return {"size": self.size, "mean": self.mean, "std": self.std,
+                **({"levels": self.levels} if self.levels is not None else {})}
+
     def transform(self) -> T.Compose:
         """The whole `train` transform of one image: PIL image -> (3, S, S) float tensor."""
         return T.Compose([PixelTransform("train", self.size, train_steps(self.size)), T.Lambda(self._normalise_one)])

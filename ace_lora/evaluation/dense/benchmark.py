@@ -37,7 +37,7 @@ from torchvision.ops import box_iou
 
 from ace_lora.data.images import load_image
 from ace_lora.data.prompts import CHEST_XRAY_TEMPLATES, class_major_prompts
-from ace_lora.data.transforms import InputSpec, input_spec
+from ace_lora.data.transforms import InputSpec
 from ace_lora.errors import UserInputError
 from ace_lora.evaluation.dense.definitions import (
     DENSE_TASKS,
@@ -120,7 +120,7 @@ class DenseRun:
         cache_path = None
         if self.args.feature_cache:
             checkpoint = self.args.checkpoint
-            identity = {"model": self.args.model, "features": self.args.features, "spec": self.spec.__dict__,
+            identity = {"model": self.args.model, "features": self.args.features, "spec": self.spec.describe(),
                         "checkpoint": None if checkpoint is None else
                         [os.path.abspath(checkpoint), os.path.getsize(checkpoint), os.path.getmtime(checkpoint)]}
             cache_path = cache_file(self.args.feature_cache, split, identity, images, masks)
@@ -154,7 +154,7 @@ def start_run(task_name: str, args: argparse.Namespace) -> DenseRun:
     model = load_model_for_eval(args.model, args.checkpoint, device=device)
     prepare_output_dir(args.output_dir)
     write_resolved_config(args, args.output_dir)
-    return DenseRun(task, args, model, input_spec(model.preprocess), device, tables)
+    return DenseRun(task, args, model, model.input_spec, device, tables)
 
 
 def training_subset(run: DenseRun) -> pd.DataFrame:
