@@ -117,7 +117,11 @@ def _write_transformers_backbone(model, merged: Dict[str, torch.Tensor], out_dir
     clip = model.clip
     plain = type(clip)(clip.config)
     # the trained scale (and SigLIP's bias) in the model's own parameters: its logits are the trained model's
-    merged["logit_scale"] = model.logit_scale.detach().float().cpu().log().reshape(merged["logit_scale"].shape)
+    scale = model.logit_scale.detach().float().cpu()
+    if not scale > 0:  # the model stores it linear: its log would be NaN or -inf
+        raise UserInputError(f"the trained logit scale is {scale.item():g}, not positive: it cannot be written as the "
+                             "exported model's log scale")
+    merged["logit_scale"] = scale.log().reshape(merged["logit_scale"].shape)
     if model.logit_bias is not None:
         merged["logit_bias"] = model.logit_bias.detach().float().cpu().reshape(merged["logit_bias"].shape)
     plain.load_state_dict(merged, strict=True)

@@ -413,6 +413,16 @@ def test_transformers_export_loads_with_plain_automodel_and_its_processor(tiny_t
     assert "library_name: transformers" in (out / "README.md").read_text()
 
 
+def test_a_transformers_export_with_a_non_positive_scale_is_refused_before_anything_is_written(tiny_transformers,
+                                                                                                 tmp_path):
+    model = build_model(tiny_transformers["clip"])
+    with torch.no_grad():
+        model.logit_scale.fill_(0.0)
+    with pytest.raises(UserInputError, match="the trained logit scale is 0, not positive"):
+        export_model(model, tiny_transformers["clip"], str(tmp_path / "export"))
+    assert os.listdir(tmp_path / "export") == []
+
+
 def test_transformers_models_predict_and_refuse_what_they_cannot_be(tiny_transformers, tiny_model_name, tmp_path,
                                                                     capsys):
     from PIL import Image
